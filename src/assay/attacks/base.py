@@ -1,0 +1,125 @@
+"""Shared pieces of every evasion attack: the result type, norms, projections.
+
+Conventions (all attacks follow them):
+
+- Inputs ``x`` are float tensors in the model's input space, ``bounds=(low, high)``; ``y`` are int64
+  labels. White-box attacks take ``model``: a differentiable callable returning logits. Black-box
+  attacks take ``scores_fn`` (returns per-class scores) or ``labels_fn`` (returns labels) and a
+  per-sample query allowance; the callable may raise :class:`assay.errors.BudgetExceeded` when the
+  target's hard budget would be exceeded, and the attack then stops and returns what it has.
+- ``success[i]`` is True when the model is wrong on ``x_adv[i]`` (untargeted) or predicts the target
+  class (targeted). Points the model already gets wrong are successes with a zero perturbation and
+  are never attacked: robust accuracy is ``1 - success.mean()``.
+- Attacks only work on points not yet broken and drop each point from the loop once it breaks.
+- Every random choice uses a ``torch.Generator`` seeded from ``seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+NORMS = ("linf", "l2", "l1")
+
+
+@dataclass
+class AttackResult:
+    """Adversarial inputs and per-sample outcome of one attack run."""
+
+    x_adv: torch.Tensor
+    success: torch.Tensor  # bool (N,)
+    norms: torch.Tensor  # float (N,): ||x_adv - x|| in ``norm``
+    queries: torch.Tensor  # int64 (N,): model evaluations spent on each sample
+    norm: str
+    eps: float | None = None
+    attack: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def robust_accuracy(self) -> float:
+        return 1.0 - self.success.float().mean().item() if self.success.numel() else float("nan")
+
+    @property
+    def success_rate(self) -> float:
+        return self.success.float().mean().item() if self.success.numel() else float("nan")
+
+
+def check_norm(norm: str) -> str:
+    norm = norm.lower().replace("-", "").replace("_", "")
+    norm = {"inf": "linf", "li": "linf", "2": "l2", "1": "l1"}.get(norm, norm)
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    return norm
+
+
+def flat_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm of a batch of perturbations."""
+    d = delta.reshape(delta.shape[0], -1)
+    if norm == "linf":
+        return d.abs().amax(dim=1)
+    if norm == "l2":
+        return d.norm(p=2, dim=1)
+    return d.abs().sum(dim=1)
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def project(delta: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
+    """Project perturbations onto the ``norm`` ball of radius ``eps`` (scalar or per sample)."""
+    if norm == "linf":
+        e = _bcast(torch.as_tensor(eps, dtype=delta.dtype, device=delta.device).expand(delta.shape[0]), delta)
+        return torch.maximum(torch.minimum(delta, e), -e)
+    if norm == "l2":
+        n = flat_norm(delta, "l2").clamp_min(1e-12)
+        e = torch.as_tensor(eps, dtype=delta.dtype, device=delta.device).expand(delta.shape[0])
+        return delta * _bcast(torch.clamp(e / n, max=1.0), delta)
+    raise NotImplementedError("L1 projection is provided by the attacks that use it")
+
+
+def normalize_grad(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction for the norm: sign for L-inf, unit L2 direction for L2."""
+    if norm == "linf":
+        return g.sign()
+    n = flat_norm(g, "l2").clamp_min(1e-12)
+    return g / _bcast(n, g)
+
+
+def clip_to_bounds(x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    return x.clamp(bounds[0], bounds[1])
+
+
+def is_success(logits: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
+    pred = logits.argmax(dim=1)
+    return pred == y if targeted else pred != y
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+def finalize(
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    success: torch.Tensor,
+    queries: torch.Tensor,
+    norm: str,
+    eps: float | None,
+    attack: str,
+    **info,
+) -> AttackResult:
+    """Build the result; unsuccessful points report their best attempt (still within the ball)."""
+    return AttackResult(
+        x_adv=x_adv.detach(),
+        success=success.bool(),
+        norms=flat_norm((x_adv - x).detach(), norm),
+        queries=queries.long(),
+        norm=norm,
+        eps=eps,
+        attack=attack,
+        info=info,
+    )

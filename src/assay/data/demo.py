@@ -1,0 +1,99 @@
+"""The demo: scikit-learn's handwritten digits (shipped with scikit-learn, no download) and a small
+CNN trained on them, deterministically from a seed in well under a minute on 2 CPU cores.
+
+Images are 1x8x8 with pixel values scaled from 0..16 to [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class DigitsCNN(nn.Module):
+    """Two 3x3 conv layers, max-pool, two linear layers: 1x8x8 -> 10 logits."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 16, 64), nn.ReLU(), nn.Linear(64, num_classes)
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def build_demo_model(num_classes: int = 10) -> nn.Module:
+    """Factory for ``--factory assay.data.demo:build_demo_model`` (safetensors weights)."""
+    return DigitsCNN(num_classes)
+
+
+@dataclass
+class DemoSplits:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_digits_splits(seed: int = 0, n_train: int = 1000) -> DemoSplits:
+    """The 1797 digits, shuffled with ``seed``: ``n_train`` for training, the rest held out."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[perm], y[perm]
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return DemoSplits(t(x[:n_train]), t(y[:n_train]), t(x[n_train:]), t(y[n_train:]))
+
+
+def train_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int = 30,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    noise_sigma: float = 0.0,
+) -> nn.Module:
+    """Plain seeded Adam training loop (``noise_sigma`` > 0 adds Gaussian input noise)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    n = len(x)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            xb = x[idx]
+            if noise_sigma > 0:
+                xb = xb + noise_sigma * torch.randn(xb.shape, generator=g)
+            opt.zero_grad()
+            loss_fn(model(xb), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def train_demo_model(seed: int = 0, epochs: int = 30) -> tuple[nn.Module, DemoSplits]:
+    """The demo CNN, trained on the first 1000 shuffled digits. About 98% test accuracy."""
+    torch.manual_seed(seed)
+    splits = load_digits_splits(seed)
+    model = DigitsCNN()
+    with torch.random.fork_rng():
+        train_classifier(model, splits.x_train, splits.y_train, epochs=epochs, seed=seed)
+    return model, splits

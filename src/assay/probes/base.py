@@ -1,0 +1,264 @@
+"""Probes, findings and the registry.
+
+A :class:`Probe` asks one trust question of a target through a :class:`ProbeContext` and returns a
+:class:`Finding`. Probes register by name with :func:`register`; the CLI lists and selects them by
+name or axis. A probe declares what it needs (target capabilities, dataset fields), typed
+parameters (a dataclass ``Params``) and a cost estimate, and never re-predicts the clean data itself:
+``ctx.clean_scores()`` is shared by every probe of an audit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from assay.errors import InputError
+
+AXES = ("robustness", "privacy", "integrity", "fairness", "reliability", "explain", "certify", "language")
+VERDICTS = ("pass", "warn", "fail", "info", "skipped", "error")
+_VERDICT_RANK = {"skipped": 0, "info": 0, "pass": 1, "warn": 2, "fail": 3, "error": 4}
+
+
+@dataclass
+class Metric:
+    """One number with its uncertainty. ``name`` may carry a qualifier in brackets, e.g.
+    ``robust_accuracy[linf,eps=0.0314]``; policies match on the full name or the base name."""
+
+    name: str
+    value: float
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    higher_is_better: bool | None = None
+    level: float = 0.95
+    method: str = ""
+    description: str = ""
+
+    @property
+    def base_name(self) -> str:
+        return self.name.split("[", 1)[0]
+
+
+@dataclass
+class Evidence:
+    """Data a report renders: ``kind`` is one of ``curve``, ``images``, ``table``, ``bars``,
+    ``histogram``, ``text``; ``data`` is JSON-serialisable (see docs/report-schema.md)."""
+
+    kind: str
+    title: str
+    data: dict[str, Any]
+
+
+@dataclass
+class Threshold:
+    """A policy rule on one metric: fail / warn when the value crosses a bound."""
+
+    fail_below: float | None = None
+    warn_below: float | None = None
+    fail_above: float | None = None
+    warn_above: float | None = None
+
+    def verdict(self, value: float) -> str:
+        if self.fail_below is not None and value < self.fail_below:
+            return "fail"
+        if self.fail_above is not None and value > self.fail_above:
+            return "fail"
+        if self.warn_below is not None and value < self.warn_below:
+            return "warn"
+        if self.warn_above is not None and value > self.warn_above:
+            return "warn"
+        return "pass"
+
+    def describe(self) -> str:
+        parts = [f"{k.replace('_', ' ')} {v:g}" for k, v in dataclasses.asdict(self).items() if v is not None]
+        return ", ".join(parts)
+
+
+@dataclass
+class Finding:
+    """What a probe found: metrics with intervals, a verdict, evidence, warnings and accounting."""
+
+    probe: str
+    axis: str
+    title: str
+    metrics: list[Metric] = field(default_factory=list)
+    verdict: str = "info"
+    summary: str = ""
+    evidence: list[Evidence] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    accounting: dict[str, Any] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def metric(self, name: str) -> Metric:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def apply_policy(self, rules: dict[str, Threshold]) -> None:
+        """Set the verdict from the rules; warnings raise a pass to warn; errors stay errors."""
+        if self.error is not None:
+            self.verdict = "error"
+            return
+        if self.verdict == "skipped":
+            return
+        self.checks = []
+        verdict = "info" if not rules else "pass"
+        for m in self.metrics:
+            rule = rules.get(m.name) or rules.get(m.base_name)
+            if rule is None or m.value != m.value:  # NaN: nothing to judge
+                continue
+            v = rule.verdict(m.value)
+            self.checks.append({"metric": m.name, "value": m.value, "rule": rule.describe(), "verdict": v})
+            if _VERDICT_RANK[v] > _VERDICT_RANK[verdict]:
+                verdict = v
+        if self.warnings and verdict == "pass":
+            verdict = "warn"
+        self.verdict = verdict
+
+
+class Probe:
+    """Base class of all probes. Subclasses set the class attributes and implement :meth:`run`."""
+
+    name: ClassVar[str] = ""
+    axis: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset()  # target capabilities, any one set of them
+    requires_any: ClassVar[tuple[frozenset[str], ...]] = ()  # alternatives: satisfied if one is
+    needs: ClassVar[frozenset[str]] = frozenset({"labels"})  # dataset fields: labels, groups, members, ood
+    default_policy: ClassVar[dict[str, Threshold]] = {}
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, **params: Any):
+        self.params = _build_params(self.Params, params, self.name)
+
+    # ------------------------------------------------------------------ hooks
+    def cost(self, target, data) -> dict[str, Any]:
+        """Rough cost: ``{"queries": int, "note": str}`` (used by ``assay probes`` and planning)."""
+        return {"queries": len(data) if data is not None else 0, "note": ""}
+
+    def check(self, target, data) -> str | None:
+        """Why the probe cannot run on this target/data (None if it can)."""
+        caps = target.capabilities
+        if self.requires and not self.requires <= caps:
+            return f"needs target capabilities {sorted(self.requires)}, target has {sorted(caps)}"
+        if self.requires_any and not any(r <= caps for r in self.requires_any):
+            alts = " or ".join(str(sorted(r)) for r in self.requires_any)
+            return f"needs target capabilities {alts}, target has {sorted(caps)}"
+        if data is not None:
+            missing = [f for f in self.needs if not data.has(f)]
+            if missing:
+                return f"needs dataset fields {missing}; see docs/data.md for how to provide them"
+        return None
+
+    def run(self, ctx) -> Finding:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- helpers
+    def finding(self, **kw: Any) -> Finding:
+        return Finding(probe=self.name, axis=self.axis, title=self.title or self.name,
+                       params=dataclasses.asdict(self.params), **kw)
+
+
+def _build_params(cls, given: dict[str, Any], probe: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        raise InputError(
+            f"unknown parameter(s) {unknown} for probe {probe}; valid: {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    coerced = {}
+    for k, v in given.items():
+        coerced[k] = _coerce(v, hints.get(k), probe, k)
+    return cls(**coerced)
+
+
+def _coerce(v, hint, probe, key):
+    """Coerce CLI strings / TOML values to the declared type, with a clear error."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    try:
+        if hint in (int, float, str):
+            if hint is int and isinstance(v, float) and not v.is_integer():
+                raise ValueError
+            return hint(v)
+        if hint is bool:
+            if isinstance(v, str):
+                if v.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if v.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(v)
+        if origin in (list, tuple) and args:
+            items = v.split(",") if isinstance(v, str) else list(v)
+            inner = args[0]
+            return (list if origin is list else tuple)(_coerce(i, inner, probe, key) for i in items)
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            if v is None or (isinstance(v, str) and v.lower() == "none"):
+                return None
+            for a in args:
+                if a is type(None):
+                    continue
+                try:
+                    return _coerce(v, a, probe, key)
+                except InputError:
+                    continue
+            raise ValueError
+    except (ValueError, TypeError):
+        raise InputError(f"parameter {key}={v!r} of probe {probe} is not a valid {hint}") from None
+    return v
+
+
+# ------------------------------------------------------------------- registry
+_REGISTRY: dict[str, type[Probe]] = {}
+_DISCOVERED = False
+
+
+def register(cls: type[Probe]) -> type[Probe]:
+    """Class decorator: make a probe selectable by its ``name``."""
+    if not cls.name or cls.axis not in AXES:
+        raise TypeError(f"probe {cls.__name__} needs a name and an axis in {AXES}")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise TypeError(f"probe name {cls.name} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import assay.probes as pkg
+
+    for mod in pkgutil.walk_packages(pkg.__path__, prefix="assay.probes."):
+        if mod.name.rsplit(".", 1)[-1].startswith("_"):
+            continue
+        importlib.import_module(mod.name)
+    _DISCOVERED = True
+
+
+def all_probes() -> dict[str, type[Probe]]:
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_probe(name: str) -> type[Probe]:
+    probes = all_probes()
+    if name in probes:
+        return probes[name]
+    # an axis name selects nothing by itself here; the plan expands axes
+    close = [p for p in probes if name.split(".")[-1] in p]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise InputError(f"unknown probe {name!r}{hint}; run `assay probes` to list them")

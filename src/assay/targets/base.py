@@ -1,0 +1,175 @@
+"""The model under test, seen only through what it exposes.
+
+A :class:`Target` answers queries on batches of inputs (tensors in the target's declared input
+space, ``bounds``) and counts every queried sample against a hard :class:`QueryBudget`. It declares
+its capabilities so that probes can check their requirements before running:
+
+``scores``     logits or probabilities per class (``output`` says which)
+``labels``     hard decisions only
+``gradients``  white-box: :attr:`Target.module` is a differentiable ``nn.Module`` on input space
+``generate``   text generation
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from assay.errors import BudgetExceeded, TargetError
+
+SCORES = "scores"
+LABELS = "labels"
+GRADIENTS = "gradients"
+GENERATE = "generate"
+CAPABILITIES = (SCORES, LABELS, GRADIENTS, GENERATE)
+
+
+class QueryBudget:
+    """A hard limit on the number of samples a target may be queried on. Thread-safe.
+
+    ``charge(n)`` reserves ``n`` queries or raises :class:`BudgetExceeded` without reserving any:
+    a budget is never exceeded, not even by one batch.
+    """
+
+    def __init__(self, limit: int | None = None):
+        if limit is not None and limit < 0:
+            raise ValueError("query budget must be >= 0 or None")
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else self.limit - self.used
+
+    def charge(self, n: int) -> None:
+        with self._lock:
+            if self.limit is not None and self.used + n > self.limit:
+                raise BudgetExceeded(
+                    f"query budget exhausted: {self.used} of {self.limit} queries used, {n} more "
+                    "requested; raise the budget (--query-budget) or lower the attack's queries"
+                )
+            self.used += n
+
+    def can_afford(self, n: int) -> bool:
+        r = self.remaining
+        return r is None or n <= r
+
+
+class Target(ABC):
+    """Base class of every model access path.
+
+    Subclasses implement :meth:`_scores` (or :meth:`_labels` for label-only targets) on one batch;
+    the base class handles chunking into ``batch_size``, budget accounting and output checks.
+
+    Attributes
+    ----------
+    num_classes : number of output classes.
+    input_shape : per-sample input shape, e.g. ``(1, 8, 8)`` or ``(n_features,)``.
+    bounds : ``(low, high)`` value range of valid inputs in the space the target is queried in.
+    output : ``"logits"``, ``"probs"`` or ``"labels"``: what :meth:`scores` returns.
+    """
+
+    kind: str = "target"
+    output: str = "logits"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        bounds: tuple[float, float] = (0.0, 1.0),
+        capabilities: frozenset[str] | set[str] = frozenset({SCORES, LABELS}),
+        query_budget: int | None = None,
+        batch_size: int = 256,
+        name: str | None = None,
+    ):
+        if bounds[0] >= bounds[1]:
+            raise TargetError(f"input bounds {bounds} are empty; pass bounds as (low, high) with low < high")
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.capabilities = frozenset(capabilities)
+        self.budget = QueryBudget(query_budget)
+        self.batch_size = int(batch_size)
+        self.name = name or self.kind
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def queries(self) -> int:
+        """Samples queried so far (every path: scores, labels, gradient forward passes)."""
+        return self.budget.used
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def has(self, *caps: str) -> bool:
+        return all(c in self.capabilities for c in caps)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-class scores for a batch, shape ``(N, num_classes)``; charges ``N`` queries."""
+        if SCORES not in self.capabilities:
+            raise TargetError(f"{self.name} returns hard labels only; use a label-only attack or probe")
+        return self._chunked(x, self._scores)
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted class per sample, shape ``(N,)`` int64; charges ``N`` queries."""
+        if SCORES in self.capabilities:
+            return self.scores(x).argmax(dim=1)
+        return self._chunked(x, self._labels)
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (softmax of logits where the target returns logits)."""
+        s = self.scores(x)
+        return torch.softmax(s, dim=1) if self.output == "logits" else s
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """Differentiable model on input space (white-box targets only)."""
+        raise TargetError(
+            f"{self.name} exposes no gradients; use a black-box probe (robustness.blackbox)"
+        )
+
+    # ------------------------------------------------------------ to implement
+    @abstractmethod
+    def _scores(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self._scores(x).argmax(dim=1)
+
+    # ----------------------------------------------------------------- helpers
+    def _chunked(self, x: torch.Tensor, fn) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise TargetError(
+                f"input shape {tuple(x.shape[1:])} does not match the target's {self.input_shape}; "
+                "reshape the data or pass --input-shape"
+            )
+        n = x.shape[0]
+        self.budget.charge(n)
+        outs = [fn(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
+        if not outs:
+            return torch.empty((0, self.num_classes) if fn is self._scores else (0,))
+        out = torch.cat(outs)
+        if out.dtype.is_floating_point and not torch.isfinite(out).all():
+            raise TargetError(f"{self.name} returned NaN or inf scores; check the model and input range")
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What the report records about the target."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "bounds": list(self.bounds),
+            "output": self.output,
+            "capabilities": sorted(self.capabilities),
+            "query_budget": self.budget.limit,
+            "queries": self.queries,
+        }
