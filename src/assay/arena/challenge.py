@@ -79,6 +79,17 @@ class Challenge(ABC):
         """Check the untrusted payload (types, sizes, ranges: raise InputError with a clear message),
         run the model, decide whether the success rule is met."""
 
+    def score_batch(self, payloads: list[dict[str, Any]]) -> list[ScoreResult | Exception]:
+        """Score several players' payloads in one model call (the server micro-batches concurrent
+        requests). Override for speed; an invalid payload yields its exception in its slot."""
+        out: list[ScoreResult | Exception] = []
+        for p in payloads:
+            try:
+                out.append(self.score(p))
+            except InputError as e:
+                out.append(e)
+        return out
+
     def cost(self, payload: dict[str, Any]) -> int:
         """Queries a payload will cost, computed before scoring so the budget is checked first."""
         return 1
@@ -121,3 +132,41 @@ def discover(root: Path = CHALLENGES_DIR) -> dict[str, ChallengeSpec]:
             s = load_challenge_dir(d)
             out[s.manifest.id] = s
     return out
+
+
+class LocalClient:
+    """What a solver talks to, without a server: the same budget and success semantics.
+
+    A solver written as ``solve(client)`` uses only ``client.score(payload) -> dict``,
+    ``client.artifact(name) -> bytes``, ``client.remaining`` and ``client.flag`` (set once solved);
+    the HTTP client in :mod:`assay.arena.client` offers the same four.
+    """
+
+    def __init__(self, spec: ChallengeSpec, budget: int | None = None):
+        self.spec = spec
+        self.remaining = spec.manifest.query_budget if budget is None else budget
+        self.flag: str | None = None
+        self.queries = 0
+
+    def score(self, payload: dict[str, Any]) -> dict[str, Any]:
+        from assay.errors import BudgetExceeded
+
+        ch = self.spec.challenge
+        cost = ch.cost(payload)
+        if cost > self.remaining:
+            raise BudgetExceeded(f"query budget exhausted: {self.remaining} left, {cost} needed")
+        result = ch.score(payload)
+        self.remaining -= result.cost
+        self.queries += result.cost
+        out = dict(result.output)
+        if result.solved:
+            self.flag = f"local-flag-{self.spec.manifest.id}"
+            out["flag"] = self.flag
+        out["remaining"] = self.remaining
+        return out
+
+    def artifact(self, name: str) -> bytes:
+        arts = self.spec.challenge.artifacts()
+        if name not in arts:
+            raise InputError(f"no artifact {name!r}; available: {sorted(arts)}")
+        return arts[name]
