@@ -1,0 +1,310 @@
+"""Scoring and reporting shared by the membership and unlearning probes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from assay.attacks.privacy import membership as mia
+from assay.attacks.privacy import metrics as mm
+from assay.attacks.privacy.reference import ReferenceSet, recipe_for_target, train_reference_models
+from assay.errors import InputError
+from assay.probes.base import Evidence, Metric
+from assay.stats import clopper_pearson
+from assay.targets.base import LABELS, SCORES
+
+ATTACKS = ("baseline", "lira", "rmia", "label_only")
+SCORE_ATTACKS = ("baseline", "lira", "rmia")
+REF_ATTACKS = ("lira", "rmia")
+
+
+def check_attacks(attacks, target, n_reference: int, lira_variant: str) -> list[str]:
+    attacks = [a.strip().lower().replace("-", "_") for a in attacks]
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not attacks:
+        raise InputError(f"unknown membership attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+    if any(a in SCORE_ATTACKS for a in attacks) and SCORES not in target.capabilities:
+        raise InputError(
+            f"attacks {[a for a in attacks if a in SCORE_ATTACKS]} need target scores but {target.name} "
+            "returns labels only; use attacks=label_only"
+        )
+    if "label_only" in attacks and LABELS not in target.capabilities and SCORES not in target.capabilities:
+        raise InputError(f"{target.name} answers neither scores nor labels")
+    if any(a in REF_ATTACKS for a in attacks):
+        if n_reference < 1:
+            raise InputError("LiRA and RMIA need n_reference >= 1 reference models; or use attacks=baseline")
+        if "lira" in attacks and lira_variant == "online" and n_reference < 2:
+            raise InputError("online LiRA needs n_reference >= 2 (IN and OUT models); use lira_variant=offline")
+    return list(dict.fromkeys(attacks))
+
+
+def check_fprs(fprs, n_nonmembers: int) -> list[float]:
+    fprs = sorted({float(f) for f in fprs}, reverse=True)
+    if not fprs or any(not 0 < f < 1 for f in fprs):
+        raise InputError(f"fprs {fprs} must be rates in (0, 1), e.g. 0.01,0.001")
+    if n_nonmembers < math.ceil(1 / fprs[0]):
+        raise InputError(
+            f"only {n_nonmembers} non-members: no requested FPR is measurable (FPR {fprs[0]:g} needs at "
+            f"least {math.ceil(1 / fprs[0])}); add non-member records or ask for a larger fpr"
+        )
+    return fprs
+
+
+def fingerprint_target(target) -> str:
+    """Content hash of a target's weights (torch / sklearn) or its description."""
+    h = hashlib.sha256()
+    net = getattr(target, "net", None)
+    if isinstance(net, torch.nn.Module):
+        for k, v in net.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    else:
+        desc = dict(target.describe())
+        desc.pop("queries", None)
+        h.update(json.dumps(desc, sort_keys=True, default=str).encode())
+        est = getattr(target, "estimator", None)
+        if est is not None:
+            h.update(repr(est.get_params()).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ScoreSettings:
+    attacks: list[str]
+    n_reference: int
+    recipe: str | None
+    lira_variant: str
+    lira_fixed_variance: bool | None
+    augment: bool
+    rmia_a: float
+    rmia_gamma: float
+    rmia_variant: str
+    label_only_copies: int
+    label_only_sigma: float
+    seed: int
+    train_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def query_views(x: torch.Tensor, augment: bool) -> torch.Tensor:
+    if not augment:
+        return x.unsqueeze(0)
+    if x.dim() != 4:
+        raise InputError("augment=True applies to images (N, C, H, W); set augment=false for this data")
+    return mia.image_queries(x)
+
+
+def target_log_probs(ctx, target, views: torch.Tensor, shared_clean: bool) -> torch.Tensor:
+    """(Q, N, C) log-probabilities of the target; the identity view reuses the audit's clean cache."""
+    out = []
+    for q in range(views.shape[0]):
+        s = ctx.clean_scores() if (q == 0 and shared_clean) else target.scores(views[q])
+        out.append(mia.as_log_probs(s, "logits" if target.output == "logits" else "probs"))
+    return torch.stack(out)
+
+
+def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Membership scores (one per record of ``ctx.data``, higher = member) for each attack."""
+    data = ctx.data
+    x, y = data.x, data.y
+    info: dict[str, Any] = {}
+    scores: dict[str, np.ndarray] = {}
+    need_scores = any(a in SCORE_ATTACKS for a in s.attacks)
+    views = query_views(x, s.augment) if need_scores else None
+    lp_t = target_log_probs(ctx, target, views, shared_clean) if need_scores else None
+    if "baseline" in s.attacks:
+        scores["baseline"] = mia.true_class_log_prob(lp_t[0], y).numpy()
+    refs: ReferenceSet | None = None
+    if any(a in REF_ATTACKS for a in s.attacks):
+        recipe = recipe_for_target(target, s.recipe, **s.train_kwargs)
+        refs = train_reference_models(
+            recipe, x, y, n_models=s.n_reference, seed=s.seed, views=views, num_classes=target.num_classes,
+            executor=ctx.executor, cache_dir=ctx.cache_dir("membership-refs"),
+            cache_key=f"{fingerprint_target(target)}|{data.fingerprint()}",
+            progress=ctx.progress,
+        )
+        info.update(reference_models=s.n_reference, reference_trained=refs.trained, reference_cached=refs.cached,
+                    reference_seconds=round(refs.seconds, 3), recipe=refs.recipe, executor=ctx.executor.name,
+                    queries_per_record=int(views.shape[0]))
+        # (Q, N, C) -> (N, Q) statistics
+        y_t = y
+        if "lira" in s.attacks:
+            phi_t = mia.logit_confidence(lp_t.transpose(0, 1), y_t, "log_probs")  # (N, Q)
+            phi_r = mia.logit_confidence(refs.log_probs.transpose(1, 2), y_t, "log_probs")  # (R, N, Q)
+            fixed = s.lira_fixed_variance if s.lira_fixed_variance is not None else s.n_reference < 64
+            scores["lira"] = mia.lira_scores(phi_t, phi_r, refs.in_mask, variant=s.lira_variant,
+                                             fixed_variance=fixed).numpy()
+            info["lira"] = {"variant": s.lira_variant, "fixed_variance": fixed}
+        if "rmia" in s.attacks:
+            variant = s.rmia_variant if s.rmia_variant != "auto" else ("online" if s.n_reference >= 2 else "offline")
+            p_t = mia.true_class_log_prob(lp_t.transpose(0, 1), y_t).exp()  # (N, Q)
+            p_r = mia.true_class_log_prob(refs.log_probs.transpose(1, 2), y_t).exp()  # (R, N, Q)
+            # population z: every record of the pool (the attacker does not know who is a member)
+            scores["rmia"] = mia.rmia_scores(p_t, p_r, p_t, p_r, a=s.rmia_a, gamma=s.rmia_gamma,
+                                             ref_in_mask=refs.in_mask, ref_in_mask_z=refs.in_mask,
+                                             variant=variant).numpy()
+            info["rmia"] = {"variant": variant, "a": s.rmia_a, "gamma": s.rmia_gamma, "population": len(x)}
+    if "label_only" in s.attacks:
+        lo, hi = target.bounds
+        sigma = s.label_only_sigma * (hi - lo)
+        scores["label_only"] = mia.label_only_scores(
+            target.labels, x, y, n_augment=s.label_only_copies, noise_sigma=sigma, bounds=target.bounds,
+            seed=s.seed,
+        ).numpy()
+        info["label_only"] = {"copies": s.label_only_copies, "noise_sigma": sigma}
+    return scores, info
+
+
+# ------------------------------------------------------------- summaries
+@dataclass
+class AttackSummary:
+    name: str
+    auc: float
+    auc_low: float
+    auc_high: float
+    tprs: list[mm.TprAtFpr]
+    tpr0: mm.TprAtFpr
+    advantage: float
+    eps: mm.EpsilonBound
+
+
+def summarize(name: str, scores: np.ndarray, is_member: np.ndarray, fprs: list[float], seed: int,
+              delta: float = 0.0) -> AttackSummary:
+    a = mm.auc(scores, is_member)
+    iv = _auc_interval(scores, is_member, seed)
+    tprs = [mm.tpr_at_fpr(scores, is_member, f) for f in fprs]
+    return AttackSummary(name, a, iv[0], iv[1], tprs, mm.tpr_at_fpr(scores, is_member, 0.0),
+                         mm.membership_advantage(scores, is_member),
+                         mm.epsilon_lower_bound(scores, is_member, delta=delta, seed=seed))
+
+
+def _auc_interval(scores, is_member, seed: int, n_resamples: int = 200) -> tuple[float, float]:
+    """Seeded stratified bootstrap of the AUC (rank formula, vectorised over resamples)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = scores[is_member], scores[~is_member]
+    pi = rng.integers(0, len(pos), (n_resamples, len(pos)))
+    ni = rng.integers(0, len(neg), (n_resamples, len(neg)))
+    vals = np.empty(n_resamples)
+    for b in range(n_resamples):
+        p, q = pos[pi[b]], np.sort(neg[ni[b]])
+        below = np.searchsorted(q, p, side="left")
+        ties = np.searchsorted(q, p, side="right") - below
+        vals[b] = (below.sum() + 0.5 * ties.sum()) / (len(p) * len(q))
+    return float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))
+
+
+def fmt_fpr(f: float) -> str:
+    return f"{f:g}"
+
+
+def attack_metrics(summ: AttackSummary) -> list[Metric]:
+    n = summ.name
+    out = [Metric(f"auc[{n}]", summ.auc, summ.auc_low, summ.auc_high, higher_is_better=False,
+                  method="bootstrap", description="area under the ROC curve (0.5 = chance)")]
+    for t in summ.tprs:
+        desc = f"TPR at FPR {t.fpr:g} (achieved FPR {t.fpr_achieved:.3g}, {t.true_positives}/{t.n_members} members)" \
+            if t.estimable else t.note
+        out.append(Metric(f"tpr_at_fpr[{n},fpr={fmt_fpr(t.fpr)}]", t.value, t.low if t.estimable else None,
+                          t.high if t.estimable else None, higher_is_better=False, method="clopper-pearson",
+                          description=desc))
+    t0 = summ.tpr0
+    out.append(Metric(f"tpr_at_fpr[{n},fpr=0]", t0.value, t0.low, t0.high, higher_is_better=False,
+                      method="clopper-pearson", description="members identified with no false positive at all"))
+    out.append(Metric(f"advantage[{n}]", summ.advantage, higher_is_better=False,
+                      description="max over thresholds of TPR - FPR"))
+    e = summ.eps
+    out.append(Metric(f"epsilon_lower_bound[{n}]", e.epsilon, higher_is_better=False, method=f"clopper-pearson ({e.method})",
+                      description=f"empirical DP epsilon lower bound at {e.level:.0%} confidence, delta={e.delta:g}"))
+    return out
+
+
+def strongest(summaries: list[AttackSummary]) -> AttackSummary:
+    """The attack with the highest TPR at the lowest measurable FPR (ties: AUC)."""
+    def key(s: AttackSummary):
+        est = [t.value for t in reversed(s.tprs) if t.estimable]
+        return (est[0] if est else 0.0, s.tpr0.value, s.auc)
+
+    return max(summaries, key=key)
+
+
+def max_metrics(summaries: list[AttackSummary], prefix: str = "max") -> list[Metric]:
+    """Worst case over attacks (what the policy judges): each with that attack's interval."""
+    best_auc = max(summaries, key=lambda s: s.auc)
+    out = [Metric(f"{prefix}_auc", best_auc.auc, best_auc.auc_low, best_auc.auc_high, higher_is_better=False,
+                  method="bootstrap", description=f"highest AUC over attacks ({best_auc.name})")]
+    for i, t in enumerate(summaries[0].tprs):
+        if not t.estimable:
+            continue
+        s = max(summaries, key=lambda s: s.tprs[i].value)
+        b = s.tprs[i]
+        out.append(Metric(f"{prefix}_tpr_at_fpr[fpr={fmt_fpr(t.fpr)}]", b.value, b.low, b.high, higher_is_better=False,
+                          method="clopper-pearson", description=f"highest TPR at FPR {t.fpr:g} over attacks ({s.name})"))
+    s = max(summaries, key=lambda s: s.eps.epsilon)
+    out.append(Metric(f"{prefix}_epsilon_lower_bound", s.eps.epsilon, higher_is_better=False,
+                      description=f"highest empirical epsilon lower bound over attacks ({s.name})"))
+    return out
+
+
+# -------------------------------------------------------------- evidence
+def roc_evidence(scores: dict[str, np.ndarray], is_member: np.ndarray, title: str, max_points: int = 300) -> Evidence:
+    series = []
+    n_neg = int((~is_member).sum())
+    for name, sc in scores.items():
+        r = mm.roc(sc, is_member)
+        keep = r.fpr > 0  # log axes cannot show FPR = 0 (reported as tpr_at_fpr[...,fpr=0])
+        fpr, tpr = r.fpr[keep], r.tpr[keep]
+        if len(fpr) > max_points:
+            grid = np.unique(np.searchsorted(fpr, np.geomspace(fpr[0], 1.0, max_points)).clip(0, len(fpr) - 1))
+            fpr, tpr = fpr[grid], tpr[grid]
+        series.append({"name": name, "x": fpr.tolist(), "y": tpr.tolist()})
+    lo = 1.0 / max(n_neg, 1)
+    series.append({"name": "chance", "x": [lo, 1.0], "y": [lo, 1.0]})
+    return Evidence("curve", title, {"xlabel": "false positive rate", "ylabel": "true positive rate",
+                                     "logx": True, "logy": True, "series": series})
+
+
+def exposed_table(scores: np.ndarray, is_member: np.ndarray, y: torch.Tensor, attack: str, k: int = 20) -> Evidence:
+    exp = mm.exposure(scores, is_member)
+    order = np.lexsort((-scores, exp))[:k]
+    rows = [[int(i), int(y[i]), bool(is_member[i]), round(float(scores[i]), 6), round(float(exp[i]), 6)] for i in order]
+    return Evidence("table", f"Most exposed records ({attack})",
+                    {"columns": ["index", "class", "member", "score", "fpr_to_flag"], "rows": rows})
+
+
+def breakdown_bars(scores: np.ndarray, is_member: np.ndarray, keys: np.ndarray, threshold: float, title: str) -> Evidence:
+    """TPR and FPR per category at one global threshold, with Clopper-Pearson intervals."""
+    cats = sorted({str(k) for k in keys.tolist()})
+    keys = keys.astype(str)
+    series: dict[str, dict[str, list]] = {n: {"values": [], "low": [], "high": []} for n in ("TPR", "FPR")}
+    for c in cats:
+        sel = keys == c
+        pred = scores[sel] >= threshold
+        for name, m in (("TPR", is_member[sel]), ("FPR", ~is_member[sel])):
+            k, n = int((pred & m).sum()), int(m.sum())
+            iv = clopper_pearson(k, n)
+            series[name]["values"].append(k / n if n else None)
+            series[name]["low"].append(iv.low if n else None)
+            series[name]["high"].append(iv.high if n else None)
+    return Evidence("bars", title, {"ylabel": "rate at the global threshold", "categories": cats,
+                                    "series": [{"name": n, **v} for n, v in series.items()]})
+
+
+def histogram_evidence(scores: np.ndarray, is_member: np.ndarray, attack: str, bins: int = 30) -> Evidence:
+    edges = np.histogram_bin_edges(scores, bins=bins)
+    return Evidence("histogram", f"Membership scores ({attack})", {"xlabel": f"{attack} score", "series": [
+        {"name": "members", "edges": edges.tolist(), "counts": np.histogram(scores[is_member], edges)[0].tolist()},
+        {"name": "non-members", "edges": edges.tolist(), "counts": np.histogram(scores[~is_member], edges)[0].tolist()},
+    ]})
+
+
+def breakdown_threshold(summ: AttackSummary) -> tuple[float, float]:
+    """The threshold of the lowest measurable requested FPR (or FPR 0)."""
+    for t in reversed(summ.tprs):
+        if t.estimable:
+            return t.threshold, t.fpr
+    return summ.tpr0.threshold, 0.0

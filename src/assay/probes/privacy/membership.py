@@ -1,0 +1,123 @@
+"""``privacy.membership``: can an attacker tell the model's training records from other records?
+
+The dataset is the population pool: the target's members (``Dataset.member`` True) and
+non-members. Reference models are trained on balanced random halves of the same pool (the
+attacker's knowledge of the data distribution, not of who is a member).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from assay.errors import InputError
+from assay.probes.base import Evidence, Finding, Probe, Threshold, register
+from assay.probes.privacy import _shared as sh
+from assay.targets.base import LABELS, SCORES
+
+
+@register
+class MembershipProbe(Probe):
+    """Membership inference with the strongest known attacks (LiRA, RMIA) and the population and
+    label-only baselines; judged by TPR at low FPR with exact intervals.
+
+    Default policy (worst attack): fail when TPR at 1% FPR exceeds 0.10 (10x chance) or TPR at
+    0.1% FPR exceeds 0.02 (20x chance) or AUC exceeds 0.75; warn above 0.03, 0.005 and 0.60.
+    """
+
+    name = "privacy.membership"
+    axis = "privacy"
+    title = "Membership inference"
+    description = "LiRA / RMIA / population / label-only membership attacks: TPR at low FPR, AUC, epsilon bound"
+    requires_any = (frozenset({SCORES}), frozenset({LABELS}))
+    needs = frozenset({"labels", "members"})
+    default_policy = {
+        "max_tpr_at_fpr[fpr=0.01]": Threshold(warn_above=0.03, fail_above=0.10),
+        "max_tpr_at_fpr[fpr=0.001]": Threshold(warn_above=0.005, fail_above=0.02),
+        "max_auc": Threshold(warn_above=0.60, fail_above=0.75),
+    }
+
+    @dataclass
+    class Params:
+        attacks: list[str] = field(default_factory=lambda: ["baseline", "lira", "rmia"])
+        n_reference: int = 4
+        recipe: str | None = None
+        lira_variant: str = "online"
+        lira_fixed_variance: bool | None = None
+        augment: bool = False
+        rmia_a: float = 0.3
+        rmia_gamma: float = 1.0
+        rmia_variant: str = "auto"
+        label_only_copies: int = 32
+        label_only_sigma: float = 0.1
+        fprs: list[float] = field(default_factory=lambda: [0.01, 0.001, 0.0001])
+        train_epochs: int = 30
+        train_lr: float = 2e-3
+        train_batch_size: int = 64
+        train_weight_decay: float = 0.0
+        delta: float = 0.0
+        seed: int = 0
+
+    def cost(self, target, data):
+        p = self.params
+        n = len(data) if data is not None else 0
+        q = 10 if p.augment else 1
+        note = f"trains {p.n_reference} reference models" if {"lira", "rmia"} & set(p.attacks) else ""
+        extra = n * (p.label_only_copies + 1) if "label_only" in p.attacks else 0
+        return {"queries": n * q + extra, "note": note}
+
+    def run(self, ctx) -> Finding:
+        t0 = time.perf_counter()
+        p = self.params
+        data, target = ctx.data, ctx.target
+        if data.member is None:
+            raise InputError("privacy.membership needs membership labels: give the dataset a member mask (True = training record)")
+        if data.y is None:
+            raise InputError("privacy.membership needs labels for every record")
+        is_member = data.member.numpy().astype(bool)
+        n_mem, n_non = int(is_member.sum()), int((~is_member).sum())
+        if n_mem < 10 or n_non < 10:
+            raise InputError(f"{n_mem} members and {n_non} non-members; give at least 10 of each (ideally thousands)")
+        fprs = sh.check_fprs(p.fprs, n_non)
+        attacks = sh.check_attacks(p.attacks, target, p.n_reference, p.lira_variant)
+        settings = sh.ScoreSettings(
+            attacks, p.n_reference, p.recipe, p.lira_variant, p.lira_fixed_variance, p.augment, p.rmia_a,
+            p.rmia_gamma, p.rmia_variant, p.label_only_copies, p.label_only_sigma, p.seed,
+            {"epochs": p.train_epochs, "lr": p.train_lr, "batch_size": p.train_batch_size,
+             "weight_decay": p.train_weight_decay},
+        )
+        queries0 = target.queries
+        scores, info = sh.compute_scores(ctx, target, settings)
+        summaries = [sh.summarize(a, s, is_member, fprs, p.seed, p.delta) for a, s in scores.items()]
+        metrics = [m for s in summaries for m in sh.attack_metrics(s)] + sh.max_metrics(summaries)
+        best = sh.strongest(summaries)
+        thr, thr_fpr = sh.breakdown_threshold(best)
+        evidence: list[Evidence] = [
+            sh.roc_evidence(scores, is_member, "ROC of each attack (log-log)"),
+            sh.histogram_evidence(scores[best.name], is_member, best.name),
+            sh.exposed_table(scores[best.name], is_member, data.y, best.name),
+            sh.breakdown_bars(scores[best.name], is_member, data.y.numpy(), thr,
+                              f"By class: {best.name} at the FPR-{thr_fpr:g} threshold"),
+        ]
+        for gname, gvals in data.groups.items():
+            evidence.append(sh.breakdown_bars(scores[best.name], is_member, np.asarray(gvals), thr,
+                                              f"By {gname}: {best.name} at the FPR-{thr_fpr:g} threshold"))
+        not_est = [f for f in fprs if not best.tprs[fprs.index(f)].estimable]
+        if not_est:
+            evidence.append(Evidence("text", "Not estimable", {"text": (
+                f"TPR at FPR {', '.join(f'{f:g}' for f in not_est)} is not estimable with {n_non} non-members "
+                f"(FPR f needs at least 1/f); these metrics are NaN, not 0.")}))
+        low = next((t for t in reversed(best.tprs) if t.estimable), best.tpr0)
+        finding = self.finding(
+            metrics=metrics,
+            evidence=evidence,
+            summary=(f"{best.name} identifies {low.value:.1%} of members at FPR {low.fpr:g} "
+                     f"(95% CI {low.low:.1%}-{low.high:.1%}; chance {low.fpr:.1%}), AUC {best.auc:.3f}, "
+                     f"{n_mem} members / {n_non} non-members"),
+            accounting={"queries": target.queries - queries0, "seconds": round(time.perf_counter() - t0, 3),
+                        "seed": p.seed, "members": n_mem, "non_members": n_non, "strongest": best.name, **info},
+        )
+        finding.apply_policy(self.default_policy)
+        return finding

@@ -1,0 +1,180 @@
+"""``privacy.unlearning``: after a model is said to have forgotten some records, can a membership
+attack still tell those records from data it never saw?
+
+Data: ``data.groups["unlearning_split"]`` names each row ``"forget"`` (the records the model should
+have forgotten), ``"retain"`` (still in the training set) or ``"heldout"`` (never trained on).
+The attacks score every row; the evaluation compares forget (positives) with heldout (negatives).
+Reference models for LiRA / RMIA train on balanced halves of all rows, as in
+``privacy.membership``.
+
+A model retrained from scratch without the forget set is the gold standard. Give it as
+``retrained_model`` (a path loaded with ``assay.targets.loading.load_target`` where that loader is
+installed) or, in Python, ``UnlearningProbe(retrained_target=TorchTarget(...))``; the probe then
+reports the gap ``AUC(unlearned) - AUC(retrained)`` per attack and judges the gap, because a forget
+set that differs in distribution from heldout data (a whole class, one user) is told apart even
+by the retrained model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from assay.audit.context import ProbeContext
+from assay.errors import InputError
+from assay.probes.base import Finding, Metric, Probe, Threshold, register
+from assay.probes.privacy import _shared as sh
+from assay.targets.base import LABELS, SCORES
+
+SPLIT_COLUMN = "unlearning_split"
+SPLITS = ("forget", "retain", "heldout")
+
+
+@register
+class UnlearningProbe(Probe):
+    """Membership attacks on the forget set versus held-out data, against an unlearned model.
+
+    Default policy: without a retrained model, fail when the worst attack's TPR at 1% FPR exceeds
+    0.10 or its AUC exceeds 0.70 (warn above 0.03 / 0.60); with one, fail when the unlearned
+    model's AUC exceeds the retrained model's by more than 0.08 (warn above 0.03).
+    """
+
+    name = "privacy.unlearning"
+    axis = "privacy"
+    title = "Unlearning verification"
+    description = "does a membership attack still separate the forget set from held-out data?"
+    requires_any = (frozenset({SCORES}), frozenset({LABELS}))
+    needs = frozenset({"labels", "groups"})
+    default_policy = {
+        "max_tpr_at_fpr[fpr=0.01]": Threshold(warn_above=0.03, fail_above=0.10),
+        "max_auc": Threshold(warn_above=0.60, fail_above=0.70),
+        "max_auc_gap": Threshold(warn_above=0.03, fail_above=0.08),
+    }
+
+    @dataclass
+    class Params:
+        attacks: list[str] = field(default_factory=lambda: ["baseline", "lira", "rmia"])
+        n_reference: int = 4
+        recipe: str | None = None
+        retrained_model: str | None = None
+        lira_variant: str = "online"
+        lira_fixed_variance: bool | None = None
+        augment: bool = False
+        rmia_a: float = 0.3
+        rmia_gamma: float = 1.0
+        rmia_variant: str = "auto"
+        label_only_copies: int = 32
+        label_only_sigma: float = 0.1
+        fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])
+        train_epochs: int = 30
+        train_lr: float = 2e-3
+        train_batch_size: int = 64
+        train_weight_decay: float = 0.0
+        seed: int = 0
+
+    def __init__(self, retrained_target=None, **params):
+        super().__init__(**params)
+        self.retrained_target = retrained_target
+
+    def check(self, target, data):
+        why = super().check(target, data)
+        if why is None and data is not None and SPLIT_COLUMN not in data.groups:
+            return f"needs data.groups[{SPLIT_COLUMN!r}] with values forget / retain / heldout per row"
+        return why
+
+    def _retrained(self):
+        if self.retrained_target is not None:
+            return self.retrained_target
+        if self.params.retrained_model is None:
+            return None
+        try:
+            from assay.targets.loading import load_target  # provided by the targets helper
+        except ImportError:
+            raise InputError(
+                "retrained_model needs assay.targets.loading, which this install lacks; load the model "
+                "yourself and pass UnlearningProbe(retrained_target=...) in Python"
+            ) from None
+        return load_target(self.params.retrained_model)
+
+    def run(self, ctx) -> Finding:
+        t0 = time.perf_counter()
+        p = self.params
+        data, target = ctx.data, ctx.target
+        if SPLIT_COLUMN not in data.groups:
+            raise InputError(f"privacy.unlearning needs data.groups[{SPLIT_COLUMN!r}] (forget / retain / heldout per row)")
+        if data.y is None:
+            raise InputError("privacy.unlearning needs labels for every record")
+        split = np.asarray(data.groups[SPLIT_COLUMN]).astype(str)
+        bad = sorted(set(split.tolist()) - set(SPLITS))
+        if bad:
+            raise InputError(f"{SPLIT_COLUMN} has values {bad}; use only forget, retain, heldout")
+        forget, heldout = split == "forget", split == "heldout"
+        if forget.sum() < 10 or heldout.sum() < 10:
+            raise InputError(f"{int(forget.sum())} forget and {int(heldout.sum())} heldout rows; give at least 10 of each")
+        fprs = sh.check_fprs(p.fprs, int(heldout.sum()))
+        attacks = sh.check_attacks(p.attacks, target, p.n_reference, p.lira_variant)
+        settings = sh.ScoreSettings(
+            attacks, p.n_reference, p.recipe, p.lira_variant, p.lira_fixed_variance, p.augment, p.rmia_a,
+            p.rmia_gamma, p.rmia_variant, p.label_only_copies, p.label_only_sigma, p.seed,
+            {"epochs": p.train_epochs, "lr": p.train_lr, "batch_size": p.train_batch_size,
+             "weight_decay": p.train_weight_decay},
+        )
+        # reference models clone the unlearned target's architecture (or follow the recipe), so the
+        # retrained model's scores reuse the same cached reference outputs
+        queries0 = target.queries
+        scores, info = sh.compute_scores(ctx, target, settings)
+        sel = forget | heldout
+        is_forget = forget[sel]
+        summaries = [sh.summarize(a, s[sel], is_forget, fprs, p.seed) for a, s in scores.items()]
+        metrics = [m for s in summaries for m in sh.attack_metrics(s)]
+        evidence = [sh.roc_evidence({a: s[sel] for a, s in scores.items()}, is_forget,
+                                    "Forget vs heldout: ROC of each attack (log-log)")]
+        retrained = self._retrained()
+        if retrained is None:
+            metrics += sh.max_metrics(summaries)
+        else:
+            rctx = ProbeContext(retrained, data, seed=ctx.seed, probe_name=f"{self.name}/retrained",
+                                executor=ctx.executor, workdir=ctx.workdir)
+            rscores, _ = sh.compute_scores(rctx, retrained, settings)
+            rsumm = {a: sh.summarize(a, s[sel], is_forget, fprs, p.seed) for a, s in rscores.items()}
+            gaps = []
+            for s in summaries:
+                r = rsumm[s.name]
+                lo, hi = _auc_gap_interval(scores[s.name][sel], rscores[s.name][sel], is_forget, p.seed)
+                gaps.append(Metric(f"auc_gap[{s.name}]", s.auc - r.auc, lo, hi, higher_is_better=False,
+                                   method="bootstrap", description="AUC(unlearned) - AUC(retrained without the forget set)"))
+                metrics.append(Metric(f"retrained_auc[{s.name}]", r.auc, r.auc_low, r.auc_high, higher_is_better=False,
+                                      method="bootstrap", description="the same attack against the retrained model"))
+            worst = max(gaps, key=lambda m: m.value)
+            metrics += gaps + [Metric("max_auc_gap", worst.value, worst.low, worst.high, higher_is_better=False,
+                                      method="bootstrap", description=f"largest AUC gap over attacks ({worst.name})")]
+            evidence.append(sh.roc_evidence({a: s[sel] for a, s in rscores.items()}, is_forget,
+                                            "Retrained model: forget vs heldout ROC (log-log)"))
+        best = sh.strongest(summaries)
+        evidence.append(sh.histogram_evidence(scores[best.name][sel], is_forget, best.name))
+        finding = self.finding(
+            metrics=metrics, evidence=evidence,
+            summary=(f"{best.name} separates forget from heldout records with AUC {best.auc:.3f} "
+                     f"({int(forget.sum())} forget / {int(heldout.sum())} heldout)"
+                     + ("" if retrained is None else f"; largest AUC gap to the retrained model {worst.value:+.3f}")),
+            accounting={"queries": target.queries - queries0, "seconds": round(time.perf_counter() - t0, 3),
+                        "seed": p.seed, "forget": int(forget.sum()), "heldout": int(heldout.sum()),
+                        "retain": int((split == "retain").sum()), "retrained_model": retrained is not None, **info},
+        )
+        finding.apply_policy(self.default_policy)
+        return finding
+
+
+def _auc_gap_interval(s_a: np.ndarray, s_b: np.ndarray, is_pos: np.ndarray, seed: int, n: int = 200) -> tuple[float, float]:
+    """Paired, stratified bootstrap of AUC(a) - AUC(b) on the same records."""
+    from assay.attacks.privacy.metrics import auc
+
+    rng = np.random.default_rng(seed)
+    pos, neg = np.nonzero(is_pos)[0], np.nonzero(~is_pos)[0]
+    vals = []
+    for _ in range(n):
+        idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        vals.append(auc(s_a[idx], is_pos[idx]) - auc(s_b[idx], is_pos[idx]))
+    return float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))
