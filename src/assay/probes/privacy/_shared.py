@@ -108,8 +108,13 @@ def target_log_probs(ctx, target, views: torch.Tensor, shared_clean: bool) -> to
     return torch.stack(out)
 
 
-def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Membership scores (one per record of ``ctx.data``, higher = member) for each attack."""
+def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True,
+                   refs: ReferenceSet | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Membership scores (one per record of ``ctx.data``, higher = member) for each attack.
+
+    ``refs``: reference outputs to reuse (e.g. when scoring a second model on the same pool);
+    otherwise they are trained (or read from the cache). ``info["refs"]`` returns them.
+    """
     data = ctx.data
     x, y = data.x, data.y
     info: dict[str, Any] = {}
@@ -119,8 +124,7 @@ def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True) 
     lp_t = target_log_probs(ctx, target, views, shared_clean) if need_scores else None
     if "baseline" in s.attacks:
         scores["baseline"] = mia.true_class_log_prob(lp_t[0], y).numpy()
-    refs: ReferenceSet | None = None
-    if any(a in REF_ATTACKS for a in s.attacks):
+    if any(a in REF_ATTACKS for a in s.attacks) and refs is None:
         recipe = recipe_for_target(target, s.recipe, **s.train_kwargs)
         refs = train_reference_models(
             recipe, x, y, n_models=s.n_reference, seed=s.seed, views=views, num_classes=target.num_classes,
@@ -128,6 +132,8 @@ def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True) 
             cache_key=f"{fingerprint_target(target)}|{data.fingerprint()}",
             progress=ctx.progress,
         )
+    if refs is not None:
+        info["refs"] = refs
         info.update(reference_models=s.n_reference, reference_trained=refs.trained, reference_cached=refs.cached,
                     reference_seconds=round(refs.seconds, 3), recipe=refs.recipe, executor=ctx.executor.name,
                     queries_per_record=int(views.shape[0]))

@@ -125,6 +125,7 @@ class UnlearningProbe(Probe):
         # retrained model's scores reuse the same cached reference outputs
         queries0 = target.queries
         scores, info = sh.compute_scores(ctx, target, settings)
+        refs = info.pop("refs", None)
         sel = forget | heldout
         is_forget = forget[sel]
         summaries = [sh.summarize(a, s[sel], is_forget, fprs, p.seed) for a, s in scores.items()]
@@ -137,7 +138,7 @@ class UnlearningProbe(Probe):
         else:
             rctx = ProbeContext(retrained, data, seed=ctx.seed, probe_name=f"{self.name}/retrained",
                                 executor=ctx.executor, workdir=ctx.workdir)
-            rscores, _ = sh.compute_scores(rctx, retrained, settings)
+            rscores, _ = sh.compute_scores(rctx, retrained, settings, refs=refs)
             rsumm = {a: sh.summarize(a, s[sel], is_forget, fprs, p.seed) for a, s in rscores.items()}
             gaps = []
             for s in summaries:
