@@ -75,6 +75,37 @@ def fingerprint_target(target) -> str:
 
 
 @dataclass
+class AttackParams:
+    """Parameters shared by the membership and unlearning probes (see docs/privacy.md)."""
+
+    attacks: list[str] = field(default_factory=lambda: ["baseline", "lira", "rmia"])
+    n_reference: int = 4
+    recipe: str | None = None
+    lira_variant: str = "online"
+    lira_fixed_variance: bool | None = None
+    augment: bool = False
+    rmia_a: float = 0.3
+    rmia_gamma: float = 1.0
+    rmia_variant: str = "auto"
+    label_only_copies: int = 32
+    label_only_sigma: float = 0.1
+    train_epochs: int = 30
+    train_lr: float = 2e-3
+    train_batch_size: int = 64
+    train_weight_decay: float = 0.0
+    seed: int = 0
+
+
+def settings_from(p: AttackParams, attacks: list[str]) -> "ScoreSettings":
+    return ScoreSettings(
+        attacks, p.n_reference, p.recipe, p.lira_variant, p.lira_fixed_variance, p.augment, p.rmia_a,
+        p.rmia_gamma, p.rmia_variant, p.label_only_copies, p.label_only_sigma, p.seed,
+        {"epochs": p.train_epochs, "lr": p.train_lr, "batch_size": p.train_batch_size,
+         "weight_decay": p.train_weight_decay},
+    )
+
+
+@dataclass
 class ScoreSettings:
     attacks: list[str]
     n_reference: int

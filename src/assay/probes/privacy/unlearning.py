@@ -54,25 +54,9 @@ class UnlearningProbe(Probe):
     }
 
     @dataclass
-    class Params:
-        attacks: list[str] = field(default_factory=lambda: ["baseline", "lira", "rmia"])
-        n_reference: int = 4
-        recipe: str | None = None
+    class Params(sh.AttackParams):
         retrained_model: str | None = None
-        lira_variant: str = "online"
-        lira_fixed_variance: bool | None = None
-        augment: bool = False
-        rmia_a: float = 0.3
-        rmia_gamma: float = 1.0
-        rmia_variant: str = "auto"
-        label_only_copies: int = 32
-        label_only_sigma: float = 0.1
         fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])
-        train_epochs: int = 30
-        train_lr: float = 2e-3
-        train_batch_size: int = 64
-        train_weight_decay: float = 0.0
-        seed: int = 0
 
     def __init__(self, retrained_target=None, **params):
         super().__init__(**params)
@@ -115,12 +99,7 @@ class UnlearningProbe(Probe):
             raise InputError(f"{int(forget.sum())} forget and {int(heldout.sum())} heldout rows; give at least 10 of each")
         fprs = sh.check_fprs(p.fprs, int(heldout.sum()))
         attacks = sh.check_attacks(p.attacks, target, p.n_reference, p.lira_variant)
-        settings = sh.ScoreSettings(
-            attacks, p.n_reference, p.recipe, p.lira_variant, p.lira_fixed_variance, p.augment, p.rmia_a,
-            p.rmia_gamma, p.rmia_variant, p.label_only_copies, p.label_only_sigma, p.seed,
-            {"epochs": p.train_epochs, "lr": p.train_lr, "batch_size": p.train_batch_size,
-             "weight_decay": p.train_weight_decay},
-        )
+        settings = sh.settings_from(p, attacks)
         # reference models clone the unlearned target's architecture (or follow the recipe), so the
         # retrained model's scores reuse the same cached reference outputs
         queries0 = target.queries
