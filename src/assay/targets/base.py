@@ -143,6 +143,15 @@ class Target(ABC):
 
     # ----------------------------------------------------------------- helpers
     def _chunked(self, x: torch.Tensor, fn) -> torch.Tensor:
+        x = self._check_input(x)
+        n = x.shape[0]
+        self.budget.charge(n)
+        outs = [fn(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
+        if not outs:
+            return torch.empty((0, self.num_classes) if fn is self._scores else (0,))
+        return self._check_output(torch.cat(outs))
+
+    def _check_input(self, x) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(x)
         if tuple(x.shape[1:]) != self.input_shape:
@@ -150,12 +159,9 @@ class Target(ABC):
                 f"input shape {tuple(x.shape[1:])} does not match the target's {self.input_shape}; "
                 "reshape the data or pass --input-shape"
             )
-        n = x.shape[0]
-        self.budget.charge(n)
-        outs = [fn(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
-        if not outs:
-            return torch.empty((0, self.num_classes) if fn is self._scores else (0,))
-        out = torch.cat(outs)
+        return x
+
+    def _check_output(self, out: torch.Tensor) -> torch.Tensor:
         if out.dtype.is_floating_point and not torch.isfinite(out).all():
             raise TargetError(f"{self.name} returned NaN or inf scores; check the model and input range")
         return out
