@@ -98,6 +98,9 @@ class OnnxTarget(Target):
         self._output_name = outputs[output_index].name
         model_input = next(i for i in inputs if i.name == self.input_name)
         static = _static_dims(model_input.shape)
+        batch_dim = list(model_input.shape)[0] if model_input.shape else None
+        # a model exported with a fixed batch size is fed padded chunks of exactly that size
+        self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         if input_shape is None:
             if static is None:
                 raise TargetError(
@@ -141,7 +144,19 @@ class OnnxTarget(Target):
         return x
 
     def _run(self, a: np.ndarray) -> np.ndarray:
-        out = self.session.run([self._output_name], {self.input_name: a})[0]
+        b = self._fixed_batch
+        if b is not None and len(a) != b:
+            parts = []
+            for i in range(0, len(a), b):
+                chunk = a[i : i + b]
+                pad = np.zeros((b - len(chunk), *a.shape[1:]), dtype=a.dtype)
+                parts.append(self._run(np.concatenate([chunk, pad]))[: len(chunk)])
+            return np.concatenate(parts)
+        try:
+            out = self.session.run([self._output_name], {self.input_name: a})[0]
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TargetError(f"onnxruntime failed on inputs of shape {a.shape} ({first}); check --input-shape") from e
         if isinstance(out, list):  # e.g. a ZipMap output: one {class: prob} dict per row
             out = np.array([[row[k] for k in sorted(row)] for row in out], dtype=np.float32)
         return np.asarray(out, dtype=np.float32)
