@@ -252,7 +252,7 @@ def _load_table(p: Path, label, features, sensitive, member, name: str) -> Datas
             f"feature column(s) {', '.join(non_numeric[:10])} are not numeric; encode them (e.g. one-hot) "
             "or mark them --sensitive / leave them out with --features"
         )
-    x = df[feature_cols].to_numpy(dtype=np.float32)
+    x = df[feature_cols].to_numpy(dtype=np.float32, copy=True)
     nan_cols = [c for c, bad in zip(feature_cols, np.isnan(x).any(axis=0)) if bad]
     if nan_cols:
         raise InputError(f"feature column(s) {', '.join(nan_cols[:10])} have missing values; impute or drop those rows first")

@@ -24,6 +24,9 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import pickletools
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +97,20 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
         )
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether the file is a pickle stream (or a torch.save zip holding one), without running it."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(".pkl") for n in z.namelist())
+    try:
+        with open(path, "rb") as f:
+            for _ in pickletools.genops(f):  # parses opcodes only; nothing is executed
+                pass
+    except Exception:
+        return False
+    return True
 
 
 def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -229,7 +246,9 @@ def _torch_target(model: nn.Module, path: Path, input_shape, torch_kw) -> Target
 
 def _load_torch_file(path: Path, factory, trust_pickle: bool, input_shape, torch_kw) -> Target:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch marks TorchScript deprecated; it is still the safe format here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception:  # not a TorchScript archive
         module = None
     if module is not None:
@@ -237,8 +256,8 @@ def _load_torch_file(path: Path, factory, trust_pickle: bool, input_shape, torch
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
-            raise TargetError(f"{path} is not a PyTorch file torch.load can read ({str(e).splitlines()[0]})") from e
+        if not _is_pickle(path):
+            raise TargetError(f"{path} is neither TorchScript nor a PyTorch/pickle file; check the file") from e
         if not trust_pickle:
             raise _pickle_refusal(path) from None
         try:
