@@ -81,6 +81,7 @@ def test_predict_only_is_label_only_and_maps_classes_to_indices():
     with pytest.raises(TargetError, match="hard labels only"):
         t.scores(x)
     assert t.describe()["classes"] == ["cat", "dog"]
+    assert SklearnTarget(_PredictOnly()).describe()["bounds"] == [None, None]
 
 
 def test_errors_are_one_line():

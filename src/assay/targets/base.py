@@ -12,6 +12,7 @@ its capabilities so that probes can check their requirements before running:
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from typing import Any
@@ -173,7 +174,8 @@ class Target(ABC):
             "name": self.name,
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
-            "bounds": list(self.bounds),
+            # an infinite bound (unbounded tabular features) is null, keeping the report strict JSON
+            "bounds": [b if math.isfinite(b) else None for b in self.bounds],
             "output": self.output,
             "capabilities": sorted(self.capabilities),
             "query_budget": self.budget.limit,
