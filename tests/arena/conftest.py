@@ -227,3 +227,30 @@ def register(client, name: str, password: str = "password123") -> dict:
 
 def hdr(h: dict) -> dict:
     return {k: v for k, v in h.items() if not k.startswith("_")}
+
+
+class LiveServer:
+    """uvicorn serving ``app`` in a background thread on a free loopback port."""
+
+    def __init__(self, app):
+        import threading
+
+        import uvicorn
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 15
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -68,11 +68,11 @@ def session_of(request: Request) -> tuple[dict[str, Any], bool]:
     return {"pid": None, "csrf": auth.new_token()}, True
 
 
-def render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+def render(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
     arena = arena_of(request)
     data, fresh = session_of(request)
     player = arena.player(int(data["pid"])) if data.get("pid") else None
-    page = TEMPLATES.get_template(name).render(player=player, csrf=data["csrf"], event=arena.event(), **ctx)
+    page = TEMPLATES.get_template(template).render(player=player, csrf=data["csrf"], event=arena.event(), **ctx)
     resp = HTMLResponse(page, status_code=status)
     if fresh:
         set_session(resp, arena, data)
