@@ -68,9 +68,11 @@ def session_of(request: Request) -> tuple[dict[str, Any], bool]:
     return {"pid": None, "csrf": auth.new_token()}, True
 
 
-def render(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
+def render(request: Request, template: str, status: int = 200, session: dict[str, Any] | None = None,
+           **ctx) -> HTMLResponse:
+    """Render ``template``; ``session`` replaces the request's session (e.g. right after registering)."""
     arena = arena_of(request)
-    data, fresh = session_of(request)
+    data, fresh = (session, True) if session is not None else session_of(request)
     player = arena.player(int(data["pid"])) if data.get("pid") else None
     page = TEMPLATES.get_template(template).render(player=player, csrf=data["csrf"], event=arena.event(), **ctx)
     resp = HTMLResponse(page, status_code=status)
@@ -118,9 +120,8 @@ def make_web_router() -> APIRouter:
             player, key = arena.register(f.get("name", ""), f.get("password", ""))
         except InputError as e:
             return render(request, "register.html", status=422, error=str(e), name=f.get("name", ""))
-        resp = render(request, "registered.html", api_key=key, name=player.name)
-        set_session(resp, arena, {"pid": player.id, "csrf": auth.new_token()})
-        return resp
+        return render(request, "registered.html", session={"pid": player.id, "csrf": auth.new_token()},
+                      api_key=key, name=player.name)
 
     @r.get("/login", response_class=HTMLResponse)
     def login_page(request: Request):
