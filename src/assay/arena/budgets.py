@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import case, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from assay.arena.store import Budget, Store
+from assay.arena.store import Budget, QueryLog, Store
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Charge:
     tokens: float  # bucket level after this charge
     reason: str = ""  # "" | "total" | "rate"
     retry_after: int = 0  # seconds until the bucket holds enough tokens (reason "rate")
+    log_id: int | None = None  # the query-log row written in the same transaction
 
 
 def _least(a, b):
@@ -56,7 +57,7 @@ class Budgets:
             conn.execute(ins.on_conflict_do_nothing())
 
     def _charge(self, player_id, challenge_id, cost, rate_per_minute, burst, total, submission: bool,
-                other_burst: float) -> Charge:
+                other_burst: float, log_row: dict | None = None) -> Charge:
         B = Budget
         tokens, stamp, used = (B.sub_tokens, B.sub_updated_at, B.sub_used) if submission else (B.tokens, B.updated_at, B.used)
         rate = rate_per_minute / 60.0
@@ -74,7 +75,11 @@ class Budgets:
             with self.store.engine.begin() as conn:
                 row = conn.execute(stmt).first()
                 if row is not None:
-                    return Charge(True, total - row[1], row[0])
+                    log_id = None
+                    if log_row is not None:  # same transaction: the log is exactly as durable as the charge
+                        log_id = conn.execute(QueryLog.__table__.insert().values(**log_row, cost=cost)
+                                              .returning(QueryLog.id)).scalar()
+                    return Charge(True, total - row[1], row[0], log_id=log_id)
                 state = conn.execute(
                     select(tokens, stamp, used).where(B.player_id == player_id, B.challenge_id == challenge_id)
                 ).first()
@@ -92,26 +97,31 @@ class Budgets:
         raise RuntimeError("budget row could not be created")  # pragma: no cover
 
     def charge_query(self, player_id: int, challenge_id: str, cost: int, *, rate_per_minute: float, burst: int,
-                     total: int, submit_burst: float) -> Charge:
-        """Take ``cost`` queries from the bucket and the hard total, or nothing at all."""
-        return self._charge(player_id, challenge_id, cost, rate_per_minute, burst, total, False, submit_burst)
+                     total: int, submit_burst: float, log_row: dict | None = None) -> Charge:
+        """Take ``cost`` queries from the bucket and the hard total, or nothing at all; on success also
+        insert ``log_row`` (QueryLog columns but cost) in the same transaction."""
+        return self._charge(player_id, challenge_id, cost, rate_per_minute, burst, total, False, submit_burst,
+                            log_row)
 
     def charge_submission(self, player_id: int, challenge_id: str, *, per_minute: float, total: int,
                           query_burst: int) -> Charge:
         """Take one flag submission from the submission bucket (capacity = per_minute) and total."""
         return self._charge(player_id, challenge_id, 1, per_minute, per_minute, total, True, query_burst)
 
-    def refund_query(self, player_id: int, challenge_id: str, cost: int) -> None:
-        """Give back the hard-total part of a charge whose payload was rejected before the model ran
-        (the bucket part stays spent, so invalid requests are still rate limited)."""
-        if cost <= 0:
-            return
+    def refund_query(self, player_id: int, challenge_id: str, cost: int, log_id: int | None = None,
+                     outcome: str | None = None) -> None:
+        """Give back the hard-total part of a charge whose payload the challenge rejected (the bucket
+        part stays spent, so invalid requests are still rate limited), and correct its log row."""
         with self.store.engine.begin() as conn:
-            conn.execute(
-                update(Budget)
-                .where(Budget.player_id == player_id, Budget.challenge_id == challenge_id)
-                .values(used=Budget.used - cost)
-            )
+            if cost > 0:
+                conn.execute(
+                    update(Budget)
+                    .where(Budget.player_id == player_id, Budget.challenge_id == challenge_id)
+                    .values(used=Budget.used - cost)
+                )
+            if log_id is not None and outcome is not None:
+                conn.execute(update(QueryLog).where(QueryLog.id == log_id)
+                             .values(outcome=outcome, cost=QueryLog.cost - max(cost, 0)))
 
     def used(self, player_id: int, challenge_id: str) -> int:
         with self.store.session() as s:

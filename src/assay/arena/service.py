@@ -115,6 +115,11 @@ class Arena:
         self.specs = load_challenges(settings) if specs is None else specs
         self.artifacts = {cid: s.challenge.artifacts() for cid, s in self.specs.items()}
         self._batchers: dict[tuple[int, str], Batcher] = {}
+        # Per-request reads cached briefly: a rotated key or an event change reaches every worker
+        # process within these many seconds (budgets, solves and submissions are never cached).
+        self.cache_seconds = 1.0
+        self._key_cache: dict[str, tuple[float, Player | None]] = {}
+        self._event_cache: tuple[float, EventState] | None = None
         if settings.admin_password:
             self.ensure_operator("admin", settings.admin_password)
 
@@ -150,8 +155,17 @@ class Arena:
         return p if (p is not None and ok) else None
 
     def player_by_key(self, key: str) -> Player | None:
+        h = auth.hash_api_key(key)
+        now = time.monotonic()
+        hit = self._key_cache.get(h)
+        if hit is not None and hit[0] > now:
+            return hit[1]
         with self.store.session() as s:
-            return s.scalars(select(Player).where(Player.api_key_hash == auth.hash_api_key(key))).first()
+            player = s.scalars(select(Player).where(Player.api_key_hash == h)).first()
+        if len(self._key_cache) > 50_000:
+            self._key_cache.clear()
+        self._key_cache[h] = (now + self.cache_seconds, player)
+        return player
 
     def player(self, pid: int) -> Player | None:
         with self.store.session() as s:
@@ -161,6 +175,7 @@ class Arena:
         key = auth.new_api_key()
         with self.store.session() as s:
             s.execute(update(Player).where(Player.id == pid).values(api_key_hash=auth.hash_api_key(key)))
+        self._key_cache.clear()
         return key
 
     def create_team(self, pid: int, name: str) -> Team:
@@ -173,7 +188,8 @@ class Arena:
             s.add(team)
             s.flush()
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
-            return team
+        self._key_cache.clear()
+        return team
 
     def join_team(self, pid: int, join_code: str) -> Team:
         with self.store.session() as s:
@@ -181,7 +197,8 @@ class Arena:
             if team is None:
                 raise InputError("unknown join code; ask your team for the current one")
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
-            return team
+        self._key_cache.clear()
+        return team
 
     def team_of(self, pid: int) -> Team | None:
         with self.store.session() as s:
@@ -189,8 +206,11 @@ class Arena:
             return s.get(Team, p.team_id) if p and p.team_id else None
 
     # ---------------------------------------------------------------- event
-    def event(self) -> EventState:
-        return self.store.event_state()
+    def event(self, fresh: bool = False) -> EventState:
+        now = time.monotonic()
+        if fresh or self._event_cache is None or self._event_cache[0] <= now:
+            self._event_cache = (now + self.cache_seconds, self.store.event_state())
+        return self._event_cache[1]
 
     def set_event(self, *, open: bool | None = None, frozen: bool | None = None,
                   recompute_values: bool | None = None) -> EventState:
@@ -202,7 +222,8 @@ class Arena:
                 st.frozen_at = (st.frozen_at or time.time()) if frozen else None
             if recompute_values is not None:
                 st.recompute_values = recompute_values
-            return st
+        self._event_cache = None
+        return self.event(fresh=True)
 
     # ---------------------------------------------------------------- challenges
     def _solve_counts(self) -> dict[str, int]:
@@ -278,9 +299,12 @@ class Arena:
         except InputError as e:
             await asyncio.to_thread(self._log_query, player.id, cid, 0, body, "invalid", t0)
             return Outcome(422, {"detail": str(e).splitlines()[0]})
+        digest = hashlib.sha256(body).hexdigest()
+        log_row = dict(player_id=player.id, challenge_id=cid, created_at=time.time(), payload_bytes=len(body),
+                       payload_sha256=digest, outcome="ok", latency_ms=0.0)
         charge = await asyncio.to_thread(
             self.budgets.charge_query, player.id, cid, cost, rate_per_minute=m.rate_per_minute, burst=m.burst,
-            total=m.query_budget, submit_burst=self.settings.submit_per_minute,
+            total=m.query_budget, submit_burst=self.settings.submit_per_minute, log_row=log_row,
         )
         if not charge.ok:
             outcome = "budget" if charge.reason == "total" else "rate"
@@ -300,21 +324,20 @@ class Arena:
             except Exception as e:
                 result = e
         if isinstance(result, Exception):
-            await asyncio.to_thread(self.budgets.refund_query, player.id, cid, cost)
             outcome = "invalid" if isinstance(result, InputError) else "error"
-            await asyncio.to_thread(self._log_query, player.id, cid, 0, body, outcome, t0)
+            await asyncio.to_thread(self.budgets.refund_query, player.id, cid, cost, charge.log_id, outcome)
             if isinstance(result, InputError):
                 return Outcome(422, {"detail": str(result).splitlines()[0] if str(result) else "invalid input"})
             return Outcome(500, {"detail": "the challenge failed to score this input; the operator has been logged"})
         remaining = charge.remaining
-        if 0 <= result.cost < cost:  # the challenge charged less than it announced: give it back
-            await asyncio.to_thread(self.budgets.refund_query, player.id, cid, cost - result.cost)
-            remaining += cost - result.cost
+        refund = cost - result.cost if 0 <= result.cost < cost else 0  # the challenge charged less than announced
+        if refund or result.solved:
+            await asyncio.to_thread(self.budgets.refund_query, player.id, cid, refund, charge.log_id,
+                                    "solved" if result.solved else "ok")
+            remaining += refund
         body_out: dict[str, Any] = {"result": result.output, "remaining": remaining}
         if result.solved:
             body_out["flag"] = flag_for(self.settings.secret, player.id, cid)
-        await asyncio.to_thread(self._log_query, player.id, cid, min(cost, result.cost) if result.cost >= 0 else cost,
-                                body, "solved" if result.solved else "ok", t0)
         return Outcome(200, body_out, {"X-Queries-Remaining": str(remaining),
                                        "X-RateLimit-Remaining": str(int(charge.tokens))})
 
