@@ -173,9 +173,10 @@ async def load(url: str, keys: list[str], seconds: float, warmup: float, concurr
                 p50=pct(0.50), p99=pct(0.99), mean=statistics.fmean(latencies) if latencies else float("nan"))
 
 
-def run_server(env: dict, port: int, microbatch: bool) -> subprocess.Popen:
+def run_server(env: dict, port: int, microbatch: bool, workers: int = 1) -> subprocess.Popen:
     env = {**env, "ASSAY_ARENA_MICROBATCH": "1" if microbatch else "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "assay.arena.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "assay.arena.cli", "serve", "--port", str(port),
+                             "--workers", str(workers)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
@@ -195,6 +196,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-requests", type=int, default=30000)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "arena_load.md"))
     args = ap.parse_args()
     import fastapi
@@ -202,6 +204,7 @@ def main() -> None:
     import torch
     import uvicorn
 
+    load_at_start = " ".join(open("/proc/loadavg").read().split()[:3])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -210,7 +213,7 @@ def main() -> None:
         reg_s = None
         for microbatch in (True, False):
             port = free_port()
-            proc = run_server(env, port, microbatch)
+            proc = run_server(env, port, microbatch, args.workers)
             try:
                 url = f"http://127.0.0.1:{port}"
                 if reg_s is None:
@@ -226,7 +229,8 @@ def main() -> None:
     lines = [
         "# Arena load benchmark", "",
         f"Command: `PYTHONPATH=src python benchmarks/bench_arena_load.py --players {args.players} "
-        f"--seconds {args.seconds:g} --concurrency {args.concurrency}`", "",
+        f"--seconds {args.seconds:g} --concurrency {args.concurrency} --workers {args.workers}`", "",
+        f"Load average when the run started (other jobs share this machine): {load_at_start}.", "",
         f"Machine: {cpu}, {os.cpu_count()} cores (server and client share them), Linux {platform.release()}; "
         f"Python {platform.python_version()}, FastAPI {fastapi.__version__}, uvicorn {uvicorn.__version__} "
         f"(pure-Python h11/asyncio: no uvloop/httptools), SQLAlchemy {sqlalchemy.__version__} on SQLite WAL, "
@@ -235,7 +239,7 @@ def main() -> None:
         f"{setup_s:.1f} s including the challenge build; {args.api_players} registered through "
         f"`POST /api/register` at {reg_s * 1000:.0f} ms each, argon2id library defaults). Challenge: an MLP "
         "64-64-10 scored with `score_batch`. Each request: a random player's API key, a 64-float payload, the "
-        "full path (API-key lookup, atomic budget UPDATE, model, query-log INSERT). One uvicorn worker; "
+        f"full path (API-key lookup, atomic budget UPDATE, model, query-log INSERT). {args.workers} uvicorn worker(s); "
         f"{args.concurrency} requests in flight from one async httpx client on loopback; "
         f"{args.warmup:g} s warm-up excluded.", "",
         "| micro-batching | requests | errors | req/s | p50 ms | p99 ms | mean ms |",

@@ -95,6 +95,12 @@ class EventUpdate(BaseModel):
     recompute_values: bool | None = None
 
 
+def board_json(standings, frozen_at: float | None, by: str) -> dict[str, Any]:
+    return {"frozen_at": frozen_at, "by": by, "standings": [
+        {"rank": s.rank, "name": s.name, "score": s.score, "solves": s.solves, "last_solve": s.last_solve}
+        for s in standings]}
+
+
 def make_router() -> APIRouter:
     r = APIRouter(prefix="/api")
 
@@ -164,9 +170,7 @@ def make_router() -> APIRouter:
         if by not in ("player", "team"):
             raise HTTPException(422, "by must be 'player' or 'team'")
         standings, frozen_at = arena_of(request).scoreboard(by=by)
-        return {"frozen_at": frozen_at, "by": by, "standings": [
-            {"rank": s.rank, "name": s.name, "score": s.score, "solves": s.solves, "last_solve": s.last_solve}
-            for s in standings]}
+        return board_json(standings, frozen_at, by)
 
     @r.post("/teams")
     async def create_team(request: Request, player: Player = Depends(current_player)):
@@ -208,9 +212,7 @@ def make_router() -> APIRouter:
     @r.get("/admin/scoreboard")
     def live_scoreboard(request: Request, by: str = "player", _: Player = Depends(operator)):
         standings, _f = arena_of(request).scoreboard(by=by, live=True)
-        return {"frozen_at": None, "by": by, "standings": [
-            {"rank": s.rank, "name": s.name, "score": s.score, "solves": s.solves, "last_solve": s.last_solve}
-            for s in standings]}
+        return board_json(standings, None, by)
 
     @r.post("/verify")
     async def verify(request: Request, _: Player = Depends(operator)):

@@ -50,7 +50,8 @@ def add_arena_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--url", default="<arena url>", help="the assay server players use, named in descriptions")
     p.add_argument("--dynamic", action="store_true", help="export CTFd dynamic (decaying) challenges")
 
-    arena.set_defaults(func=handle_arena)
+    # The main CLI dispatches on `fn`; the standalone main() here on `func`.
+    arena.set_defaults(func=handle_arena, fn=handle_arena)
     return arena
 
 
