@@ -10,7 +10,8 @@ Protocol. The pool is split at random (stratified by membership) into an attack-
 and an evaluation half E. ART's attack trains its classifier on A's members and non-members (it is
 given that ground truth; assay's attacks are not) and every attack is scored on E. Reference
 models for LiRA / RMIA train on balanced halves of the whole pool (the attacker's population).
-Reference models come in complementary pairs, so the runs with 1, 2, 4 models use the first models
+With R = 1 the single model is treated as OUT for every record (half of them it did train on), the
+only way to score all records offline. Reference models come in complementary pairs, so the runs with 1, 2, 4 models use the first models
 of the 8-model run; the wall time of an R-model attack is R times the mean training time of one
 reference model plus its scoring time.
 
@@ -125,7 +126,8 @@ def sweep(label, x, y, member, model, recipe, input_shape, workdir, lines, fprs)
     p_t = lp_t.exp()[torch.arange(len(y)), y].double()
     p_r = refs.log_probs[:, 0].exp()[:, torch.arange(len(y)), y].double()
     for r in R_LIST:
-        mask = refs.in_mask[:r]
+        # one model leaves half the records without an OUT model: treat it as OUT for all (approximate)
+        mask = refs.in_mask[:r] if r >= 2 else None
         t1 = time.perf_counter()
         variant = "online" if r >= 2 else "offline"
         s = lira_scores(phi_t, phi_r[:r], mask, variant=variant, fixed_variance=True).numpy()

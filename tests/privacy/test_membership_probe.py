@@ -23,7 +23,6 @@ from assay.audit.executors import InProcessExecutor, ProcessPoolExecutorAdapter
 from assay.data.dataset import Dataset
 from assay.data.demo import train_classifier
 from assay.errors import InputError
-from assay.probes.base import get_probe
 from assay.probes.privacy.membership import MembershipProbe
 from assay.probes.privacy.unlearning import UnlearningProbe
 from assay.targets.torch import TorchTarget
@@ -198,7 +197,7 @@ def test_torch_recipe_reinitialises_weights():
 def test_probe_input_errors(pool):
     x, y, member = pool
     target = TorchTarget(mlp(), input_shape=(N_FEATURES,), num_classes=N_CLASSES, device="cpu")
-    probe = get_probe("privacy.membership")()
+    probe = MembershipProbe()
     assert "members" in probe.check(target, Dataset(x, y))
     with pytest.raises(InputError, match="member mask"):
         probe.run(ProbeContext(target, Dataset(x, y)))
@@ -246,3 +245,17 @@ def test_unlearning_probe_tells_unlearned_from_retrained(pool, tmp_path):
     assert abs(good.metric("max_auc_gap").value) < 1e-9 and good.verdict == "pass"
     with pytest.raises(InputError, match="unlearning_split"):
         UnlearningProbe(**params).run(ProbeContext(retrained, Dataset(x, y)))
+
+
+def test_sklearn_target_is_cloned_for_reference_models(pool):
+    from sklearn.tree import DecisionTreeClassifier
+
+    from assay.targets.sklearn import SklearnTarget
+
+    x, y, member = pool
+    tree = DecisionTreeClassifier(random_state=0).fit(x[member].numpy(), y[member].numpy())  # memorises
+    target = SklearnTarget(tree, input_shape=(N_FEATURES,), num_classes=N_CLASSES, bounds=(0.0, 1.0))
+    f = MembershipProbe(n_reference=2, fprs=[0.01]).run(ProbeContext(target, Dataset(x, y, member=member)))
+    assert f.accounting["recipe"].startswith("sklearn:DecisionTreeClassifier")
+    assert f.accounting["reference_trained"] == 2
+    assert f.metric("auc[rmia]").value > 0.65 and f.verdict == "fail"

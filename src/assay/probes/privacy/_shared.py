@@ -37,8 +37,9 @@ def check_attacks(attacks, target, n_reference: int, lira_variant: str) -> list[
     if "label_only" in attacks and LABELS not in target.capabilities and SCORES not in target.capabilities:
         raise InputError(f"{target.name} answers neither scores nor labels")
     if any(a in REF_ATTACKS for a in attacks):
-        if n_reference < 1:
-            raise InputError("LiRA and RMIA need n_reference >= 1 reference models; or use attacks=baseline")
+        if n_reference < 2:
+            raise InputError("LiRA and RMIA need n_reference >= 2 (every record OUT of at least one model); "
+                             "or use attacks=baseline")
         if "lira" in attacks and lira_variant == "online" and n_reference < 2:
             raise InputError("online LiRA needs n_reference >= 2 (IN and OUT models); use lira_variant=offline")
     return list(dict.fromkeys(attacks))

@@ -8,8 +8,9 @@ Reference models for LiRA / RMIA train on balanced halves of all rows, as in
 ``privacy.membership``.
 
 A model retrained from scratch without the forget set is the gold standard. Give it as
-``retrained_model`` (a path loaded with ``assay.targets.loading.load_target`` where that loader is
-installed) or, in Python, ``UnlearningProbe(retrained_target=TorchTarget(...))``; the probe then
+``retrained_model`` (a path loaded with ``assay.targets.loading.load_target`` with the unlearned
+target's input shape, classes and bounds; ``retrained_factory`` names the module factory that
+safetensors weights need) or, in Python, ``UnlearningProbe(retrained_target=TorchTarget(...))``; the probe then
 reports the gap ``AUC(unlearned) - AUC(retrained)`` per attack and judges the gap, because a forget
 set that differs in distribution from heldout data (a whole class, one user) is told apart even
 by the retrained model.
@@ -56,6 +57,7 @@ class UnlearningProbe(Probe):
     @dataclass
     class Params(sh.AttackParams):
         retrained_model: str | None = None
+        retrained_factory: str | None = None
         fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])
 
     def __init__(self, retrained_target=None, **params):
@@ -68,7 +70,7 @@ class UnlearningProbe(Probe):
             return f"needs data.groups[{SPLIT_COLUMN!r}] with values forget / retain / heldout per row"
         return why
 
-    def _retrained(self):
+    def _retrained(self, target):
         if self.retrained_target is not None:
             return self.retrained_target
         if self.params.retrained_model is None:
@@ -80,7 +82,8 @@ class UnlearningProbe(Probe):
                 "retrained_model needs assay.targets.loading, which this install lacks; load the model "
                 "yourself and pass UnlearningProbe(retrained_target=...) in Python"
             ) from None
-        return load_target(self.params.retrained_model)
+        return load_target(self.params.retrained_model, factory=self.params.retrained_factory,
+                           input_shape=target.input_shape, num_classes=target.num_classes, bounds=target.bounds)
 
     def run(self, ctx) -> Finding:
         t0 = time.perf_counter()
@@ -111,7 +114,7 @@ class UnlearningProbe(Probe):
         metrics = [m for s in summaries for m in sh.attack_metrics(s)]
         evidence = [sh.roc_evidence({a: s[sel] for a, s in scores.items()}, is_forget,
                                     "Forget vs heldout: ROC of each attack (log-log)")]
-        retrained = self._retrained()
+        retrained = self._retrained(target)
         if retrained is None:
             metrics += sh.max_metrics(summaries)
         else:
