@@ -120,6 +120,12 @@ def test_balanced_scheme_is_half_in_and_prefix_stable():
     assert (m8.sum(0) == 4).all()
     assert torch.equal(balanced_membership(4, 101, seed=3), m8[:4])
     assert (m8.sum(1) >= 50).all() and (m8.sum(1) <= 51).all()
+    # never the same half as a plain seeded randperm (a common way to draw the target's members)
+    for seed in range(3):
+        members = torch.zeros(101, dtype=torch.bool)
+        members[torch.randperm(101, generator=torch.Generator().manual_seed(seed))[:50]] = True
+        first = balanced_membership(2, 101, seed)[0]
+        assert not torch.equal(first, members) and not torch.equal(~first, members)
 
 
 def test_executors_give_identical_reference_outputs():

@@ -250,7 +250,10 @@ def balanced_membership(n_models: int, n: int, seed: int) -> torch.Tensor:
         raise InputError(f"n_reference={n_models}; train at least one reference model")
     mask = torch.zeros(n_models, n, dtype=torch.bool)
     for pair in range((n_models + 1) // 2):
-        g = torch.Generator().manual_seed(int(seed) * 7919 + pair)
+        # salted: a user who drew the target's members with torch.randperm(n, seed) must not get a
+        # reference model trained on exactly the target's training set
+        salt = hashlib.sha256(f"assay-membership-refs|{int(seed)}|{pair}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(salt[:8], "little") >> 1)
         half = torch.randperm(n, generator=g)[: n // 2]
         mask[2 * pair, half] = True
         if 2 * pair + 1 < n_models:
