@@ -1,0 +1,71 @@
+"""evasion-blackbox: a targeted L-inf adversarial example through a scores-only API with a budget."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from assay.arena.challenge import ScoreResult
+from assay.arena.kit import DigitEvasionChallenge, evasion_valid
+from assay.arena.payload import batch_len, check_keys, float_batch
+
+SHAPE = (1, 8, 8)
+MAX_INPUTS = 100
+
+
+class BlackboxEvasion(DigitEvasionChallenge):
+    def cost(self, payload: dict[str, Any]) -> int:
+        return batch_len(payload, "inputs")
+
+    def parse(self, payload: Any):
+        check_keys(payload, {"inputs"})
+        x = float_batch(payload["inputs"], SHAPE, "inputs", max_items=MAX_INPUTS, low=0.0, high=1.0)
+        return x, x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+    def respond(self, x: torch.Tensor, probs: torch.Tensor) -> ScoreResult:
+        hit = evasion_valid(x, self.x0[None], self.eps) & (probs.argmax(dim=1) == self.target)
+        return ScoreResult(
+            {"probabilities": probs.tolist()},
+            solved=bool(hit.any()),
+            cost=x.shape[0],
+        )
+
+    def artifacts(self) -> dict[str, bytes]:
+        return {"goal.json": self.goal_bytes()}
+
+
+CHALLENGE = BlackboxEvasion
+
+
+def solve(client) -> str | None:
+    """Targeted Square attack (score-based random search) through the API, within the budget."""
+    from assay.attacks.square import square
+
+    goal = json.loads(client.artifact("goal.json"))
+    x0 = torch.tensor(goal["input"], dtype=torch.float32)[None]
+
+    def scores_fn(x: torch.Tensor) -> torch.Tensor:
+        out = client.score({"inputs": x.clamp(0, 1).tolist()})
+        return torch.tensor(out["probabilities"]).clamp_min(1e-12).log()
+
+    square(scores_fn, x0, torch.tensor([goal["label"]]), eps=goal["eps"], targeted=True,
+           y_target=torch.tensor([goal["target"]]), n_queries=client.remaining - 1, seed=0)
+    return client.flag
+
+
+def naive(client) -> bool:
+    """500 random perturbations of the full budget: noise does not find the target class."""
+    goal = json.loads(client.artifact("goal.json"))
+    x0 = torch.tensor(goal["input"], dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        noise = (torch.rand((MAX_INPUTS, *x0.shape), generator=g) * 2 - 1) * goal["eps"]
+        client.score({"inputs": (x0 + noise).clamp(0, 1).tolist()})
+        if client.flag:
+            return True
+    return False
