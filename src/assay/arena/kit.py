@@ -170,3 +170,13 @@ class DigitEvasionChallenge(BatchedChallenge):
 
     def goal_bytes(self) -> bytes:
         return json.dumps(self.goal, sort_keys=True).encode()
+
+
+def guess_randomly(client, alphabet: str, length: int, *, distinct: bool = False, seed: int = 0) -> bool:
+    """The brute-force naive attempt: send ``{"guess": <random word>}`` until solved or out of budget."""
+    rng = np.random.default_rng(seed)
+    while client.remaining > 0:
+        client.score({"guess": "".join(rng.choice(list(alphabet), length, replace=not distinct))})
+        if client.flag:
+            return True
+    return False

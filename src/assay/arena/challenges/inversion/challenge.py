@@ -12,7 +12,7 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from assay.arena.challenge import ScoreResult
-from assay.arena.kit import BatchedChallenge, read_json, single_thread, weights_bytes, write_json
+from assay.arena.kit import BatchedChallenge, guess_randomly, read_json, single_thread, weights_bytes, write_json
 from assay.arena.payload import batch_len, check_keys, float_batch, text
 from assay.data.demo import train_classifier
 
@@ -167,9 +167,4 @@ def solve(client) -> str | None:
 def naive(client) -> bool:
     """Brute force: guess random passphrases until the budget runs out."""
     spec = json.loads(client.artifact("spec.json"))
-    rng = np.random.default_rng(0)
-    while client.remaining > 0:
-        client.score({"guess": "".join(rng.choice(list(spec["alphabet"]), spec["num_classes"] - 1, replace=False))})
-        if client.flag:
-            return True
-    return False
+    return guess_randomly(client, spec["alphabet"], spec["num_classes"] - 1, distinct=True)

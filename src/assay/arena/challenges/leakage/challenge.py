@@ -12,7 +12,7 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from assay.arena.challenge import ScoreResult
-from assay.arena.kit import BatchedChallenge, read_json, single_thread, weights_bytes, write_json
+from assay.arena.kit import BatchedChallenge, guess_randomly, read_json, single_thread, weights_bytes, write_json
 from assay.arena.payload import check_keys, text
 
 VOCAB = "\nabcdefghijklmnopqrstuvwxyz0123456789 .:,?'"
@@ -145,9 +145,4 @@ def solve(client) -> str | None:
 def naive(client) -> bool:
     """Brute force: guess random 8-character passwords until the budget runs out."""
     spec = json.loads(client.artifact("spec.json"))
-    rng = np.random.default_rng(0)
-    while client.remaining > 0:
-        client.score({"guess": "".join(rng.choice(list(spec["password_characters"]), 8))})
-        if client.flag:
-            return True
-    return False
+    return guess_randomly(client, spec["password_characters"], 8)
