@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from assay.arena.challenge import ScoreResult
-from assay.arena.kit import DigitEvasionChallenge, architecture_source, evasion_valid
+from assay.arena.kit import DigitEvasionChallenge, architecture_source, evasion_valid, single_thread
 from assay.arena.payload import check_keys, float_array
 
 SHAPE = (1, 8, 8)
@@ -20,7 +21,7 @@ REQUIRED_RATE = 0.8
 
 
 class NoisyDefence(DigitEvasionChallenge):
-    eps = 0.3
+    eps = 0.4
     train_noise = SIGMA
 
     def cost(self, payload: dict[str, Any]) -> int:
@@ -63,9 +64,11 @@ CHALLENGE = NoisyDefence
 
 
 class ExpectationOverNoise(nn.Module):
-    """EOT: the mean log-probabilities of ``model`` over ``samples`` Gaussian-noised copies of each
-    input, with ``margin`` taken off the target class so that a targeted attack only stops once the
-    target wins by that margin on average (deep inside the target region, not at its edge)."""
+    """EOT for a targeted attack on a noise defence: the defended model's expected vote for the
+    target, ``p = mean_k softmax(model(x + noise_k))[target]`` over ``samples`` Gaussian copies,
+    returned as scores ``log p - margin`` for the target and ``log(1 - p)`` for every other class.
+    A targeted attack therefore stops only once ``p / (1 - p) > exp(margin)`` (``margin =
+    log 9``: p > 0.9), deep inside the target region rather than at its edge."""
 
     def __init__(self, model: nn.Module, sigma: float, samples: int, target: int, margin: float, seed: int = 0):
         super().__init__()
@@ -74,9 +77,10 @@ class ExpectationOverNoise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         noise = self.sigma * torch.randn((self.samples, *x.shape), generator=self.generator)
-        logp = torch.log_softmax(self.model((x[None] + noise).flatten(0, 1)), dim=1)
-        out = logp.reshape(self.samples, x.shape[0], -1).mean(dim=0)
-        return out - self.margin * nn.functional.one_hot(torch.tensor(self.target), out.shape[1]).to(out)
+        probs = torch.softmax(self.model((x[None] + noise).flatten(0, 1)), dim=1)
+        p = probs.reshape(self.samples, x.shape[0], -1).mean(dim=0)[:, self.target].clamp(1e-6, 1 - 1e-6)
+        is_target = nn.functional.one_hot(torch.tensor(self.target), probs.shape[1]).bool()
+        return torch.where(is_target, (p.log() - self.margin)[:, None], (1 - p).log()[:, None])
 
 
 def _target_rate(model: nn.Module, x: torch.Tensor, sigma: float, target: int, n: int = 1000) -> float:
@@ -99,9 +103,11 @@ def solve(client) -> str | None:
     x0 = torch.tensor(goal["input"], dtype=torch.float32)[None]
     y0, yt = torch.tensor([goal["label"]]), torch.tensor([goal["target"]])
     best, best_rate = x0, 0.0
-    for margin in (1.0, 2.0, 4.0):
-        eot = ExpectationOverNoise(target.module, defence["sigma"], 32, goal["target"], margin)
-        res = pgd(eot, x0, y0, eps=goal["eps"], steps=100, targeted=True, y_target=yt, seed=0)
+    for margin in (math.log(9.0), math.log(19.0), math.log(49.0)):  # expected vote > 0.9, 0.95, 0.98
+        eot = ExpectationOverNoise(target.module, defence["sigma"], 16, goal["target"], margin)
+        with single_thread():  # one image and 16 noisy copies: threads only add overhead
+            res = pgd(eot, x0, y0, eps=goal["eps"], steps=100, step_size=goal["eps"] / 10, targeted=True,
+                      y_target=yt, seed=0)
         rate = _target_rate(target.net, res.x_adv, defence["sigma"], goal["target"])
         if rate > best_rate:
             best, best_rate = res.x_adv, rate
