@@ -228,7 +228,10 @@ def curve_svg(data: dict[str, Any], title: str = "") -> Markup | None:
                        "dashed": s.get("style") == "dashed"})
     xs = [v for s in series for v in s["x"] if v is not None]
     ys = [v for s in series for k in ("y", "low", "high") for v in (s[k] or []) if v is not None]
-    if not any(s["x"][i] is not None and s["y"][i] is not None for s in series for i in range(len(s["x"]))):
+    def drawable(v: float | None, log: bool) -> bool:
+        return v is not None and (v > 0 or not log)
+
+    if not any(drawable(s["x"][i], logx) and drawable(s["y"][i], logy) for s in series for i in range(len(s["x"]))):
         return None
     ya_probe = Axis.fit(ys, logy, 0, 1)
     fr = _Frame(title, str(data.get("xlabel", "")), str(data.get("ylabel", "")), [s["name"] for s in series],
