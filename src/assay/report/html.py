@@ -17,7 +17,7 @@ import jinja2
 from markupsafe import Markup
 
 from assay.errors import InputError
-from assay.probes.base import AXES
+from assay.probes.base import _VERDICT_RANK, AXES
 from assay.report import charts, images
 from assay.report.schema import EVIDENCE_KINDS, AuditReport
 
@@ -129,10 +129,15 @@ def _image_src(img: Any) -> dict[str, Any] | None:
 
 
 def _headline(f) -> str:
-    """First metric as ``name = value [low, high]``: the one-line gist in the overview table."""
+    """``name = value [low, high]`` of the metric that decided the verdict (the worst policy check),
+    else of the first metric: the one-line gist in the overview table."""
     if not f.metrics:
         return ""
     m = f.metrics[0]
+    checks = [c for c in f.checks if isinstance(c, dict) and c.get("verdict") in _VERDICT_RANK]
+    if checks:
+        worst = max(checks, key=lambda c: _VERDICT_RANK[c["verdict"]])
+        m = next((x for x in f.metrics if x.name == worst.get("metric")), m)
     ci = fmt_ci(m.low, m.high)
     unit = f" {m.unit}" if m.unit else ""
     return f"{m.name} = {fmt(m.value)}{unit}" + (f" {ci}" if ci else "")
