@@ -160,6 +160,14 @@ class Target(ABC):
             raise TargetError(f"{self.name} returned NaN or inf scores; check the model and input range")
         return out
 
+    def fingerprint(self) -> str:
+        """Identity of the model for checkpoints: subclasses hash the weights where they can."""
+        import hashlib
+        import json
+
+        d = {k: v for k, v in self.describe().items() if k != "queries"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def describe(self) -> dict[str, Any]:
         """What the report records about the target."""
         return {
