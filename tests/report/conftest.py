@@ -21,6 +21,10 @@ def _rate_metric(name: str, k: int, n: int, **kw) -> Metric:
     return Metric(name, k / n, iv.low, iv.high, method="clopper-pearson", **kw)
 
 
+def _rule(**bounds) -> dict:
+    return {"fail_below": None, "warn_below": None, "fail_above": None, "warn_above": None, **bounds}
+
+
 def build_sample_report(seed: int = 0) -> AuditReport:
     from sklearn.datasets import load_digits
     from sklearn.metrics import roc_curve
@@ -136,13 +140,14 @@ def build_sample_report(seed: int = 0) -> AuditReport:
     )
     error = Finding(
         probe="integrity.backdoor", axis="integrity", title="Backdoor scan (neural cleanse)",
-        verdict="error", summary="The probe raised an error.",
+        verdict="error",
+        summary="Error: TargetError: the target returned 503 Service Unavailable after 5 retries; check the endpoint",
         error="TargetError: the target returned 503 Service Unavailable after 5 retries; check the endpoint",
         accounting={"queries": 40, "wall_time_s": 12.0},
     )
     skipped = Finding(
         probe="reliability.ood", axis="reliability", title="Out-of-distribution detection",
-        verdict="skipped", summary="needs dataset fields ['ood']; see docs/data.md for how to provide them",
+        verdict="skipped", summary="Skipped: needs dataset fields ['ood']; see docs/data.md for how to provide them",
     )
     report = AuditReport(
         seed=seed, suite="standard",
@@ -153,9 +158,11 @@ def build_sample_report(seed: int = 0) -> AuditReport:
         findings=[robust, privacy, fairness, explain, error, skipped],
         accounting={"wall_time_s": 16.2, "queries": 13640, "resumed_units": 0,
                     "versions": {"python": "3.11.2", "assay": "0.1.0", "torch": "2.13.0", "numpy": "2.2.0", "platform": "Linux"}},
-        policy={"source": "default", "rules": {"robust_accuracy": {"fail_below": 0.5, "warn_below": 0.7},
-                                               "tpr_at_fpr[0.01]": {"warn_above": 0.02, "fail_above": 0.1},
-                                               "demographic_parity_difference": {"fail_above": 0.2}}},
+        # as the runner writes it: per probe, every Threshold field present
+        policy={"source": "default", "rules": {
+            "robustness.evasion": {"robust_accuracy": _rule(fail_below=0.5, warn_below=0.7)},
+            "privacy.membership": {"tpr_at_fpr[0.01]": _rule(warn_above=0.02, fail_above=0.1)},
+            "fairness.groups": {"demographic_parity_difference": _rule(fail_above=0.2)}}},
     )
     return report.compute_summary()
 

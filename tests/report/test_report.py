@@ -159,7 +159,9 @@ def test_html_contains_every_finding_metric_ci_chart_and_images(sample_report):
     assert 'class="whisker"' in html and 'class="hist' in html  # bars, histogram
     assert "No data points to plot." in html  # the empty curve
     assert "TargetError: the target returned 503" in html  # the error finding
-    assert "Skipped." in html and "needs dataset fields" in html  # the skipped one, with why
+    assert "Skipped:</strong> needs dataset fields" in html  # the skipped one, with why, said once
+    assert html.count("503 Service Unavailable") == 2  # error box + overview row, not the summary again
+    assert "robustness.evasion · <code>robust_accuracy</code></th><td>fail below 0.5, warn below 0.7" in html
     assert "2 more metrics" in html  # the long metric list folds
     assert "n/a" in html  # the NaN metric
     pngs = DATA_URI.findall(html)

@@ -8,7 +8,6 @@ network when the page is opened, so a report can be archived, mailed or attached
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from markupsafe import Markup
 from assay.errors import InputError
 from assay.probes.base import _VERDICT_RANK, AXES
 from assay.report import charts, images
+from assay.report.format import finding_reason, fmt, fmt_ci, policy_rows
 from assay.report.schema import EVIDENCE_KINDS, AuditReport
 
 _TEMPLATES = Path(__file__).with_name("templates")
@@ -36,45 +36,6 @@ AXIS_TITLES = {
     "certify": "Guarantees",
     "language": "Language",
 }
-
-
-def fmt(v: Any, digits: int = 4) -> str:
-    """Numbers for people: 4 significant digits, ``n/a`` for missing / NaN, short exponents.
-
-    Example
-    -------
-    >>> fmt(0.123456), fmt(float("nan")), fmt(None), fmt(2.5e-5), fmt(1234567.0)
-    ('0.1235', 'n/a', 'n/a', '2.5e-5', '1.235e6')
-    """
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int):
-        return str(v) if abs(v) < 10**7 else _short_exp(f"{v:.{digits}g}")
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "n/a"
-        if math.isinf(v):
-            return "∞" if v > 0 else "−∞"
-        return _short_exp(f"{v:.{digits}g}")
-    return str(v)
-
-
-def _short_exp(s: str) -> str:
-    if "e" not in s:
-        return s
-    m, e = s.split("e")
-    return f"{m}e{int(e)}"
-
-
-def fmt_ci(low: Any, high: Any) -> str:
-    """``[low, high]``, or an empty string when there is no interval."""
-    lo = low if isinstance(low, (int, float)) and not (isinstance(low, float) and math.isnan(low)) else None
-    hi = high if isinstance(high, (int, float)) and not (isinstance(high, float) and math.isnan(high)) else None
-    if lo is None and hi is None:
-        return ""
-    return f"[{fmt(lo)}, {fmt(hi)}]"
 
 
 def _cell(v: Any) -> str:
@@ -131,6 +92,9 @@ def _image_src(img: Any) -> dict[str, Any] | None:
 def _headline(f) -> str:
     """``name = value [low, high]`` of the metric that decided the verdict (the worst policy check),
     else of the first metric: the one-line gist in the overview table."""
+    if f.verdict in ("error", "skipped"):
+        reason = finding_reason(f)
+        return reason if len(reason) <= 100 else reason[:99] + "…"
     if not f.metrics:
         return ""
     m = f.metrics[0]
@@ -156,7 +120,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters.update(fmt=fmt, cell=_cell, counts_line=_counts_line, headline=_headline)
-    env.globals.update(fmt_ci=fmt_ci, numeric_columns=_numeric_columns, chart=_chart, image_src=_image_src, axis_title=lambda a: AXIS_TITLES.get(a, a.title()),
+    env.globals.update(fmt_ci=fmt_ci, numeric_columns=_numeric_columns, reason=finding_reason, policy_rows=policy_rows, chart=_chart, image_src=_image_src, axis_title=lambda a: AXIS_TITLES.get(a, a.title()),
                        evidence_kinds=EVIDENCE_KINDS, max_metrics=MAX_METRICS_SHOWN, max_rows=MAX_TABLE_ROWS,
                        to_json=lambda v: json.dumps(v, ensure_ascii=False, default=str))
     return env

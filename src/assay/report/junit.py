@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from assay.probes.base import AXES
-from assay.report.html import fmt, fmt_ci
+from assay.report.format import finding_reason, fmt, fmt_ci
 from assay.report.schema import AuditReport
 
 _XML_BAD = {c: None for c in range(32) if c not in (9, 10, 13)}  # control chars XML 1.0 forbids
@@ -75,10 +75,11 @@ def junit_tree(report: AuditReport) -> ET.ElementTree:
                 el = ET.SubElement(case, "failure", message=summary, type="policy")
                 el.text = _clean(_check_lines(f, ("fail",)) or summary)
             elif f.verdict == "error":
-                el = ET.SubElement(case, "error", message=_clean(f.error or summary), type="probe-error")
-                el.text = _clean(f.error or summary)
+                el = ET.SubElement(case, "error", message=_clean(finding_reason(f)), type="probe-error")
+                trace = f.accounting.get("traceback") if isinstance(f.accounting, dict) else None
+                el.text = _clean(trace or finding_reason(f))
             elif f.verdict in ("skipped", "info"):
-                why = summary if f.verdict == "skipped" else f"informational (no policy rule applies): {summary}"
+                why = finding_reason(f) if f.verdict == "skipped" else f"informational (no policy rule applies): {summary}"
                 ET.SubElement(case, "skipped", message=_clean(why))
             elif f.verdict == "warn":
                 out = ET.SubElement(case, "system-out")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 import platform
 import sys
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from assay.errors import InputError
-from assay.probes.base import _VERDICT_RANK, AXES, VERDICTS, Evidence, Finding, Metric
+from assay.probes.base import _VERDICT_RANK, AXES, VERDICTS, Evidence, Finding, Metric, _clean_json
 
 SCHEMA_VERSION = "1.0"
 
@@ -120,10 +119,9 @@ class AuditReport:
 
     # ------------------------------------------------------------ (de)serial
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict; NaN and infinities become ``None`` (JSON ``null``)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["findings"] = [dataclasses.asdict(f) for f in self.findings]
-        return _jsonable(d)
+        """Plain JSON-ready dict; NaN and infinities become ``None`` (JSON ``null``), numpy / torch
+        numbers plain numbers, nested dataclasses (e.g. policy Thresholds) dicts."""
+        return _clean_json(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "report.json") -> AuditReport:
@@ -160,18 +158,11 @@ class AuditReport:
             if not isinstance(fd, dict):
                 raise bad(f"{where} is not an object")
             fk = _pick(fd, Finding, where, newer, bad)
-            metrics = []
-            for j, md in enumerate(_list(fk["metrics"], f"{where}.metrics", bad)):
-                mk = _pick(md, Metric, f"{where}.metrics[{j}]", newer, bad)
-                if mk["value"] is None:  # NaN was written as null
-                    mk["value"] = math.nan
-                metrics.append(Metric(**mk))
-            evidence = []
-            for j, ed in enumerate(_list(fk["evidence"], f"{where}.evidence", bad)):
-                ek = _pick(ed, Evidence, f"{where}.evidence[{j}]", newer, bad)
-                evidence.append(Evidence(**ek))
-            fk["metrics"], fk["evidence"] = metrics, evidence
-            findings.append(Finding(**fk))
+            fk["metrics"] = [_pick(md, Metric, f"{where}.metrics[{j}]", newer, bad)
+                             for j, md in enumerate(_list(fk["metrics"], f"{where}.metrics", bad))]
+            fk["evidence"] = [_pick(ed, Evidence, f"{where}.evidence[{j}]", newer, bad)
+                              for j, ed in enumerate(_list(fk["evidence"], f"{where}.evidence", bad))]
+            findings.append(Finding.from_dict(fk))  # restores NaN metric values written as null
         top["findings"] = findings
         return cls(**top)
 
@@ -179,7 +170,10 @@ class AuditReport:
         """Write the report as indented JSON (strict: no NaN literals); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False, ensure_ascii=False)
+        try:
+            text = json.dumps(self.to_dict(), indent=2, allow_nan=False, ensure_ascii=False)
+        except TypeError as e:  # a probe stored an object JSON cannot hold
+            raise InputError(f"report cannot be written as JSON: {e}; store numbers, strings, lists or dicts") from None
         path.write_text(text + "\n", encoding="utf-8")
         return path
 
@@ -244,26 +238,3 @@ def _list(v: Any, where: str, bad) -> list:
     if not isinstance(v, list):
         raise bad(f"{where} is not a list")
     return v
-
-
-def _jsonable(v: Any) -> Any:
-    """Recursively turn numpy / torch values, tuples and non-finite floats into strict JSON values."""
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return v
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return _jsonable(dataclasses.asdict(v))
-    if hasattr(v, "detach"):  # torch tensor
-        v = v.detach().cpu().numpy()
-    if hasattr(v, "tolist"):  # numpy array or scalar
-        return _jsonable(v.tolist())
-    if isinstance(v, Path):
-        return str(v)
-    raise InputError(f"report value {v!r} of type {type(v).__name__} is not JSON-serialisable; store numbers, strings, lists or dicts")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from assay.report.html import fmt, fmt_ci
+from assay.report.format import finding_reason, fmt, fmt_ci
 from assay.report.schema import AuditReport
 
 MIN_WIDTH = 60
@@ -60,9 +60,9 @@ def summary_table(report: AuditReport, width: int | None = None, max_metrics: in
     rows = []
     for f in report.findings:
         if f.verdict == "error":
-            key = "error: " + _one_line(f.error or f.summary)
+            key = "error: " + _one_line(finding_reason(f))
         elif f.verdict == "skipped":
-            key = "skipped: " + _one_line(f.summary or f.error or "")
+            key = "skipped: " + _one_line(finding_reason(f))
         else:
             shown = [_metric_text(m) for m in f.metrics[:max_metrics]]
             if len(f.metrics) > max_metrics:
