@@ -51,8 +51,23 @@ def _numeric_columns(rows: Any, columns: Any = None) -> list[bool]:
     out = []
     for c in range(width):
         cells = [r[c] for r in rows if c < len(r) and r[c] is not None]
-        out.append(bool(cells) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cells))
+        out.append(bool(cells) and all(_is_number(v) for v in cells))
     return out
+
+
+def _is_number(v: Any) -> bool:
+    """A number, or a string that reads as one (probes often pre-format table cells)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    if isinstance(v, str):
+        try:
+            float(v.strip().rstrip("%"))
+            return True
+        except ValueError:
+            return False
+    return False
 
 
 def _chart(ev) -> Markup | None:
