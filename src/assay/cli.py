@@ -42,7 +42,8 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
                    help="allow loading pickle-based model files (they can run arbitrary code)")
     g.add_argument("--input-shape", help="per-sample input shape, e.g. 3,32,32 (default: from the data)")
     g.add_argument("--num-classes", type=int)
-    g.add_argument("--bounds", default="0,1", help="valid input value range LOW,HIGH (default 0,1)")
+    g.add_argument("--bounds", help="valid input value range LOW,HIGH (default: 0,1 for neural networks, "
+                   "unbounded for scikit-learn models)")
     g.add_argument("--mean", help="per-channel normalization mean applied inside the model, e.g. 0.49,0.48,0.45")
     g.add_argument("--std", help="per-channel normalization std")
     g.add_argument("--query-budget", type=int, help="hard limit on queries to the model")
@@ -58,9 +59,11 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
 
 
 def _target_kwargs(a) -> dict[str, Any]:
-    kw: dict[str, Any] = {"bounds": tuple(_floats(a.bounds, "--bounds"))}
-    if len(kw["bounds"]) != 2:
-        raise InputError("--bounds must be LOW,HIGH")
+    kw: dict[str, Any] = {}
+    if a.bounds:
+        kw["bounds"] = tuple(_floats(a.bounds, "--bounds"))
+        if len(kw["bounds"]) != 2:
+            raise InputError("--bounds must be LOW,HIGH")
     if a.input_shape:
         kw["input_shape"] = tuple(int(v) for v in _floats(a.input_shape, "--input-shape"))
     for name in ("num_classes", "query_budget", "factory"):
