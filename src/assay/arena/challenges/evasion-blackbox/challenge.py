@@ -16,6 +16,8 @@ MAX_INPUTS = 100
 
 
 class BlackboxEvasion(DigitEvasionChallenge):
+    eps = 0.2  # at 0.3 about 1 in 300 random +-eps corners already hits the target
+
     def cost(self, payload: dict[str, Any]) -> int:
         return batch_len(payload, "inputs")
 
@@ -50,8 +52,10 @@ def solve(client) -> str | None:
     x0 = torch.tensor(goal["input"], dtype=torch.float32)[None]
 
     def scores_fn(x: torch.Tensor) -> torch.Tensor:
-        out = client.score({"inputs": x.clamp(0, 1).tolist()})
-        return torch.tensor(out["probabilities"]).clamp_min(1e-12).log()
+        rows = []
+        for i in range(0, x.shape[0], MAX_INPUTS):
+            rows += client.score({"inputs": x[i : i + MAX_INPUTS].clamp(0, 1).tolist()})["probabilities"]
+        return torch.tensor(rows, dtype=torch.float64).clamp_min(1e-30).log().float()
 
     square(scores_fn, x0, torch.tensor([goal["label"]]), eps=goal["eps"], targeted=True,
            y_target=torch.tensor([goal["target"]]), n_queries=client.remaining - 1, seed=0)
@@ -59,12 +63,13 @@ def solve(client) -> str | None:
 
 
 def naive(client) -> bool:
-    """500 random perturbations of the full budget: noise does not find the target class."""
+    """500 random corners of the eps-box (every pixel moved by +-eps): noise does not find the
+    target class."""
     goal = json.loads(client.artifact("goal.json"))
     x0 = torch.tensor(goal["input"], dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
-        noise = (torch.rand((MAX_INPUTS, *x0.shape), generator=g) * 2 - 1) * goal["eps"]
+        noise = torch.randn((MAX_INPUTS, *x0.shape), generator=g).sign() * goal["eps"]
         client.score({"inputs": (x0 + noise).clamp(0, 1).tolist()})
         if client.flag:
             return True
