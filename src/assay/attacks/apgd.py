@@ -208,6 +208,7 @@ def apgd(
     >>> res.robust_accuracy  # doctest: +SKIP
     """
     norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size, eot_samples=eot_samples)
+    eps = float(eps)
     _check_apgd_args(steps, restarts, rho)
     x = x.detach()
     y = y.to(x.device).long()
@@ -260,6 +261,7 @@ def apgd_targeted(
     >>> res = apgd_targeted(target.module, x, y, eps=8 / 255)  # doctest: +SKIP
     """
     norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size)
+    eps = float(eps)
     _check_apgd_args(steps, restarts, 0.75)
     if int(n_target_classes) != n_target_classes or n_target_classes < 1:
         raise InputError(f"n_target_classes must be a positive integer, got {n_target_classes!r}")

@@ -72,7 +72,11 @@ def check_attack_inputs(
         raise InputError(str(e)) from None
     if norm not in norms:
         raise InputError(f"norm {norm!r} is not supported here; use one of {', '.join(norms)}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+    try:
+        eps_value = float(eps)
+    except (TypeError, ValueError):
+        eps_value = float("nan")
+    if not (math.isfinite(eps_value) and eps_value > 0):
         raise InputError(f"eps must be a positive finite number, got {eps!r}")
     low, high = bounds
     if not low < high:
@@ -267,6 +271,7 @@ def fgsm(
     >>> res.robust_accuracy  # doctest: +SKIP
     """
     norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds)
+    eps = float(eps)
     x = x.detach()
     y = y.to(x.device).long()
     goal = check_targets(y, y_target, targeted)
@@ -399,6 +404,7 @@ def pgd(
     >>> res.robust_accuracy, res.norms.max() <= 8 / 255 + 1e-6  # doctest: +SKIP
     """
     norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size, eot_samples=eot_samples)
+    eps = float(eps)
     if int(steps) != steps or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}")
     if int(restarts) != restarts or restarts < 1:
