@@ -87,15 +87,6 @@ class Recorder(LocalClient):
         return out
 
 
-# Solvers (and naive attempts) built on assay's attack library, by the module they import.
-NEEDS_ATTACK = {"evasion-whitebox": "assay.attacks.gradient", "noisy-defence": "assay.attacks.gradient"}
-
-
-def needs_attack(cid):
-    if cid in NEEDS_ATTACK:
-        pytest.importorskip(NEEDS_ATTACK[cid], reason=f"{cid}'s solver runs on {NEEDS_ATTACK[cid]}")
-
-
 def close(a, b, tol=1e-5):
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
@@ -142,7 +133,6 @@ def test_artifacts_match_the_manifest_and_hide_secrets(pack, cid):
 
 @pytest.mark.parametrize("cid", IDS)
 def test_reference_solver_solves_within_budget(pack, cid):
-    needs_attack(cid)
     spec = PACK[cid]
     client = Recorder(spec)
     flag = spec.solve(client)
@@ -158,7 +148,6 @@ def test_reference_solver_solves_within_budget(pack, cid):
 
 @pytest.mark.parametrize("cid", IDS)
 def test_naive_attempt_fails(pack, cid):
-    needs_attack(cid)
     spec = PACK[cid]
     client = LocalClient(spec)
     assert spec.naive(client) is False

@@ -44,49 +44,22 @@ class BlackboxEvasion(DigitEvasionChallenge):
 CHALLENGE = BlackboxEvasion
 
 
-def _margin(log_probs: torch.Tensor, target: int) -> torch.Tensor:
-    """Targeted margin loss on scores: target score minus the best other score (> 0: success)."""
-    others = log_probs.clone()
-    others[:, target] = -torch.inf
-    return log_probs[:, target] - others.max(dim=1).values
-
-
-def _square_search(scores_fn, x0: torch.Tensor, target: int, eps: float, n_queries: int, seed: int = 0) -> torch.Tensor:
-    """Minimal score-based random search in the spirit of the Square attack (Andriushchenko et al.
-    2020), for one input: start at a random corner of the eps-box, then propose moving one random
-    square window to a random corner (+-eps per window), windows shrinking from 3x3 to 1x1 over
-    the budget; keep a proposal when it raises the targeted margin. One query per proposal."""
-    g = torch.Generator().manual_seed(seed)
-    side = x0.shape[-1]
-    x = (x0 + eps * torch.randn(x0.shape, generator=g).sign()).clamp(0, 1)
-    best = _margin(scores_fn(x), target)
-    for q in range(1, n_queries):
-        if best.item() > 0:
-            break
-        w = max(1, round(3 * (1 - q / n_queries)))
-        i, j = (int(v) for v in torch.randint(0, side - w + 1, (2,), generator=g))
-        proposal = x.clone()
-        sign = 2.0 * torch.randint(0, 2, (x0.shape[1], 1, 1), generator=g) - 1.0
-        proposal[..., i : i + w, j : j + w] = (x0[..., i : i + w, j : j + w] + eps * sign).clamp(0, 1)
-        m = _margin(scores_fn(proposal), target)
-        if m > best:
-            x, best = proposal, m
-    return x
-
-
 def solve(client) -> str | None:
-    """Score-based random search (Square-attack style) through the API, within the budget.
+    """Targeted Square attack (score-based random search, Andriushchenko et al. 2020) through the
+    API, capped at the queries left."""
+    from assay.attacks.square import square
 
-    ``assay.attacks.square`` had not landed when this pack was written; this minimal search does
-    the same job for one 8x8 input."""
     goal = json.loads(client.artifact("goal.json"))
     x0 = torch.tensor(goal["input"], dtype=torch.float32)[None]
 
     def scores_fn(x: torch.Tensor) -> torch.Tensor:
-        out = client.score({"inputs": x.clamp(0, 1).tolist()})
-        return torch.tensor(out["probabilities"], dtype=torch.float64).clamp_min(1e-30).log()
+        rows = []
+        for i in range(0, x.shape[0], MAX_INPUTS):
+            rows += client.score({"inputs": x[i : i + MAX_INPUTS].clamp(0, 1).tolist()})["probabilities"]
+        return torch.tensor(rows, dtype=torch.float64).clamp_min(1e-30).log().float()
 
-    _square_search(scores_fn, x0, goal["target"], goal["eps"], n_queries=client.remaining)
+    square(scores_fn, x0, torch.tensor([goal["label"]]), eps=goal["eps"], targeted=True,
+           y_target=torch.tensor([goal["target"]]), n_queries=client.remaining, query_budget=client.remaining, seed=0)
     return client.flag
 
 
