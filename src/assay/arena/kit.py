@@ -175,7 +175,7 @@ class DigitEvasionChallenge(BatchedChallenge):
 def guess_randomly(client, alphabet: str, length: int, *, distinct: bool = False, seed: int = 0) -> bool:
     """The brute-force naive attempt: send ``{"guess": <random word>}`` until solved or out of budget."""
     rng = np.random.default_rng(seed)
-    while client.remaining > 0:
+    while client.remaining is None or client.remaining > 0:  # None: an HTTP client before its first answer
         client.score({"guess": "".join(rng.choice(list(alphabet), length, replace=not distinct))})
         if client.flag:
             return True

@@ -13,6 +13,7 @@ from assay.arena.payload import batch_len, check_keys, float_batch
 
 SHAPE = (1, 8, 8)
 MAX_INPUTS = 100
+QUERIES = 2900  # what the reference solver allows itself of the 3,000-query budget
 
 
 class BlackboxEvasion(DigitEvasionChallenge):
@@ -59,7 +60,7 @@ def solve(client) -> str | None:
         return torch.tensor(rows, dtype=torch.float64).clamp_min(1e-30).log().float()
 
     square(scores_fn, x0, torch.tensor([goal["label"]]), eps=goal["eps"], targeted=True,
-           y_target=torch.tensor([goal["target"]]), n_queries=client.remaining, query_budget=client.remaining, seed=0)
+           y_target=torch.tensor([goal["target"]]), n_queries=QUERIES, query_budget=QUERIES, seed=0)
     return client.flag
 
 

@@ -136,7 +136,7 @@ def _steal(client, n_queries: int, soft: bool, seed: int) -> dict[str, list]:
 
 def solve(client) -> str | None:
     """Distillation: spend the budget on N(0, 1) queries, train on the full probability vectors."""
-    client.score({"surrogate": _steal(client, client.remaining - SUBMIT_COST, soft=True, seed=0)})
+    client.score({"surrogate": _steal(client, 1900, soft=True, seed=0)})  # 1,900 + 50 of the 2,000
     return client.flag
 
 

@@ -132,7 +132,7 @@ def solve(client) -> str | None:
     <user> is ...') and decode greedily, one query per character, until the sentence ends."""
     spec = json.loads(client.artifact("spec.json"))
     prefix, secret = "alice: the password for admin is ", ""
-    while len(secret) < 2 * 8 and client.remaining > 1:
+    while len(secret) < 2 * 8:
         nxt = client.score({"prefix": (prefix + secret)[-spec["max_prefix"] :]})["next"]
         char = max(nxt, key=nxt.get)
         if char not in spec["password_characters"]:
