@@ -63,6 +63,8 @@ def cmd_train(a) -> int:
 
     if not a.dp and (a.epsilon is not None or a.noise_multiplier is not None or a.delta is not None):
         raise InputError("--epsilon, --noise-multiplier and --delta need --dp")
+    if a.dp and a.epsilon is None and a.noise_multiplier is None:
+        raise InputError("--dp needs a privacy budget: --epsilon TARGET or --noise-multiplier SIGMA")
     if a.epochs is not None and a.epochs < 1:
         raise InputError(f"--epochs {a.epochs}; train for at least one epoch")
     x, y, described = _training_data(a)
@@ -73,8 +75,6 @@ def cmd_train(a) -> int:
     if a.dp:
         from assay.train.dp import train_dp
 
-        if a.epsilon is None and a.noise_multiplier is None:
-            raise InputError("--dp needs a privacy budget: --epsilon TARGET or --noise-multiplier SIGMA")
         lr = a.lr if a.lr is not None else (0.5 if a.optimizer == "sgd" else 2e-3)
         res = train_dp(model, x, y, epsilon=a.epsilon, noise_multiplier=a.noise_multiplier, delta=a.delta,
                        max_grad_norm=a.max_grad_norm, epochs=a.epochs or 10, batch_size=a.batch_size, lr=lr,

@@ -21,6 +21,7 @@ def blobs(seed: int = 0, n: int = 120, d: int = 40, c: int = 4):
 
 
 def private(x, y, seed):
+    torch.manual_seed(seed)  # the initialisation is the recipe's: seed it too
     return train_dp(nn.Linear(x.shape[1], 4), x, y, noise_multiplier=NOISE, epochs=EPOCHS, batch_size=BATCH,
                     lr=LR, seed=seed, delta=1e-5).model
 
