@@ -104,3 +104,19 @@ def two_proportion_z(k1, n1, k2, n2) -> tuple[np.ndarray, np.ndarray]:
     p = 2 * norm.sf(np.abs(z))
     p = np.where((n1 > 0) & (n2 > 0), p, np.nan)
     return z, p
+
+
+def weighted_bin_sums(weights: np.ndarray, column: np.ndarray, values: np.ndarray, n_columns: int) -> np.ndarray:
+    """``out[b, c] = sum_i weights[b, i] * values[i] * [column[i] == c]`` for every resample at once.
+
+    ``column``/``values`` may hold several entries per row (pass ``row`` order flattened with
+    ``np.repeat``): ``weights`` is then ``(B, n)`` and ``column``, ``values`` have ``n * r`` entries,
+    ``r`` per row in row order.
+    """
+    from scipy import sparse
+
+    n = weights.shape[1]
+    r = len(column) // n
+    rows = np.repeat(np.arange(n), r)
+    a = sparse.csr_matrix((values, (rows, column)), shape=(n, n_columns))
+    return np.asarray((a.T @ weights.T).T)

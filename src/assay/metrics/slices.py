@@ -35,6 +35,7 @@ class Slice:
 
     conditions: tuple[tuple[str, str], ...]
     size: int
+    complement_size: int
     metric: float
     complement_metric: float
     effect: float
@@ -207,7 +208,7 @@ def find_slices(
     p_adj = benjamini_hochberg(p)
 
     slices = [
-        Slice(cand_conds[i], int(ns[i]), float(a), float(b), float(b - a), float(pv), float(pa),
+        Slice(cand_conds[i], int(ns[i]), int(n_dom - ns[i]), float(a), float(b), float(b - a), float(pv), float(pa),
               "fisher" if small else "z")
         for i, a, b, pv, pa, small in zip(idx, p_slice, p_rest, p, p_adj, expected_small)
     ]
