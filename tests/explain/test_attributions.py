@@ -17,7 +17,7 @@ from assay.explain.attributions import (
     smoothgrad,
     spearman_rows,
 )
-from assay.probes import get_probe
+from assay.probes.explain.attributions import Attributions
 from assay.targets import TorchTarget
 
 
@@ -125,7 +125,7 @@ def test_black_box_methods_count_queries():
 
 def test_explain_probe_evidence(demo, demo_target):
     _, sp = demo
-    probe = get_probe("explain.attributions")(n_samples=8, n_steps=16, randomization_steps=8, n_boot=100, curve_steps=8)
+    probe = Attributions(n_samples=8, n_steps=16, randomization_steps=8, n_boot=100, curve_steps=8)
     f = probe.run(ProbeContext(demo_target, Dataset(sp.x_test, sp.y_test), probe_name="explain.attributions"))
     names = {m.name for m in f.metrics}
     assert {"completeness_gap", "deletion_auc", "insertion_auc", "randomization_rank_correlation[saliency]",
