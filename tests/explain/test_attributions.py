@@ -132,6 +132,8 @@ def test_explain_probe_evidence(demo, demo_target):
             "randomization_rank_correlation[integrated_gradients]"} <= names
     img = next(e for e in f.evidence if e.kind == "images")
     first = img.data["rows"][0]["images"]
-    assert [i["label"] for i in first] == ["input", "|integrated_gradients|"]
-    assert "array" in first[0] or "png" in first[0]
+    assert [i["label"] for i in first] == ["input", "integrated_gradients (red +, blue -)"]
+    from assay.report.images import png_size
+
+    assert png_size(first[1]["png"]) == (64, 64)  # 8x8 upscaled
     assert f.metric("randomization_rank_correlation[saliency]").value < 0.5

@@ -20,6 +20,7 @@ from assay.explain.attributions import (
 )
 from assay.metrics.resample import interval_of, row_bootstrap_weights
 from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.report.images import heatmap_png_b64, to_png_b64
 from assay.targets.base import GRADIENTS
 
 GRADIENT_METHODS = ("integrated_gradients", "saliency", "smoothgrad")
@@ -33,14 +34,13 @@ def _mean_ci(values: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[
     return float(v.mean()), iv.low, iv.high
 
 
-def _image_payload(img: np.ndarray) -> dict:
-    """An image for the report: a PNG when assay.report.images exists, else the raw array."""
-    try:
-        from assay.report.images import to_png_b64  # type: ignore[import-not-found]
+def _image_payload(img: np.ndarray, bounds) -> dict:
+    return {"png": to_png_b64(img, value_range=bounds)}
 
-        return {"png": to_png_b64(img)}
-    except ImportError:
-        return {"array": np.round(img, 4).tolist()}
+
+def _heatmap_payload(attr: np.ndarray) -> dict:
+    """Signed attribution summed over channels, diverging colours centred on zero."""
+    return {"png": heatmap_png_b64(attr)}
 
 
 @register
@@ -152,12 +152,9 @@ class Attributions(Probe):
         if data.kind == "image" and x.dim() == 4:
             rows = []
             for i in range(min(p.show, n)):
-                img = x[i].numpy()
-                heat = attr[i].abs().sum(0).numpy()
-                heat = heat / heat.max() if heat.max() > 0 else heat
                 rows.append({"caption": f"label {int(y[i])}, predicted {int(pred[i])}",
-                             "images": [{"label": "input", **_image_payload(img)},
-                                        {"label": f"|{method}|", **_image_payload(heat)}]})
+                             "images": [{"label": "input", **_image_payload(x[i].numpy(), t.bounds)},
+                                        {"label": f"{method} (red +, blue -)", **_heatmap_payload(attr[i].numpy())}]})
             evidence.insert(0, Evidence("images", f"{method} attributions", {"rows": rows}))
         else:
             imp = attr.abs().reshape(n, -1).mean(0).numpy()
