@@ -38,7 +38,7 @@ class OutOfDistribution(Probe):
 
     def cost(self, target, data):
         n_ood = len(data.x_ood) if data is not None and data.x_ood is not None else len(data) if data is not None else 0
-        ash = GRADIENTS in target.capabilities
+        ash = target is None or GRADIENTS in target.capabilities
         return {"queries": n_ood * (2 if ash else 1) + (len(data) if ash and data is not None else 0),
                 "note": "OOD scores, plus one ASH pass over ID and OOD for torch models"}
 
