@@ -187,7 +187,8 @@ def extract(
     query_fn: the target's ``scores`` (``output`` "logits" or "probs") or ``labels`` (``output``
         "labels"). It may raise :class:`BudgetExceeded`: extraction then stops with what it has.
     pool: natural inputs the attacker holds (N, *shape); for synthetic sources it only provides the
-        shape, the Gaussian's mean/std, mixup partners and the surrogate's input standardisation.
+        shape, the Gaussian's mean/std and mixup partners. With unbounded ``bounds`` the surrogate
+        standardises its inputs with the pool's per-feature mean and std.
     query_budget: hard limit on samples sent to ``query_fn`` (never exceeded).
     arch, hidden: the surrogate (see :func:`build_surrogate`). epochs, lr: its training.
     evaluate: optional ``surrogate -> fidelity`` callback run after each round (the curve).
@@ -224,8 +225,11 @@ def extract(
     pool = pool.float()
     gen = make_generator(seed)
     flat = pool.reshape(len(pool), -1)
-    mean, std = flat.mean(0), flat.std(0) if len(pool) > 1 else torch.ones(flat.shape[1])
     shape = tuple(pool.shape[1:])
+    mean = std = None
+    if not (math.isfinite(bounds[0]) and math.isfinite(bounds[1])):
+        # unbounded (tabular) features may sit on any scale: standardise with the pool's statistics
+        mean, std = flat.mean(0), flat.std(0) if len(pool) > 1 else torch.ones(flat.shape[1])
 
     def new_surrogate():
         return build_surrogate(arch, shape, num_classes, hidden=hidden, mean=mean, std=std, seed=seed)
