@@ -54,7 +54,7 @@ def run_torchattacks(model, x, y, eps):
     import torchattacks
 
     atk = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=STEPS, random_start=True)
-    return atk(x, y), float(STEPS + 1)
+    return atk(x, y), float(STEPS)
 
 
 def run_art(model, x, y, eps):
@@ -70,7 +70,7 @@ def run_art(model, x, y, eps):
         batch_size=x.shape[0], verbose=False,
     )
     x_adv = atk.generate(x=x.numpy(), y=y.numpy())
-    return torch.from_numpy(x_adv), float(STEPS + 1)
+    return torch.from_numpy(x_adv), float(STEPS)
 
 
 LIBRARIES = {"assay": run_assay, "torchattacks": run_torchattacks, "ART": run_art}

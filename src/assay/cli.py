@@ -170,17 +170,23 @@ def cmd_probes(a) -> int:
     for name, cls in all_probes().items():
         if a.axis and cls.axis != a.axis:
             continue
-        req = sorted(cls.requires) or [" | ".join("+".join(sorted(r)) for r in cls.requires_any)] if (cls.requires or cls.requires_any) else ["-"]
+        if cls.requires:
+            req = "+".join(sorted(cls.requires))
+        elif cls.requires_any:
+            req = " | ".join("+".join(sorted(r)) for r in cls.requires_any)
+        else:
+            req = "-"
         cost = cls().cost(None, None)
-        rows.append((name, cls.axis, ",".join(req), ",".join(sorted(cls.needs)) or "-",
-                     f"~{cost.get('queries', '?')} queries/{cost.get('note', '') or 'run'}", cls.description))
+        q = cost.get("queries")
+        rows.append((name, cls.axis, req, ",".join(sorted(cls.needs)) or "-",
+                     f"{q:,}" if isinstance(q, int) else str(q), cls.description))
     if not rows:
-        raise InputError(f"no probes on axis {a.axis!r}")
-    widths = [max(len(r[i]) for r in rows + [("probe", "axis", "target needs", "data needs", "cost", "")]) for i in range(4)]
-    head = ("probe", "axis", "target needs", "data needs")
+        raise InputError(f"no probes on axis {a.axis!r}; axes: robustness, privacy, fairness, reliability, explain, certify")
+    head = ("probe", "axis", "target needs", "data needs", "queries (default params)")
+    widths = [max(len(r[i]) for r in rows + [head + ("",)]) for i in range(5)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  description")
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[5])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
     return 0
 
 
