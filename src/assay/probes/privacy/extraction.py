@@ -146,7 +146,7 @@ class ExtractionProbe(Probe):
         if transfer_rows:
             evidence.append(Evidence("table", "Transfer check", {"columns": ["attack", "fooled", "rate"],
                                                                   "rows": transfer_rows}))
-        summary = (f"A {p.surrogate} surrogate trained on {output} from {res.queries} {p.strategy}ly selected "
+        summary = (f"A surrogate ({p.surrogate}) trained on {output} from {res.queries} {p.strategy}ly selected "
                    f"{p.source} queries agrees with the target on {k_fid / n_hold:.1%} of {n_hold} held-out inputs")
         if transfer_rows:
             summary += (f"; its PGD examples fool the target {transfer_rows[0][2]} of the time vs "

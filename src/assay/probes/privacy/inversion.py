@@ -126,12 +126,10 @@ class InversionProbe(Probe):
         # inputs are standardised only when unbounded: on bounded images, standardising would blow up
         # pixels that are constant in the data (blank borders) and make the judge brittle off-manifold
         stats = {} if center is None else {"mean": global_mean.flatten(), "std": x.flatten(1).std(0)}
-        judge = ctx.unit(f"judge-{p.eval_model}-{p.eval_epochs}", lambda: {"state": fit_classifier(
+        # deterministic from the seed and cheap, so retrained on resume rather than checkpointed
+        judge_model = fit_classifier(
             build_surrogate(p.eval_model, target.input_shape, k, seed=ctx.seed + 7919, **stats),
-            x, data.y, epochs=p.eval_epochs, seed=ctx.seed + 7919).state_dict()})
-        judge_model = build_surrogate(p.eval_model, target.input_shape, k, **stats)
-        judge_model.load_state_dict(judge["state"])
-        judge_model.eval()
+            x, data.y, epochs=p.eval_epochs, seed=ctx.seed + 7919)
         with torch.no_grad():
             judged = judge_model(recon).argmax(dim=1) == recon_class
         n_judged = int(judged.sum())
