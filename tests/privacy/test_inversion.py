@@ -103,3 +103,32 @@ def test_blackbox_budget_too_small_is_one_line_input_error(models):
         invert_blackbox(lambda x: leaky(x), 10, (1, 8, 8), query_budget=50, samples=5)
     with pytest.raises(InputError, match="too small"):
         _run(leaky, data, mode="blackbox", query_budget=50)
+
+
+def test_whitebox_matches_art_miface_on_the_same_model(models):
+    """ART's MIFace (gradient ascent on p_y, no prior) and ours without the prior land on the same
+    reconstructions of a softmax regression: same identification, similar confidence, aligned images."""
+    pytest.importorskip("art.attacks.inference.model_inversion")
+    import numpy as np
+    from art.attacks.inference.model_inversion import MIFace
+    from art.estimators.classification import PyTorchClassifier
+
+    leaky, _, data = models
+    clf = PyTorchClassifier(nn.Sequential(leaky, nn.Softmax(dim=1)), loss=nn.CrossEntropyLoss(),
+                            input_shape=(1, 8, 8), nb_classes=10, clip_values=(0.0, 1.0))
+    # threshold=1 keeps every sample running for max_iter (ART's stopping rule), so both do 100 steps
+    art = MIFace(clf, max_iter=100, window_length=100, threshold=1.0, learning_rate=1.0, verbose=False).infer(
+        np.full((10, 1, 8, 8), 0.5, dtype=np.float32), y=np.arange(10))
+    art = torch.from_numpy(art).float()
+    ours = invert_whitebox(leaky, 10, (1, 8, 8), steps=100, tv_weight=0.0, l2_weight=0.0).x[0]
+    x = data.x
+    means = torch.stack([x[data.y == c].mean(0) for c in range(10)])
+    ident_art, _ = identification(art, torch.arange(10), means, x.mean(0))
+    ident_ours, _ = identification(ours, torch.arange(10), means, x.mean(0))
+    assert ident_ours.sum() >= ident_art.sum() >= 8
+    with torch.no_grad():
+        p_art = torch.softmax(leaky(art), 1)[torch.arange(10), torch.arange(10)].mean()
+        p_ours = torch.softmax(leaky(ours), 1)[torch.arange(10), torch.arange(10)].mean()
+    assert float(p_ours) >= float(p_art) - 0.05
+    cos = nn.functional.cosine_similarity((art - 0.5).flatten(1), (ours - 0.5).flatten(1))
+    assert float(cos.mean()) > 0.85
