@@ -1,10 +1,10 @@
-"""assay: red-team and audit the trustworthiness of machine-learning models."""
+"""assay: red-team and audit the trustworthiness of machine-learning models.
+
+``assay.audit(model, data, ...)`` runs an audit (see :func:`assay.audit.api.audit`).
+"""
 
 __version__ = "0.1.0"
 
+from assay import audit  # noqa: E402  (a callable package: assay.audit(...) is the Python API)
 
-def audit(*args, **kwargs):
-    """Run an audit; see :func:`assay.audit.api.audit`."""
-    from assay.audit.api import audit as _audit
-
-    return _audit(*args, **kwargs)
+__all__ = ["__version__", "audit"]

@@ -36,6 +36,11 @@ class AttackResult:
     attack: str = ""
     info: dict = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        """Tensors and flags for a checkpointed unit of work (see ProbeContext.unit)."""
+        return {"x_adv": self.x_adv, "success": self.success, "norms": self.norms, "queries": self.queries,
+                "budget_exhausted": bool(self.info.get("budget_exhausted", False))}
+
     @property
     def robust_accuracy(self) -> float:
         return 1.0 - self.success.float().mean().item() if self.success.numel() else float("nan")

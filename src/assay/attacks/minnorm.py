@@ -283,12 +283,14 @@ def robust_accuracy_curve(result: AttackResult, eps_list: Sequence[float]) -> li
     >>> robust_accuracy_curve(fmn(model, x, y, norm="l2"), [0.5, 1.0])  # doctest: +SKIP
     [0.81, 0.42]
     """
-    if result.success.numel() == 0:
+    norms = torch.where(result.success.cpu(), result.norms.cpu().float(), torch.full_like(result.norms.cpu().float(), float("inf")))
+    return robust_accuracy_from_norms(norms, eps_list)
+
+
+def robust_accuracy_from_norms(min_norms: torch.Tensor, eps_list: Sequence[float]) -> list[float]:
+    """Fraction of points whose smallest adversarial norm exceeds each ``eps`` (``inf``: never
+    broken, ``0``: misclassified already). Vectorised over points and epsilons."""
+    if min_norms.numel() == 0:
         return [float("nan") for _ in eps_list]
-    norms = result.norms.cpu()
-    success = result.success.cpu()
-    out = []
-    for eps in eps_list:
-        broken = success & (norms <= float(eps))
-        out.append(1.0 - broken.float().mean().item())
-    return out
+    g = torch.as_tensor(list(eps_list), dtype=min_norms.dtype).reshape(1, -1)
+    return (min_norms.reshape(-1, 1) > g).float().mean(0).tolist()

@@ -97,3 +97,26 @@ def train_demo_model(seed: int = 0, epochs: int = 30) -> tuple[nn.Module, DemoSp
     with torch.random.fork_rng():
         train_classifier(model, splits.x_train, splits.y_train, epochs=epochs, seed=seed)
     return model, splits
+
+
+def write_demo(out_dir, seed: int = 0):
+    """Train the demo model and write ``model.safetensors`` (architecture: build_demo_model) and
+    ``digits.npz``: the audit data, 400 training members and all held-out digits, shuffled, with a
+    ``member`` mask (privacy) and the documented sensitive attribute (fairness) when available."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, s = train_demo_model(seed)
+    model_path = out / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(model_path))
+    x = torch.cat([s.x_train[:400], s.x_test])
+    y = torch.cat([s.y_train[:400], s.y_test])
+    member = torch.cat([torch.ones(400, dtype=torch.bool), torch.zeros(len(s.x_test), dtype=torch.bool)])
+    perm = torch.from_numpy(np.random.default_rng(seed + 1).permutation(len(x)))
+    arrays = {"x": x[perm].numpy(), "y": y[perm].numpy(), "member": member[perm].numpy()}
+    data_path = out / "digits.npz"
+    np.savez_compressed(data_path, **arrays)
+    return model_path, data_path

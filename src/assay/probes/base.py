@@ -95,6 +95,18 @@ class Finding:
     params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; NaN / inf become None so the output is valid JSON."""
+        return _clean_json(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+        d = dict(d)
+        d["metrics"] = [Metric(**{k: (float("nan") if k == "value" and v is None else v) for k, v in m.items()})
+                        for m in d.get("metrics", [])]
+        d["evidence"] = [Evidence(**e) for e in d.get("evidence", [])]
+        return cls(**d)
+
     def metric(self, name: str) -> Metric:
         for m in self.metrics:
             if m.name == name:
@@ -123,6 +135,20 @@ class Finding:
         self.verdict = verdict
 
 
+def _clean_json(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if v == v and v not in (float("inf"), float("-inf")) else None
+    if isinstance(v, dict):
+        return {str(k): _clean_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean_json(x) for x in v]
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:  # numpy / torch scalar
+        return _clean_json(v.item())
+    if hasattr(v, "tolist"):
+        return _clean_json(v.tolist())
+    return v
+
+
 class Probe:
     """Base class of all probes. Subclasses set the class attributes and implement :meth:`run`."""
 
@@ -144,7 +170,10 @@ class Probe:
 
     # ------------------------------------------------------------------ hooks
     def cost(self, target, data) -> dict[str, Any]:
-        """Rough cost: ``{"queries": int, "note": str}`` (used by ``assay probes`` and planning)."""
+        """Rough cost: ``{"queries": int, "note": str}`` (used by ``assay probes`` and planning).
+
+        ``target`` and ``data`` may be None (``assay probes`` lists costs before any model is
+        given): estimate from the parameters alone then."""
         return {"queries": len(data) if data is not None else 0, "note": ""}
 
     def check(self, target, data) -> str | None:

@@ -12,6 +12,7 @@ its capabilities so that probes can check their requirements before running:
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from typing import Any
@@ -143,6 +144,15 @@ class Target(ABC):
 
     # ----------------------------------------------------------------- helpers
     def _chunked(self, x: torch.Tensor, fn) -> torch.Tensor:
+        x = self._check_input(x)
+        n = x.shape[0]
+        self.budget.charge(n)
+        outs = [fn(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
+        if not outs:
+            return torch.empty((0, self.num_classes) if fn is self._scores else (0,))
+        return self._check_output(torch.cat(outs))
+
+    def _check_input(self, x) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(x)
         if tuple(x.shape[1:]) != self.input_shape:
@@ -150,15 +160,20 @@ class Target(ABC):
                 f"input shape {tuple(x.shape[1:])} does not match the target's {self.input_shape}; "
                 "reshape the data or pass --input-shape"
             )
-        n = x.shape[0]
-        self.budget.charge(n)
-        outs = [fn(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
-        if not outs:
-            return torch.empty((0, self.num_classes) if fn is self._scores else (0,))
-        out = torch.cat(outs)
+        return x
+
+    def _check_output(self, out: torch.Tensor) -> torch.Tensor:
         if out.dtype.is_floating_point and not torch.isfinite(out).all():
             raise TargetError(f"{self.name} returned NaN or inf scores; check the model and input range")
         return out
+
+    def fingerprint(self) -> str:
+        """Identity of the model for checkpoints: subclasses hash the weights where they can."""
+        import hashlib
+        import json
+
+        d = {k: v for k, v in self.describe().items() if k != "queries"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
         """What the report records about the target."""
@@ -167,7 +182,8 @@ class Target(ABC):
             "name": self.name,
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
-            "bounds": list(self.bounds),
+            # an infinite bound (unbounded tabular features) is null, keeping the report strict JSON
+            "bounds": [b if math.isfinite(b) else None for b in self.bounds],
             "output": self.output,
             "capabilities": sorted(self.capabilities),
             "query_budget": self.budget.limit,

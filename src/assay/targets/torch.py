@@ -122,6 +122,15 @@ class TorchTarget(Target):
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.to(self._device)).float().cpu()
 
+    def fingerprint(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256(super().fingerprint().encode())
+        for k, v in self.net.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def describe(self):
         d = super().describe()
         d.update(device=str(self._device), mean=self.mean, std=self.std)

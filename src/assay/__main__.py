@@ -1,0 +1,3 @@
+from assay.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,229 @@
+"""JSON API. Every route needs an API key (``Authorization: Bearer <key>``) or a session cookie
+(plus the ``X-CSRF-Token`` header on POST), except the auth routes and the public scoreboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from assay.arena import auth
+from assay.arena.service import Arena, Outcome
+from assay.arena.store import Player
+from assay.errors import InputError
+
+MAX_SMALL_BODY = 16_384  # auth, submit and admin bodies
+
+
+def arena_of(request: Request) -> Arena:
+    return request.app.state.arena
+
+
+def current_player(request: Request) -> Player:
+    """The authenticated player: API key first, else the session cookie (CSRF-checked on writes)."""
+    arena = arena_of(request)
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        player = arena.player_by_key(header[7:].strip())
+        if player is None:
+            raise HTTPException(401, "invalid API key")
+        return player
+    data = arena.sessions.load(request.cookies.get(auth.SESSION_COOKIE))
+    if data and data.get("pid"):
+        if request.method not in ("GET", "HEAD") and not auth.csrf_ok(data.get("csrf"), request.headers.get("x-csrf-token")):
+            raise HTTPException(403, "missing or wrong X-CSRF-Token header")
+        player = arena.player(int(data["pid"]))
+        if player is not None:
+            return player
+    raise HTTPException(401, "authentication required: send 'Authorization: Bearer <api key>' or log in")
+
+
+def operator(player: Player = Depends(current_player)) -> Player:
+    if not player.is_operator:
+        raise HTTPException(403, "operators only")
+    return player
+
+
+def respond(outcome: Outcome) -> JSONResponse:
+    return JSONResponse(outcome.body, status_code=outcome.status, headers=outcome.headers)
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes: from
+    Content-Length before reading anything, and while streaming for chunked bodies."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise HTTPException(413, f"body larger than this challenge's limit of {limit} bytes")
+        except ValueError:
+            raise HTTPException(400, "bad Content-Length") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body larger than this challenge's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def small_json(request: Request) -> dict[str, Any]:
+    import json
+
+    body = await read_capped(request, MAX_SMALL_BODY)
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(422, "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPException(422, "body must be a JSON object")
+    return data
+
+
+def _str_field(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise HTTPException(422, f"field {key!r} must be a string")
+    return value
+
+
+class EventUpdate(BaseModel):
+    open: bool | None = None
+    frozen: bool | None = None
+    recompute_values: bool | None = None
+
+
+def board_json(standings, frozen_at: float | None, by: str) -> dict[str, Any]:
+    return {"frozen_at": frozen_at, "by": by, "standings": [
+        {"rank": s.rank, "name": s.name, "score": s.score, "solves": s.solves, "last_solve": s.last_solve}
+        for s in standings]}
+
+
+def make_router() -> APIRouter:
+    r = APIRouter(prefix="/api")
+
+    @r.post("/register")
+    async def register(request: Request):
+        data = await small_json(request)
+        try:
+            player, key = arena_of(request).register(_str_field(data, "name"), _str_field(data, "password"))
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"player_id": player.id, "name": player.name, "api_key": key,
+                "note": "store the API key now: it is shown only once"}
+
+    @r.post("/login")
+    async def login(request: Request, response: Response):
+        data = await small_json(request)
+        arena = arena_of(request)
+        player = arena.login(str(data.get("name", "")), str(data.get("password", "")))
+        if player is None:
+            raise HTTPException(401, "wrong name or password")
+        csrf = auth.new_token()
+        set_session(response, arena, {"pid": player.id, "csrf": csrf})
+        return {"ok": True, "name": player.name, "csrf_token": csrf}
+
+    @r.post("/logout")
+    async def logout(response: Response):
+        response.delete_cookie(auth.SESSION_COOKIE, path="/")
+        return {"ok": True}
+
+    @r.get("/me")
+    def me(player: Player = Depends(current_player)):
+        return {"player_id": player.id, "name": player.name, "operator": player.is_operator, "team_id": player.team_id}
+
+    @r.post("/me/api-key")
+    def rotate(request: Request, player: Player = Depends(current_player)):
+        return {"api_key": arena_of(request).rotate_key(player.id), "note": "the previous key no longer works"}
+
+    @r.get("/challenges")
+    def challenges(request: Request, player: Player = Depends(current_player)):
+        return arena_of(request).challenge_list(player.id)
+
+    @r.get("/challenges/{cid}/artifacts/{name}")
+    def artifact(cid: str, name: str, request: Request, player: Player = Depends(current_player)):
+        content = arena_of(request).artifact(cid, name)
+        if content is None:
+            raise HTTPException(404, f"no artifact {name!r} for challenge {cid!r}")
+        safe = "".join(c for c in name if c.isalnum() or c in "._-") or "artifact"
+        return Response(content, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{safe}"'})
+
+    @r.post("/challenges/{cid}/score")
+    async def score(cid: str, request: Request, player: Player = Depends(current_player)):
+        arena = arena_of(request)
+        spec = arena.specs.get(cid)
+        if spec is None:
+            raise HTTPException(404, f"no challenge {cid!r}")
+        body = await read_capped(request, spec.manifest.max_payload_bytes)
+        return respond(await arena.score(player, cid, body))
+
+    @r.post("/challenges/{cid}/submit")
+    async def submit(cid: str, request: Request, player: Player = Depends(current_player)):
+        data = await small_json(request)
+        return respond(arena_of(request).submit(player, cid, data.get("flag")))
+
+    @r.get("/scoreboard")
+    def scoreboard(request: Request, by: str = "player"):
+        if by not in ("player", "team"):
+            raise HTTPException(422, "by must be 'player' or 'team'")
+        standings, frozen_at = arena_of(request).scoreboard(by=by)
+        return board_json(standings, frozen_at, by)
+
+    @r.post("/teams")
+    async def create_team(request: Request, player: Player = Depends(current_player)):
+        data = await small_json(request)
+        try:
+            team = arena_of(request).create_team(player.id, _str_field(data, "name"))
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"team_id": team.id, "name": team.name, "join_code": team.join_code}
+
+    @r.post("/teams/join")
+    async def join_team(request: Request, player: Player = Depends(current_player)):
+        data = await small_json(request)
+        try:
+            team = arena_of(request).join_team(player.id, _str_field(data, "join_code"))
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"team_id": team.id, "name": team.name}
+
+    # ------------------------------------------------------------ operator
+    @r.get("/admin/event")
+    def get_event(request: Request, _: Player = Depends(operator)):
+        st = arena_of(request).event()
+        return {"open": st.open, "frozen_at": st.frozen_at, "recompute_values": st.recompute_values}
+
+    @r.post("/admin/event")
+    def set_event(update: EventUpdate, request: Request, _: Player = Depends(operator)):
+        st = arena_of(request).set_event(open=update.open, frozen=update.frozen, recompute_values=update.recompute_values)
+        return {"open": st.open, "frozen_at": st.frozen_at, "recompute_values": st.recompute_values}
+
+    @r.get("/admin/submissions")
+    def submissions(request: Request, _: Player = Depends(operator)):
+        return arena_of(request).submissions()
+
+    @r.get("/admin/queries")
+    def queries(request: Request, _: Player = Depends(operator)):
+        return arena_of(request).query_log()
+
+    @r.get("/admin/scoreboard")
+    def live_scoreboard(request: Request, by: str = "player", _: Player = Depends(operator)):
+        standings, _f = arena_of(request).scoreboard(by=by, live=True)
+        return board_json(standings, None, by)
+
+    @r.post("/verify")
+    async def verify(request: Request, _: Player = Depends(operator)):
+        """Check a (player, challenge, flag) triple with the per-player rule, for external boards."""
+        data = await small_json(request)
+        ok = arena_of(request).verify(_str_field(data, "player"), _str_field(data, "challenge"), _str_field(data, "flag"))
+        return {"valid": ok}
+
+    return r
+
+
+def set_session(response: Response, arena: Arena, data: dict[str, Any]) -> None:
+    response.set_cookie(auth.SESSION_COOKIE, arena.sessions.dump(data), max_age=auth.SESSION_MAX_AGE, httponly=True,
+                        samesite="lax", secure=arena.settings.cookie_secure, path="/")

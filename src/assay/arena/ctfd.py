@@ -1,0 +1,99 @@
+"""Export a challenge pack in CTFd's import format (a zip of ``db/<table>.json`` plus ``uploads/``).
+
+CTFd (3.x) backups hold one JSON file per table, each ``{"count": n, "results": [rows], "meta": {}}``,
+``db/alembic_version.json`` naming the schema revision the rows follow, and uploaded files under
+``uploads/<folder>/<name>`` referenced by ``files.location = "<folder>/<name>"``. We write the
+tables a challenge pack needs at revision ``9e6f6578ca84`` (CTFd 3.6): challenges, files, flags,
+tags, hints (empty), dynamic_challenge (when dynamic scoring is chosen).
+
+What CTFd cannot represent: assay flags are per player (an HMAC of player and challenge) while
+CTFd's flag types are static strings or regexes shared by all accounts. A regex such as
+``assay\\{[0-9a-f]{32}\\}`` would accept any player's flag (or a made-up one), so we export NO flag
+rows: the challenges arrive in CTFd unsolvable there, with a note in each description that flags
+are checked by the assay server (its operator-only ``POST /api/verify`` answers whether a
+(player, challenge, flag) triple is valid). The models, budgets and scoring stay in assay; CTFd
+gets the catalogue, the artifacts and the point values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from assay.arena.challenge import ChallengeSpec
+from assay.arena.scoring import dynamic_value
+
+CTFD_ALEMBIC_REVISION = "9e6f6578ca84"
+PER_PLAYER_NOTE = (
+    "\n\n---\nThis is an assay arena challenge with per-player flags. Query the model and submit your flag "
+    "on the assay arena server ({url}); flags are verified there (POST /api/verify), not by CTFd."
+)
+
+
+def _table(rows: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"count": len(rows), "results": rows, "meta": {}}, separators=(",", ":")).encode()
+
+
+def export_ctfd(challenges: dict[str, ChallengeSpec], out: Path, *, server_url: str = "<arena url>",
+                dynamic: bool = False, decay: int = 50, min_fraction: float = 0.2,
+                artifacts: dict[str, dict[str, bytes]] | None = None) -> Path:
+    """Write ``out`` (a .zip; ``.zip`` is appended to a directory-like name) for CTFd's
+    Admin > Config > Backup > Import.
+
+    Parameters
+    ----------
+    challenges: ``discover()``'s result (built and loaded, if ``artifacts`` is not given).
+    out: the zip path (or a directory, in which ``assay-arena-ctfd.zip`` is written).
+    server_url: the assay server players use, named in each description.
+    dynamic: export CTFd "dynamic" challenges with CTFd's quadratic decay (initial = points,
+        minimum = ceil(min_fraction * points), decay = ``decay``).
+    artifacts: challenge id -> {name: bytes}; default each challenge's ``artifacts()``.
+
+    Returns
+    -------
+    The path of the written zip.
+    """
+    out = Path(out)
+    if out.suffix != ".zip":
+        out.mkdir(parents=True, exist_ok=True)
+        out = out / "assay-arena-ctfd.zip"
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    chal_rows, file_rows, tag_rows, dyn_rows = [], [], [], []
+    uploads: dict[str, bytes] = {}
+    for i, (cid, spec) in enumerate(sorted(challenges.items()), start=1):
+        m = spec.manifest
+        chal_rows.append({
+            "id": i, "name": m.name[:80], "description": m.description + PER_PLAYER_NOTE.format(url=server_url),
+            "connection_info": f"{server_url}/api/challenges/{cid}/score", "next_id": None,
+            "max_attempts": m.submission_limit, "value": m.points, "category": m.category[:80],
+            "type": "dynamic" if dynamic else "standard", "state": "visible", "requirements": None,
+        })
+        if dynamic:
+            minimum = dynamic_value(m.points, 10**9, decay, min_fraction)
+            dyn_rows.append({"id": i, "initial": m.points, "minimum": minimum, "decay": decay, "function": "logarithmic"})
+        tag_rows += [{"id": len(tag_rows) + 1, "challenge_id": i, "value": m.difficulty},
+                     {"id": len(tag_rows) + 2, "challenge_id": i, "value": f"assay:{cid}"}]
+        arts = (artifacts or {}).get(cid)
+        if arts is None:
+            arts = spec.challenge.artifacts()
+        for name, content in sorted(arts.items()):
+            folder = hashlib.md5(f"{cid}/{name}".encode()).hexdigest()  # noqa: S324 - a folder name, not security
+            location = f"{folder}/{Path(name).name}"
+            file_rows.append({"id": len(file_rows) + 1, "type": "challenge", "location": location,
+                              "challenge_id": i, "page_id": None})
+            uploads[location] = content
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("db/alembic_version.json", _table([{"version_num": CTFD_ALEMBIC_REVISION}]))
+        z.writestr("db/challenges.json", _table(chal_rows))
+        z.writestr("db/dynamic_challenge.json", _table(dyn_rows))
+        z.writestr("db/flags.json", _table([]))  # per-player flags: see the module docstring
+        z.writestr("db/files.json", _table(file_rows))
+        z.writestr("db/tags.json", _table(tag_rows))
+        z.writestr("db/hints.json", _table([]))
+        for location, content in uploads.items():
+            z.writestr(f"uploads/{location}", content)
+    return out

@@ -1,0 +1,448 @@
+"""The arena's behaviour, independent of HTTP: accounts, scoring queries (with budgets, logging and
+micro-batching), flag submissions, challenge listings, scoreboards and operator views. ``api.py``
+and ``web.py`` are thin layers over one :class:`Arena`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from assay.arena import auth
+from assay.arena.budgets import Budgets
+from assay.arena.challenge import ChallengeSpec, ScoreResult, discover
+from assay.arena.flags import check_flag, flag_for, flag_owner
+from assay.arena.scoring import Standing, dynamic_value, rank
+from assay.arena.settings import Settings
+from assay.arena.store import Budget, EventState, Player, QueryLog, Solve, Store, Submission, Team
+from assay.errors import InputError
+
+log = logging.getLogger("assay.arena")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
+MIN_PASSWORD = 8
+
+
+@dataclass
+class Outcome:
+    """An HTTP-independent answer: status code, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Batcher:
+    """Gathers concurrent payloads for one challenge and scores them in one ``score_batch`` call,
+    run in a worker thread so the event loop keeps accepting requests meanwhile."""
+
+    def __init__(self, spec: ChallengeSpec, max_size: int, window_s: float):
+        self.spec, self.max_size, self.window_s = spec, max_size, window_s
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+        self.batch_sizes: list[int] = []
+
+    async def score(self, payload: dict[str, Any]) -> ScoreResult | Exception:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((payload, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            if self.window_s > 0 and self.queue.qsize() < self.max_size - 1:
+                await asyncio.sleep(self.window_s)
+            while len(batch) < self.max_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            payloads = [p for p, _ in batch]
+            try:
+                results = await asyncio.to_thread(self.spec.challenge.score_batch, payloads)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"score_batch returned {len(results)} results for {len(batch)} payloads")
+            except Exception as e:  # a broken challenge fails its requests, not the server
+                log.exception("challenge %s: score_batch failed", self.spec.manifest.id)
+                results = [e] * len(batch)
+            self.batch_sizes.append(len(batch))
+            for (_, fut), res in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(res)
+
+
+def load_challenges(settings: Settings) -> dict[str, ChallengeSpec]:
+    """Discover the challenges in ``settings.challenges_dir`` and load each one's built model."""
+    specs = discover(settings.challenges_dir)
+    for cid, spec in specs.items():
+        workdir = settings.built_dir / cid
+        if not workdir.exists():
+            raise InputError(f"challenge {cid!r} is not built; run `assay arena build` (data dir {settings.data_dir})")
+        spec.challenge.load(workdir)
+    return specs
+
+
+def build_challenges(settings: Settings, only: list[str] | None = None) -> list[str]:
+    """Run each challenge's ``build(manifest.seed, <data_dir>/built/<id>)``; returns the ids built."""
+    built = []
+    for cid, spec in discover(settings.challenges_dir).items():
+        if only and cid not in only:
+            continue
+        workdir = settings.built_dir / cid
+        workdir.mkdir(parents=True, exist_ok=True)
+        spec.challenge.build(spec.manifest.seed, workdir)
+        built.append(cid)
+    return built
+
+
+class Arena:
+    def __init__(self, settings: Settings, specs: dict[str, ChallengeSpec] | None = None):
+        self.settings = settings
+        self.store = Store(settings.db_url)
+        self.store.create_all()
+        self.budgets = Budgets(self.store)
+        self.hasher = auth.password_hasher(settings.argon2)
+        self._dummy_hash = auth.dummy_hash(self.hasher)
+        self.sessions = auth.Sessions(settings.secret)
+        self.specs = load_challenges(settings) if specs is None else specs
+        self.artifacts = {cid: s.challenge.artifacts() for cid, s in self.specs.items()}
+        self._batchers: dict[tuple[int, str], Batcher] = {}
+        # Per-request reads cached briefly: a rotated key or an event change reaches every worker
+        # process within these many seconds (budgets, solves and submissions are never cached).
+        self.cache_seconds = 1.0
+        self._key_cache: dict[str, tuple[float, Player | None]] = {}
+        self._event_cache: tuple[float, EventState] | None = None
+        if settings.admin_password:
+            self.ensure_operator("admin", settings.admin_password)
+
+    # ---------------------------------------------------------------- accounts
+    def register(self, name: str, password: str, *, operator: bool = False) -> tuple[Player, str]:
+        """Create a player; returns it and its API key (shown once, stored only as a hash)."""
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise InputError("name must be 1-32 characters of letters, digits, '_', '.', '-'")
+        if not isinstance(password, str) or len(password) < MIN_PASSWORD:
+            raise InputError(f"password must have at least {MIN_PASSWORD} characters")
+        key = auth.new_api_key()
+        player = Player(name=name, password_hash=self.hasher.hash(password), api_key_hash=auth.hash_api_key(key),
+                        is_operator=operator)
+        with self.store.session() as s:
+            if s.scalars(select(Player.id).where(Player.name == name)).first() is not None:
+                raise InputError(f"the name {name!r} is taken; choose another")
+            s.add(player)
+        return player, key
+
+    def ensure_operator(self, name: str, password: str) -> None:
+        with self.store.session() as s:
+            p = s.scalars(select(Player).where(Player.name == name)).first()
+            if p is None:
+                s.add(Player(name=name, password_hash=self.hasher.hash(password),
+                             api_key_hash=auth.hash_api_key(auth.new_api_key()), is_operator=True))
+            elif not (p.is_operator and auth.verify_password(self.hasher, p.password_hash, password)):
+                p.password_hash, p.is_operator = self.hasher.hash(password), True
+
+    def login(self, name: str, password: str) -> Player | None:
+        """The player if name and password match, else None (same work either way)."""
+        p = self.store.player_by_name(name) if isinstance(name, str) else None
+        ok = auth.verify_password(self.hasher, p.password_hash if p else self._dummy_hash, str(password))
+        return p if (p is not None and ok) else None
+
+    def player_by_key(self, key: str) -> Player | None:
+        h = auth.hash_api_key(key)
+        now = time.monotonic()
+        hit = self._key_cache.get(h)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with self.store.session() as s:
+            player = s.scalars(select(Player).where(Player.api_key_hash == h)).first()
+        if len(self._key_cache) > 50_000:
+            self._key_cache.clear()
+        self._key_cache[h] = (now + self.cache_seconds, player)
+        return player
+
+    def player(self, pid: int) -> Player | None:
+        with self.store.session() as s:
+            return s.get(Player, pid)
+
+    def rotate_key(self, pid: int) -> str:
+        key = auth.new_api_key()
+        with self.store.session() as s:
+            s.execute(update(Player).where(Player.id == pid).values(api_key_hash=auth.hash_api_key(key)))
+        self._key_cache.clear()
+        return key
+
+    def create_team(self, pid: int, name: str) -> Team:
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise InputError("team name must be 1-32 characters of letters, digits, '_', '.', '-'")
+        with self.store.session() as s:
+            if s.scalars(select(Team.id).where(Team.name == name)).first() is not None:
+                raise InputError(f"the team name {name!r} is taken; choose another")
+            team = Team(name=name, join_code=secrets.token_urlsafe(12))
+            s.add(team)
+            s.flush()
+            s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
+        self._key_cache.clear()
+        return team
+
+    def join_team(self, pid: int, join_code: str) -> Team:
+        with self.store.session() as s:
+            team = s.scalars(select(Team).where(Team.join_code == str(join_code))).first()
+            if team is None:
+                raise InputError("unknown join code; ask your team for the current one")
+            s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
+        self._key_cache.clear()
+        return team
+
+    def team_of(self, pid: int) -> Team | None:
+        with self.store.session() as s:
+            p = s.get(Player, pid)
+            return s.get(Team, p.team_id) if p and p.team_id else None
+
+    # ---------------------------------------------------------------- event
+    def event(self, fresh: bool = False) -> EventState:
+        now = time.monotonic()
+        if fresh or self._event_cache is None or self._event_cache[0] <= now:
+            self._event_cache = (now + self.cache_seconds, self.store.event_state())
+        return self._event_cache[1]
+
+    def set_event(self, *, open: bool | None = None, frozen: bool | None = None,
+                  recompute_values: bool | None = None) -> EventState:
+        with self.store.session() as s:
+            st = s.get(EventState, 1)
+            if open is not None:
+                st.open = open
+            if frozen is not None:
+                st.frozen_at = (st.frozen_at or time.time()) if frozen else None
+            if recompute_values is not None:
+                st.recompute_values = recompute_values
+        self._event_cache = None
+        return self.event(fresh=True)
+
+    # ---------------------------------------------------------------- challenges
+    def _solve_counts(self) -> dict[str, int]:
+        with self.store.session() as s:
+            rows = s.execute(
+                select(Solve.challenge_id, func.count()).join(Player, Player.id == Solve.player_id)
+                .where(Player.is_operator.is_(False)).group_by(Solve.challenge_id)
+            ).all()
+        return {cid: n for cid, n in rows}
+
+    def value(self, cid: str, solves_before: int) -> int:
+        points = self.specs[cid].manifest.points
+        if self.settings.scoring == "static":
+            return points
+        return dynamic_value(points, solves_before, self.settings.decay, self.settings.min_fraction)
+
+    def challenge_list(self, pid: int) -> list[dict[str, Any]]:
+        counts = self._solve_counts()
+        with self.store.session() as s:
+            mine = set(s.scalars(select(Solve.challenge_id).where(Solve.player_id == pid)).all())
+            used = dict(s.execute(select(Budget.challenge_id, Budget.used).where(Budget.player_id == pid)).all())
+        out = []
+        for cid, spec in self.specs.items():
+            m = spec.manifest
+            out.append(dict(
+                id=cid, name=m.name, category=m.category, difficulty=m.difficulty,
+                points=self.value(cid, counts.get(cid, 0)), solves=counts.get(cid, 0), description=m.description,
+                artifacts=[dict(name=a, url=f"/api/challenges/{cid}/artifacts/{a}") for a in sorted(self.artifacts[cid])],
+                query_budget=m.query_budget, remaining=m.query_budget - used.get(cid, 0),
+                rate_per_minute=m.rate_per_minute, burst=m.burst, solved=cid in mine,
+            ))
+        return out
+
+    def artifact(self, cid: str, name: str) -> bytes | None:
+        return self.artifacts.get(cid, {}).get(name)
+
+    # ---------------------------------------------------------------- scoring queries
+    def _batcher(self, cid: str) -> Batcher:
+        key = (id(asyncio.get_running_loop()), cid)
+        b = self._batchers.get(key)
+        if b is None:
+            b = self._batchers[key] = Batcher(self.specs[cid], self.settings.batch_max,
+                                             self.settings.batch_window_ms / 1000.0)
+        return b
+
+    def _log_query(self, pid, cid, cost, body: bytes, outcome, t0) -> None:
+        with self.store.session() as s:
+            s.add(QueryLog(player_id=pid, challenge_id=cid, created_at=time.time(), cost=cost,
+                           payload_bytes=len(body), payload_sha256=hashlib.sha256(body).hexdigest(),
+                           outcome=outcome, latency_ms=(time.perf_counter() - t0) * 1000))
+
+    async def score(self, player: Player, cid: str, body: bytes) -> Outcome:
+        """Check, charge, score and log one query. ``body`` is the raw JSON, already size-capped."""
+        t0 = time.perf_counter()
+        spec = self.specs.get(cid)
+        if spec is None:
+            return Outcome(404, {"detail": f"no challenge {cid!r}"})
+        if not self.event().open and not player.is_operator:
+            return Outcome(403, {"detail": "the event is closed"})
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            await asyncio.to_thread(self._log_query, player.id, cid, 0, body, "invalid", t0)
+            return Outcome(422, {"detail": "body is not valid JSON; send a JSON object"})
+        if not isinstance(payload, dict):
+            await asyncio.to_thread(self._log_query, player.id, cid, 0, body, "invalid", t0)
+            return Outcome(422, {"detail": "body must be a JSON object, e.g. {\"input\": ...}"})
+        ch, m = spec.challenge, spec.manifest
+        try:
+            cost = ch.cost(payload)
+            if not isinstance(cost, int) or cost < 1:
+                raise InputError("payload has no scorable content")
+        except InputError as e:
+            await asyncio.to_thread(self._log_query, player.id, cid, 0, body, "invalid", t0)
+            return Outcome(422, {"detail": str(e).splitlines()[0]})
+        digest = hashlib.sha256(body).hexdigest()
+        log_row = dict(player_id=player.id, challenge_id=cid, created_at=time.time(), payload_bytes=len(body),
+                       payload_sha256=digest, outcome="ok", latency_ms=0.0)
+        charge = await asyncio.to_thread(
+            self.budgets.charge_query, player.id, cid, cost, rate_per_minute=m.rate_per_minute, burst=m.burst,
+            total=m.query_budget, submit_burst=self.settings.submit_per_minute, log_row=log_row,
+        )
+        if not charge.ok:
+            outcome = "budget" if charge.reason == "total" else "rate"
+            await asyncio.to_thread(self._log_query, player.id, cid, 0, body, outcome, t0)
+            headers = {"X-Queries-Remaining": str(charge.remaining), "X-RateLimit-Remaining": str(int(charge.tokens))}
+            if charge.reason == "total":
+                return Outcome(429, {"detail": "query budget for this challenge exhausted",
+                                     "remaining": charge.remaining}, headers)
+            headers["Retry-After"] = str(charge.retry_after)
+            return Outcome(429, {"detail": f"rate limit: {m.rate_per_minute:g} queries per minute, burst {m.burst}; "
+                                           f"retry in {charge.retry_after} s", "remaining": charge.remaining}, headers)
+        if self.settings.micro_batching:
+            result = await self._batcher(cid).score(payload)
+        else:
+            try:
+                result = await asyncio.to_thread(ch.score, payload)
+            except Exception as e:
+                result = e
+        if isinstance(result, Exception):
+            outcome = "invalid" if isinstance(result, InputError) else "error"
+            await asyncio.to_thread(self.budgets.refund_query, player.id, cid, cost, charge.log_id, outcome)
+            if isinstance(result, InputError):
+                return Outcome(422, {"detail": str(result).splitlines()[0] if str(result) else "invalid input"})
+            return Outcome(500, {"detail": "the challenge failed to score this input; the operator has been logged"})
+        remaining = charge.remaining
+        refund = cost - result.cost if 0 <= result.cost < cost else 0  # the challenge charged less than announced
+        if refund or result.solved:
+            await asyncio.to_thread(self.budgets.refund_query, player.id, cid, refund, charge.log_id,
+                                    "solved" if result.solved else "ok")
+            remaining += refund
+        body_out: dict[str, Any] = {"result": result.output, "remaining": remaining}
+        if result.solved:
+            body_out["flag"] = flag_for(self.settings.secret, player.id, cid)
+        return Outcome(200, body_out, {"X-Queries-Remaining": str(remaining),
+                                       "X-RateLimit-Remaining": str(int(charge.tokens))})
+
+    # ---------------------------------------------------------------- flag submissions
+    def submit(self, player: Player, cid: str, flag: Any) -> Outcome:
+        spec = self.specs.get(cid)
+        if spec is None:
+            return Outcome(404, {"detail": f"no challenge {cid!r}"})
+        if not self.event().open and not player.is_operator:
+            return Outcome(403, {"detail": "the event is closed"})
+        if not isinstance(flag, str) or len(flag) > 200:
+            return Outcome(422, {"detail": "flag must be a string like assay{...}"})
+        m = spec.manifest
+        charge = self.budgets.charge_submission(player.id, cid, per_minute=self.settings.submit_per_minute,
+                                                total=m.submission_limit, query_burst=m.burst)
+        if not charge.ok:
+            if charge.reason == "total":
+                return Outcome(429, {"detail": f"submission limit for this challenge reached ({m.submission_limit})"})
+            return Outcome(429, {"detail": f"too many submissions: {self.settings.submit_per_minute:g} per minute; "
+                                           f"retry in {charge.retry_after} s"}, {"Retry-After": str(charge.retry_after)})
+        now = time.time()
+        if check_flag(self.settings.secret, player.id, cid, flag):
+            with self.store.session() as s:
+                already = s.scalars(select(Solve.id).where(Solve.player_id == player.id, Solve.challenge_id == cid)).first()
+                s.add(Submission(player_id=player.id, challenge_id=cid, created_at=now, correct=True))
+                if already is None:
+                    n = s.scalar(select(func.count()).select_from(Solve).join(Player, Player.id == Solve.player_id)
+                                 .where(Solve.challenge_id == cid, Player.is_operator.is_(False))) or 0
+                    value = self.value(cid, n)
+                    s.add(Solve(player_id=player.id, challenge_id=cid, created_at=now, value=value))
+            if already is not None:
+                return Outcome(200, {"correct": True, "already_solved": True})
+            return Outcome(200, {"correct": True, "value": value})
+        with self.store.session() as s:
+            pids = list(s.scalars(select(Player.id)).all())
+        owner = flag_owner(self.settings.secret, pids, cid, flag)
+        sharing = owner is not None and owner != player.id
+        with self.store.session() as s:
+            s.add(Submission(player_id=player.id, challenge_id=cid, created_at=now, correct=False,
+                             suspected_sharing=sharing, flag_owner_id=owner if sharing else None))
+        if sharing:
+            log.warning("suspected flag sharing: player %s submitted player %s's flag for %s", player.id, owner, cid)
+        # The same answer as any wrong flag: the submitter learns nothing about the sharing check.
+        return Outcome(200, {"correct": False})
+
+    def verify(self, player_name: str, cid: str, flag: str) -> bool:
+        """Whether ``flag`` is ``player_name``'s flag for ``cid`` (for operators and external boards)."""
+        p = self.store.player_by_name(player_name)
+        return p is not None and cid in self.specs and check_flag(self.settings.secret, p.id, cid, str(flag))
+
+    # ---------------------------------------------------------------- scoreboard
+    def scoreboard(self, *, by: str = "player", live: bool = False) -> tuple[list[Standing], float | None]:
+        """Ranked standings (players or teams) and the freeze time applied (None if live)."""
+        st = self.event()
+        frozen_at = None if live else st.frozen_at
+        with self.store.session() as s:
+            q = (select(Solve.challenge_id, Solve.created_at, Solve.value, Player.name, Team.name)
+                 .join(Player, Player.id == Solve.player_id).outerjoin(Team, Team.id == Player.team_id)
+                 .where(Player.is_operator.is_(False)))
+            if frozen_at is not None:
+                q = q.where(Solve.created_at <= frozen_at)
+            rows = s.execute(q).all()
+            names = s.scalars(select(Team.name) if by == "team" else
+                              select(Player.name).where(Player.is_operator.is_(False))).all()
+        counts: dict[str, int] = {}
+        for cid, *_ in rows:
+            counts[cid] = counts.get(cid, 0) + 1
+        entries: dict[str, dict[str, tuple[float, int]]] = {n: {} for n in names}
+        for cid, t, value, pname, tname in rows:
+            if cid not in self.specs:
+                continue
+            if st.recompute_values:
+                value = self.value(cid, max(0, counts[cid] - 1))
+            account = tname if by == "team" else pname
+            if account is None:
+                continue
+            prev = entries.setdefault(account, {}).get(cid)
+            if prev is None or t < prev[0]:  # a team counts each challenge once, at its first solve
+                entries[account][cid] = (t, value)
+        return rank({n: list(v.values()) for n, v in entries.items()}), frozen_at
+
+    # ---------------------------------------------------------------- operator views
+    def submissions(self, limit: int = 500) -> list[dict[str, Any]]:
+        with self.store.session() as s:
+            rows = s.execute(select(Submission, Player.name).join(Player, Player.id == Submission.player_id)
+                             .order_by(Submission.id.desc()).limit(limit)).all()
+            owners = dict(s.execute(select(Player.id, Player.name)).all())
+        return [dict(id=sub.id, player=name, challenge=sub.challenge_id, time=sub.created_at, correct=sub.correct,
+                     suspected_sharing=sub.suspected_sharing,
+                     flag_owner=owners.get(sub.flag_owner_id) if sub.flag_owner_id else None) for sub, name in rows]
+
+    def query_log(self, limit: int = 500) -> list[dict[str, Any]]:
+        with self.store.session() as s:
+            rows = s.execute(select(QueryLog, Player.name).join(Player, Player.id == QueryLog.player_id)
+                             .order_by(QueryLog.id.desc()).limit(limit)).all()
+        return [dict(id=q.id, player=name, challenge=q.challenge_id, time=q.created_at, cost=q.cost,
+                     payload_bytes=q.payload_bytes, payload_sha256=q.payload_sha256, outcome=q.outcome,
+                     latency_ms=round(q.latency_ms, 2)) for q, name in rows]
+
+
+def new_secret() -> str:
+    return secrets.token_hex(32)
+
+
+def ensure_data_dir(path: Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

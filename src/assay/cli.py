@@ -1,0 +1,285 @@
+"""The ``assay`` command line. Every user error ends with one line on stderr and a non-zero exit:
+2 bad input, 3 query budget exhausted, 1 the policy failed (report still written)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from assay import __version__
+from assay.errors import AssayError, InputError
+
+EXIT_POLICY_FAILED = 1
+EXIT_INPUT = 2
+
+
+def _floats(s: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers, got {s!r}") from None
+
+
+def _parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--param robustness.evasion.eps=0.1,0.2`` -> {"robustness.evasion": {"eps": "0.1,0.2"}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for it in items or []:
+        if "=" not in it or "." not in it.split("=", 1)[0]:
+            raise InputError(f"--param {it!r} must look like PROBE.KEY=VALUE, e.g. robustness.evasion.eps=0.1")
+        lhs, value = it.split("=", 1)
+        probe, key = lhs.rsplit(".", 1)
+        out.setdefault(probe, {})[key] = value
+    return out
+
+
+def _add_target_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--factory", help="MODULE:CALLABLE that builds the architecture for safetensors/state-dict weights")
+    g.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading pickle-based model files (they can run arbitrary code)")
+    g.add_argument("--input-shape", help="per-sample input shape, e.g. 3,32,32 (default: from the data)")
+    g.add_argument("--num-classes", type=int)
+    g.add_argument("--bounds", help="valid input value range LOW,HIGH (default: 0,1 for neural networks, "
+                   "unbounded for scikit-learn models)")
+    g.add_argument("--mean", help="per-channel normalization mean applied inside the model, e.g. 0.49,0.48,0.45")
+    g.add_argument("--std", help="per-channel normalization std")
+    g.add_argument("--query-budget", type=int, help="hard limit on queries to the model")
+    g.add_argument("--device", default="auto")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True, help=".npz/.npy, .csv/.parquet, or an image folder")
+    d.add_argument("--label", help="label column (CSV/Parquet)")
+    d.add_argument("--features", help="comma-separated feature columns (CSV/Parquet)")
+    d.add_argument("--sensitive", help="comma-separated sensitive-attribute columns (fairness)")
+    d.add_argument("--member", help="membership column: 1 if the row was in the training set (privacy)")
+    d.add_argument("--ood", help="an out-of-distribution data file (reliability)")
+    d.add_argument("--image-size", help="resize image-folder images to H,W")
+
+
+def _target_kwargs(a) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if a.bounds:
+        kw["bounds"] = tuple(_floats(a.bounds, "--bounds"))
+        if len(kw["bounds"]) != 2:
+            raise InputError("--bounds must be LOW,HIGH")
+    if a.input_shape:
+        kw["input_shape"] = tuple(int(v) for v in _floats(a.input_shape, "--input-shape"))
+    for name in ("num_classes", "query_budget", "factory"):
+        if getattr(a, name) is not None:
+            kw[name] = getattr(a, name)
+    if a.mean or a.std:
+        if not (a.mean and a.std):
+            raise InputError("give both --mean and --std, or neither")
+        kw["mean"], kw["std"] = _floats(a.mean, "--mean"), _floats(a.std, "--std")
+    if a.trust_pickle:
+        kw["trust_pickle"] = True
+    if a.device != "auto":
+        kw["device"] = a.device
+    return kw
+
+
+def _load_data(a):
+    from assay.data.loaders import load_dataset
+
+    opts: dict[str, Any] = {}
+    if a.label:
+        opts["label"] = a.label
+    if a.features:
+        opts["features"] = a.features.split(",")
+    if a.sensitive:
+        opts["sensitive"] = a.sensitive.split(",")
+    if a.member:
+        opts["member"] = a.member
+    if a.ood:
+        opts["ood"] = a.ood
+    if a.image_size:
+        opts["image_size"] = tuple(int(v) for v in _floats(a.image_size, "--image-size"))
+    return load_dataset(a.data, **opts)
+
+
+def _write_and_summarise(report, out: Path, quiet: bool = False) -> int:
+    from assay.report import render_all, summary_table
+
+    paths = render_all(report, out)
+    if not quiet:
+        print(summary_table(report))
+        print("\n" + "  ".join(f"{k}: {v}" for k, v in paths.items()))
+    verdicts = {f.verdict for f in report.findings}
+    if "error" in verdicts:
+        return EXIT_INPUT
+    if "fail" in verdicts:
+        return EXIT_POLICY_FAILED
+    return 0
+
+
+def cmd_audit(a) -> int:
+    from assay.audit.api import as_target
+    from assay.audit.plan import load_policy, load_suite, plan_from_names
+    from assay.audit.runner import Runner
+
+    data = _load_data(a)
+    kw = _target_kwargs(a)
+    if a.model.startswith(("http://", "https://")) and "num_classes" not in kw:
+        raise InputError("auditing a URL needs --num-classes (and --input-shape if the data does not imply it)")
+    target = as_target(a.model, data, **kw)
+    params = _parse_params(a.param)
+    if a.probe:
+        plan = plan_from_names(a.probe, params)
+    else:
+        plan = load_suite(a.suite)
+        for pp in plan.probes:
+            pp.params.update(params.get(pp.name, {}))
+        from assay.audit.plan import validate_plan
+
+        validate_plan(plan)
+    out = Path(a.out)
+    runner = Runner(target, data, plan, out_dir=out, seed=a.seed, policy=load_policy(a.policy),
+                    policy_source=a.policy, executor=a.executor, resume=not a.no_resume,
+                    progress=sys.stderr.isatty() and not a.quiet,
+                    log=None if a.quiet else (lambda m: print(m, file=sys.stderr)), debug=a.debug)
+    report = runner.run()
+    return _write_and_summarise(report, out, a.quiet)
+
+
+def cmd_demo(a) -> int:
+    from assay.data.demo import write_demo
+
+    out = Path(a.out)
+    print(f"Training the demo CNN on scikit-learn's digits (seed {a.seed}) ...", file=sys.stderr)
+    model_path, data_path = write_demo(out, seed=a.seed)
+    print(f"  model: {model_path}\n  data:  {data_path}", file=sys.stderr)
+    argv = [
+        "audit", str(model_path), "--factory", "assay.data.demo:build_demo_model",
+        "--data", str(data_path), "--suite", a.suite, "--out", str(out), "--seed", str(a.seed),
+    ]
+    if a.quiet:
+        argv.append("--quiet")
+    if a.no_resume:
+        argv.append("--no-resume")
+    if a.policy:
+        argv += ["--policy", a.policy]
+    return main(argv)
+
+
+def cmd_probes(a) -> int:
+    from assay.probes.base import all_probes
+
+    rows = []
+    for name, cls in all_probes().items():
+        if a.axis and cls.axis != a.axis:
+            continue
+        if cls.requires:
+            req = "+".join(sorted(cls.requires))
+        elif cls.requires_any:
+            req = " | ".join("+".join(sorted(r)) for r in cls.requires_any)
+        else:
+            req = "-"
+        cost = cls().cost(None, None)
+        q = cost.get("queries")
+        rows.append((name, cls.axis, req, ",".join(sorted(cls.needs)) or "-",
+                     f"{q:,}" if isinstance(q, int) else str(q), cls.description))
+    if not rows:
+        raise InputError(f"no probes on axis {a.axis!r}; axes: robustness, privacy, fairness, reliability, explain, certify")
+    head = ("probe", "axis", "target needs", "data needs", "queries (default params)")
+    widths = [max(len(r[i]) for r in rows + [head + ("",)]) for i in range(5)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  description")
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+    return 0
+
+
+def cmd_report(a) -> int:
+    from assay.report import read_json, summary_table, write_html, write_junit
+
+    report = read_json(Path(a.report))
+    out = Path(a.out) if a.out else Path(a.report).parent
+    if a.html:
+        p = out / "report.html"
+        write_html(report, p)
+        print(p)
+    if a.junit:
+        p = out / "junit.xml"
+        write_junit(report, p)
+        print(p)
+    if not (a.html or a.junit):
+        print(summary_table(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="assay", description="Audit the trustworthiness of ML models; run ML-security CTFs.")
+    p.add_argument("--version", action="version", version=f"assay {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train the demo CNN and audit it end to end")
+    d.add_argument("--out", default="assay-demo")
+    d.add_argument("--suite", default="standard")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--policy")
+    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--no-resume", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+
+    au = sub.add_parser("audit", help="audit a model file, directory or URL")
+    au.add_argument("model", help="model file (.pt TorchScript, .safetensors + --factory, .onnx, .skops), HF directory, or URL")
+    _add_target_options(au)
+    au.add_argument("--suite", default="standard", help="quick, standard, full, or a suite .toml")
+    au.add_argument("--probe", action="append", help="probe name or axis (repeatable); overrides --suite")
+    au.add_argument("--param", action="append", help="PROBE.KEY=VALUE probe parameter (repeatable)")
+    au.add_argument("--out", default="assay-report")
+    au.add_argument("--policy", help="policy .toml of metric thresholds (sets the exit code)")
+    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--executor", default="local", help="local, process or ray")
+    au.add_argument("--no-resume", action="store_true", help="ignore checkpoints from an earlier run")
+    au.add_argument("--quiet", action="store_true")
+    au.add_argument("--debug", action="store_true", help="show tracebacks")
+    au.set_defaults(fn=cmd_audit)
+
+    pr = sub.add_parser("probes", help="list the probes with their requirements and cost")
+    pr.add_argument("--axis")
+    pr.set_defaults(fn=cmd_probes)
+
+    rp = sub.add_parser("report", help="re-render a report.json")
+    rp.add_argument("report")
+    rp.add_argument("--html", action="store_true")
+    rp.add_argument("--junit", action="store_true")
+    rp.add_argument("--out")
+    rp.set_defaults(fn=cmd_report)
+
+    for hook in ("assay.arena.cli:add_arena_commands", "assay.train_cli:add_train_commands"):
+        mod, fn = hook.split(":")
+        try:
+            module = __import__(mod, fromlist=[fn])
+        except ImportError as e:
+            if e.name and (e.name == mod or mod.startswith(e.name + ".")):
+                continue  # that part of assay is not installed in this build
+            raise
+        getattr(module, fn)(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("ASSAY_DEBUG") == "1"
+    try:
+        return int(args.fn(args) or 0)
+    except AssayError as e:
+        if debug:
+            raise
+        print(f"assay: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("assay: interrupted; rerun the same command to resume from the checkpoint", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        if debug:
+            raise
+        print(f"assay: error: {e.strerror}: {e.filename}; check the path", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

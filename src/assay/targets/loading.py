@@ -1,0 +1,306 @@
+"""Turn a model file, directory or URL into a :class:`~assay.targets.base.Target`, safely.
+
+Nothing is unpickled unless the user says so (``trust_pickle=True``, the CLI's ``--trust-pickle``):
+unpickling runs whatever code the file's author put in it.
+
+=========================  ===================================================================
+source                     how it is loaded
+=========================  ===================================================================
+``http://``, ``https://``  :class:`~assay.targets.http.HttpTarget` (``http_options`` passed on)
+``*.onnx``                 :class:`~assay.targets.onnx.OnnxTarget`
+``*.safetensors``          ``factory()`` builds the ``nn.Module``; weights loaded strictly
+``*.pt``/``.pth``/``.ts``  TorchScript (``torch.jit.load``); else ``torch.load(weights_only=True)``:
+                           a state_dict (needs ``factory``); anything else needs trust_pickle
+``*.skops``                ``skops.io.load``; types skops does not trust need trust_pickle
+``*.pkl``/``.pickle``/     refused unless trust_pickle, then ``joblib.load``
+``.joblib``
+a directory with           :meth:`~assay.targets.huggingface.HuggingFaceTarget.from_pretrained`
+``config.json``
+=========================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import pickletools
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from assay.errors import InputError, TargetError, UnsafeModelFile
+from assay.targets.base import Target
+
+TORCH_SUFFIXES = (".pt", ".pth", ".ts")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+SUPPORTED = ".onnx, .safetensors, .pt/.pth/.ts, .skops, .pkl/.pickle/.joblib, a Hugging Face directory, or an http(s) URL"
+
+
+def _pickle_refusal(path: Path) -> UnsafeModelFile:
+    return UnsafeModelFile(
+        f"{path} is a pickle file that can run arbitrary code; re-export as TorchScript/safetensors "
+        "or pass --trust-pickle if you trust its source"
+    )
+
+
+def import_factory(spec: str) -> Callable[[], nn.Module]:
+    """``"package.module:callable"`` -> the callable (which must build the ``nn.Module``)."""
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"factory {spec!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise InputError(f"cannot import factory module {module_name!r} ({e}); check --factory and PYTHONPATH") from e
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise InputError(f"module {module_name!r} has no {attr!r}; check --factory")
+    if not callable(fn):
+        raise InputError(f"factory {spec!r} is not callable; point --factory at a function or class")
+    return fn
+
+
+def build_from_factory(factory: str | Callable[[], nn.Module]) -> nn.Module:
+    fn = import_factory(factory) if isinstance(factory, str) else factory
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise InputError(f"factory {factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, factory: Any) -> nn.Module:
+    """Load ``state`` into ``model``, or raise one line saying what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with other shapes (e.g. {k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)})")
+        raise TargetError(
+            f"the weights in {path} do not fit the model built by {factory}: {', '.join(parts)}; "
+            "check that --factory builds the same architecture"
+        )
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether the file is a pickle stream (or a torch.save zip holding one), without running it."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(".pkl") for n in z.namelist())
+    try:
+        with open(path, "rb") as f:
+            for _ in pickletools.genops(f):  # parses opcodes only; nothing is executed
+                pass
+    except Exception:
+        return False
+    return True
+
+
+def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    """A state_dict, or one nested in a training checkpoint under a usual key."""
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return dict(obj)
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                found = _find_state_dict(inner)
+                if found is not None:
+                    return found
+    return None
+
+
+def load_target(
+    source: str | os.PathLike,
+    *,
+    factory: str | Callable[[], nn.Module] | None = None,
+    trust_pickle: bool = False,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    bounds: tuple[float, float] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    query_budget: int | None = None,
+    device: str | torch.device | None = "auto",
+    http_options: Mapping[str, Any] | None = None,
+    task: str | None = None,
+) -> Target:
+    """Load the model at ``source`` as a :class:`Target` (see the module doc for each kind).
+
+    Parameters
+    ----------
+    source : a file, a Hugging Face model directory, or an ``http(s)://`` scoring endpoint.
+    factory : ``"package.module:callable"`` (or a callable) that builds the ``nn.Module`` for
+        ``.safetensors`` weights and state_dicts.
+    trust_pickle : allow loading files that need unpickling (arbitrary code). Off by default.
+    input_shape : per-sample input shape; inferred for ONNX (static shape), scikit-learn
+        (``n_features_in_``) and Hugging Face models; required for PyTorch and HTTP models.
+    num_classes : inferred from the model where possible; required for HTTP.
+    bounds : valid input range; default ``(0, 1)``, except scikit-learn models: ``(-inf, inf)``.
+    mean, std : per-channel normalization applied inside PyTorch targets.
+    query_budget : hard limit on queried samples.
+    device : for PyTorch targets (``"auto"`` picks CUDA, then MPS, then CPU).
+    http_options : extra keyword arguments for :class:`~assay.targets.http.HttpTarget`.
+    task : for Hugging Face directories, overrides the task read from the config.
+
+    Returns
+    -------
+    Target
+
+    Raises
+    ------
+    InputError : missing file, unknown kind, missing --factory / --input-shape.
+    UnsafeModelFile : the file needs unpickling and ``trust_pickle`` is False.
+    TargetError : the file is not a loadable model or its weights do not fit.
+
+    Example
+    -------
+    >>> t = load_target("model.safetensors", factory="assay.data.demo:build_demo_model",
+    ...                 input_shape=(1, 8, 8))                  # doctest: +SKIP
+    """
+    text = os.fspath(source) if not isinstance(source, str) else source
+    if text.startswith(("http://", "https://")):
+        from assay.targets.http import HttpTarget
+
+        if input_shape is None or num_classes is None:
+            raise InputError("an HTTP model needs --input-shape and --num-classes (they cannot be asked from the API)")
+        return HttpTarget(
+            text, input_shape=input_shape, num_classes=num_classes, bounds=bounds or (0.0, 1.0),
+            query_budget=query_budget, **dict(http_options or {}),
+        )
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise InputError(f"model file {path} does not exist; check the path")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path} is a directory without config.json; point at a model file or a Hugging Face model directory")
+        from assay.targets.huggingface import HuggingFaceTarget
+
+        return HuggingFaceTarget.from_pretrained(
+            path, task, input_shape=input_shape, mean=mean, std=std, device=device, query_budget=query_budget
+        )
+    suffix = path.suffix.lower()
+    torch_kw = dict(num_classes=num_classes, bounds=bounds or (0.0, 1.0), mean=mean, std=std, device=device, query_budget=query_budget)
+    if suffix == ".onnx":
+        from assay.targets.onnx import OnnxTarget
+
+        return OnnxTarget(path, input_shape=input_shape, num_classes=num_classes, bounds=bounds or (0.0, 1.0),
+                          query_budget=query_budget, output="auto")
+    if suffix == ".safetensors":
+        if factory is None:
+            raise InputError(f"{path} holds weights only; pass --factory package.module:function that builds the model")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise TargetError(f"{path} is not a readable safetensors file ({e}); re-export it with safetensors.torch.save_file") from e
+        model = load_state_dict_strict(build_from_factory(factory), state, path, factory)
+        return _torch_target(model, path, input_shape, torch_kw)
+    if suffix in TORCH_SUFFIXES:
+        return _load_torch_file(path, factory, trust_pickle, input_shape, torch_kw)
+    if suffix == ".skops":
+        return _sklearn_or_torch(_load_skops(path, trust_pickle), path, input_shape, num_classes, bounds, torch_kw, query_budget)
+    if suffix in PICKLE_SUFFIXES:
+        if not trust_pickle:
+            raise _pickle_refusal(path)
+        import joblib  # loads plain pickles too
+
+        try:
+            obj = joblib.load(path)
+        except Exception as e:
+            raise TargetError(f"cannot unpickle {path} ({type(e).__name__}: {e}); check the file and its Python packages") from e
+        return _sklearn_or_torch(obj, path, input_shape, num_classes, bounds, torch_kw, query_budget)
+    raise InputError(f"{path} has an unknown model kind {suffix or '(no extension)'!r}; use {SUPPORTED}")
+
+
+def _torch_target(model: nn.Module, path: Path, input_shape, torch_kw) -> Target:
+    from assay.targets.torch import TorchTarget
+
+    shape = input_shape or getattr(model, "input_shape", None)
+    if shape is None:
+        raise InputError(f"cannot infer the input shape of {path}; pass --input-shape (per sample, e.g. 1,28,28)")
+    try:
+        return TorchTarget(model, input_shape=tuple(shape), name=path.name, **torch_kw)
+    except RuntimeError as e:  # the shape-probing forward pass failed
+        raise TargetError(f"the model in {path} fails on inputs of shape {tuple(shape)} ({str(e).splitlines()[0]}); fix --input-shape") from e
+
+
+def _load_torch_file(path: Path, factory, trust_pickle: bool, input_shape, torch_kw) -> Target:
+    try:
+        with warnings.catch_warnings():  # torch marks TorchScript deprecated; it is still the safe format here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception:  # not a TorchScript archive
+        module = None
+    if module is not None:
+        return _torch_target(module, path, input_shape, torch_kw)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not _is_pickle(path):
+            raise TargetError(f"{path} is neither TorchScript nor a PyTorch/pickle file; check the file") from e
+        if not trust_pickle:
+            raise _pickle_refusal(path) from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise TargetError(f"cannot unpickle {path} ({type(e2).__name__}: {e2}); check the file and its Python packages") from e2
+    except Exception as e:
+        raise TargetError(f"{path} is not a PyTorch file torch.load can read ({type(e).__name__}); check the file") from e
+    if isinstance(obj, nn.Module):
+        return _torch_target(obj.eval(), path, input_shape, torch_kw)
+    state = _find_state_dict(obj)
+    if state is None:
+        raise TargetError(f"{path} holds a {type(obj).__name__}, neither a model nor a state_dict; save the model or its state_dict")
+    if factory is None:
+        raise InputError(f"{path} holds a state_dict (weights only); pass --factory package.module:function that builds the model")
+    model = load_state_dict_strict(build_from_factory(factory), state, path, factory)
+    return _torch_target(model, path, input_shape, torch_kw)
+
+
+def _load_skops(path: Path, trust_pickle: bool):
+    try:
+        import skops.io as sio
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise TargetError("skops is not installed; pip install 'assay[skops]'") from e
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as e:
+        raise TargetError(f"{path} is not a readable skops file ({type(e).__name__}); re-save it with skops.io.dump") from e
+    if untrusted and not trust_pickle:
+        shown = ", ".join(untrusted[:3]) + (f" and {len(untrusted) - 3} more" if len(untrusted) > 3 else "")
+        raise UnsafeModelFile(
+            f"{path} contains types skops does not trust ({shown}) whose loading can run code; "
+            "pass --trust-pickle if you trust its source"
+        )
+    return sio.load(path, trusted=untrusted or None)
+
+
+def _sklearn_or_torch(obj, path: Path, input_shape, num_classes, bounds, torch_kw, query_budget) -> Target:
+    if isinstance(obj, nn.Module):
+        return _torch_target(obj.eval(), path, input_shape, torch_kw)
+    if hasattr(obj, "predict"):
+        from assay.targets.sklearn import SklearnTarget
+
+        return SklearnTarget(obj, input_shape=input_shape, num_classes=num_classes, bounds=bounds,
+                             query_budget=query_budget, name=path.name)
+    raise TargetError(f"{path} holds a {type(obj).__name__}, not a model (no predict(), not an nn.Module)")

@@ -1,0 +1,163 @@
+"""Flags, budgets under concurrent processes, the CLI (init/build/solve/export) and the CTFd export."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import LiveServer, built_arena, make_settings, write_linear_challenge
+
+from assay.arena.budgets import Budgets
+from assay.arena.flags import FLAG_RE, check_flag, flag_for, flag_owner
+from assay.arena.store import Player, Store
+
+
+def test_flags_are_per_player_hmac():
+    import hashlib
+    import hmac
+
+    s = "k" * 64
+    f = flag_for(s, 7, "hotdog")
+    assert FLAG_RE.match(f)
+    assert f == "assay{" + hmac.new(s.encode(), b"7:hotdog", hashlib.sha256).hexdigest()[:32] + "}"
+    assert f != flag_for(s, 8, "hotdog") and f != flag_for(s, 7, "other") and f != flag_for("j" * 64, 7, "hotdog")
+    assert check_flag(s, 7, "hotdog", f + "\n") and not check_flag(s, 8, "hotdog", f)
+    assert flag_owner(s, [1, 7, 9], "hotdog", f) == 7 and flag_owner(s, [1, 9], "hotdog", f) is None
+
+
+def _hammer(url: str, pid: int, n: int, q) -> None:
+    b = Budgets(Store(url))
+    ok = sum(b.charge_query(pid, "c", 1, rate_per_minute=1e9, burst=10**6, total=50, submit_burst=5).ok
+             for _ in range(n))
+    q.put(ok)
+
+
+def test_budget_is_atomic_across_processes(tmp_path):
+    """Four processes race for one player's budget of 50 on one SQLite file: exactly 50 succeed."""
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    store = Store(url)
+    store.create_all()
+    with store.session() as s:
+        s.add(Player(id=1, name="p", password_hash="x", api_key_hash="h"))
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(url, 1, 40, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sum(q.get(timeout=5) for _ in procs) == 50
+    assert Budgets(store).used(1, "c") == 50
+
+
+@pytest.mark.postgres
+def test_budget_is_atomic_across_threads_on_postgres(postgres_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store(postgres_server())
+    store.create_all()
+    with store.session() as s:
+        s.add(Player(id=1, name="p", password_hash="x", api_key_hash="h"))
+    b = Budgets(store)
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(lambda _: b.charge_query(1, "c", 1, rate_per_minute=0.0, burst=30, total=100,
+                                                        submit_burst=5).ok, range(80)))
+    assert sum(results) == 30  # the bucket (no refill) binds before the total
+    assert b.used(1, "c") == 30
+
+
+def test_cli_init_build_solve_export(tmp_path, monkeypatch):
+    from assay.arena.app import create_app
+    from assay.arena.cli import main
+    from assay.arena.service import Arena
+    from assay.arena.settings import Settings
+
+    challenges = tmp_path / "challenges"
+    write_linear_challenge(challenges, "linear", query_budget=30)
+    data = tmp_path / "event"
+    for var in ("ASSAY_ARENA_DIR", "ASSAY_ARENA_SECRET", "ASSAY_ARENA_CHALLENGES", "ASSAY_ARENA_DB_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ASSAY_ARENA_ARGON2", "fast")
+    monkeypatch.setenv("ASSAY_ARENA_ADMIN_PASSWORD", "operator-pass")
+    assert main(["init", str(data), "--challenges", str(challenges)]) == 0
+    mode = stat.S_IMODE((data / "secret").stat().st_mode)
+    assert mode == 0o600
+    assert main(["init", str(data)]) == 2  # refuses to overwrite
+    assert main(["build", "--dir", str(data), "--challenges", str(challenges)]) == 0
+    assert (data / "built" / "linear" / "w.json").exists()
+    settings = Settings.from_env(data_dir=data, challenges_dir=challenges)
+    assert settings.secret == (data / "secret").read_text().strip()
+    arena = Arena(settings)
+    _, key = arena.register("solver", "password123")
+    with LiveServer(create_app(settings, arena)) as server:
+        assert main(["solve", "linear", "--url", server.url, "--api-key", key, "--challenges", str(challenges),
+                     "--submit"]) == 0
+    board, _ = arena.scoreboard()
+    assert [(s.name, s.score) for s in board] == [("solver", 100)]
+    assert arena.budgets.used(arena.store.player_by_name("solver").id, "linear") == 5
+    out = tmp_path / "ctfd.zip"
+    assert main(["export", "--dir", str(data), "--challenges", str(challenges), "--ctfd", str(out)]) == 0
+    assert zipfile.is_zipfile(out)
+
+
+def test_arena_client_matches_local_client(tmp_path, challenge_dir):
+    """The reference solver runs unchanged on LocalClient and over HTTP, with the same answers."""
+    from assay.arena.app import create_app
+    from assay.arena.challenge import LocalClient
+    from assay.arena.client import ArenaClient
+    from assay.errors import BudgetExceeded, InputError
+
+    settings = make_settings(tmp_path, challenge_dir)
+    arena = built_arena(settings)
+    spec = arena.specs["linear"]
+    local = LocalClient(spec)
+    local_out = spec.solve(local)
+    _, key = arena.register("p", "password123")
+    with LiveServer(create_app(settings, arena)) as server, ArenaClient(server.url, key, challenge="linear") as c:
+        remote_out = spec.solve(c)
+        assert remote_out["scores"] == local_out["scores"] and c.remaining == local.remaining == 15
+        assert c.flag == flag_for(settings.secret, arena.store.player_by_name("p").id, "linear")
+        assert c.submit() is True
+        assert c.artifact("readme.txt") == spec.challenge.artifacts()["readme.txt"]
+        assert c.score("linear2", {"x": [0, 0, 0, 0]})["remaining"] == 7
+        with pytest.raises(InputError, match=r"\[-1, 1\]"):
+            c.score({"x": [2, 0, 0, 0]})
+        for _ in range(15):
+            c.score({"x": [0, 0, 0, 0]})
+        with pytest.raises(BudgetExceeded, match="exhausted"):
+            c.score({"x": [0, 0, 0, 0]})
+        assert c.remaining == 0
+
+
+def test_ctfd_export_lists_every_challenge_and_artifact(tmp_path, challenge_dir):
+    from assay.arena.ctfd import CTFD_ALEMBIC_REVISION, export_ctfd
+
+    arena = built_arena(make_settings(tmp_path, challenge_dir))
+    path = export_ctfd(arena.specs, tmp_path / "out", server_url="https://arena.example", dynamic=True, decay=20)
+    with zipfile.ZipFile(path) as z:
+        names = set(z.namelist())
+        tables = {n: json.loads(z.read(n)) for n in names if n.startswith("db/")}
+        for t in tables.values():
+            assert set(t) == {"count", "results", "meta"} and t["count"] == len(t["results"])
+        assert tables["db/alembic_version.json"]["results"] == [{"version_num": CTFD_ALEMBIC_REVISION}]
+        chals = tables["db/challenges.json"]["results"]
+        assert sorted(c["name"] for c in chals) == sorted(s.manifest.name for s in arena.specs.values())
+        assert all(c["type"] == "dynamic" and "per-player" in c["description"] for c in chals)
+        assert tables["db/flags.json"]["count"] == 0  # per-player flags are not expressible in CTFd
+        dyn = {d["id"]: d for d in tables["db/dynamic_challenge.json"]["results"]}
+        assert dyn[chals[0]["id"]]["minimum"] == 20 and dyn[chals[0]["id"]]["initial"] == 100
+        files = tables["db/files.json"]["results"]
+        by_chal = {c["id"]: c["name"] for c in chals}
+        got = {(by_chal[f["challenge_id"]], Path(f["location"]).name) for f in files}
+        want = {(s.manifest.name, a) for s in arena.specs.values() for a in s.challenge.artifacts()}
+        assert got == want
+        for f in files:
+            assert f"uploads/{f['location']}" in names
+        assert z.read(f"uploads/{files[0]['location']}") in [v for s in arena.specs.values()
+                                                              for v in s.challenge.artifacts().values()]
+    assert not any(os.environ.get("ASSAY_ARENA_SECRET", "\0") in n for n in names)

@@ -1,0 +1,107 @@
+"""No response a player can see contains the server secret or a flag that is not their own."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import hdr, register
+
+from assay.arena.flags import flag_for
+
+
+def all_routes(routes):
+    """(path, methods) of every endpoint, looking inside included routers (FastAPI keeps them nested)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from all_routes(inner.routes)
+        elif getattr(route, "methods", None):
+            yield route.path, route.methods
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def test_crawl_every_route_leaks_no_secret_or_foreign_flag(arena_app):
+    client, arena = arena_app
+    secret = arena.settings.secret
+    alice, bob = register(client, "alice"), register(client, "bob")
+    own = flag_for(secret, alice["_id"], "linear")
+    # alice solves linear (her own flag may appear), bob solves both; sharing attempt recorded
+    x = [1.0 if v >= 0 else -1.0 for v in arena.specs["linear"].challenge.w.tolist()]
+    assert client.post("/api/challenges/linear/score", json={"x": x}, headers=hdr(alice)).json()["flag"] == own
+    for cid in ("linear", "linear2"):
+        client.post(f"/api/challenges/{cid}/submit", json={"flag": flag_for(secret, bob["_id"], cid)}, headers=hdr(bob))
+    client.post("/api/challenges/linear/submit", json={"flag": own}, headers=hdr(alice))
+    client.post("/api/challenges/linear2/submit", json={"flag": flag_for(secret, bob["_id"], "linear2")},
+                headers=hdr(alice))
+    forbidden = [secret] + [flag_for(secret, pid, cid) for pid in range(0, 6) for cid in arena.specs
+                            if (pid, cid) != (alice["_id"], "linear")]
+    forbidden.append(secret[:16])
+    client.post("/api/login", json={"name": "alice", "password": "password123"})  # cookie session for web pages
+
+    responses = []
+    values = {"cid": "linear", "name": "readme.txt"}
+    routes = list(all_routes(client.app.routes))
+    assert len(routes) >= 30
+    for path, methods in routes:
+        concrete = re.sub(r"\{(\w+)(:[^}]*)?\}", lambda m: values.get(m.group(1), "x"), path)
+        for unknown in ("linear", "linear2", "nope"):
+            url = concrete.replace("/linear", f"/{unknown}", 1) if "{cid}" in path else concrete
+            for method in methods:
+                if method == "HEAD":
+                    continue
+                for headers in (hdr(alice), {}):
+                    if method == "GET":
+                        responses.append(client.get(url, headers=headers))
+                    else:
+                        for body in ({"x": [9, 9, 9, 9]}, {"flag": "assay{00}"}, {"name": "zz", "password": "p"}, []):
+                            if url.startswith("/logout") or url.startswith("/api/logout"):
+                                continue
+                            responses.append(client.request(method, url, json=body, headers=headers))
+    responses.append(client.get("/does-not-exist"))
+    responses.append(client.get("/static/arena.css"))
+    assert len(responses) > 60
+    for r in responses:
+        text = r.text + " ".join(f"{k}: {v}" for k, v in r.headers.items())
+        for needle in forbidden:
+            assert needle not in text, f"{r.request.method} {r.request.url} leaks a secret/flag"
+    # the operator sees the sharing evidence; alice's pages never say it
+    assert any(s["suspected_sharing"] for s in arena.submissions())
+    assert all("sharing" not in r.text.lower() for r in responses if r.request.url.path.startswith(("/api/ch", "/chall")))
+
+
+def test_web_forms_need_csrf_and_pages_work(arena_app):
+    client, arena = arena_app
+    page = client.get("/register")
+    assert page.status_code == 200 and "csrf_token" in page.text
+    assert client.post("/register", data={"name": "web", "password": "password123"}).status_code == 403
+    r = client.post("/register", data={"name": "web", "password": "password123", "csrf_token": _csrf(page.text)})
+    assert r.status_code == 200 and "ak_" in r.text
+    ch = client.get("/challenges/linear")
+    assert ch.status_code == 200 and "readme.txt" in ch.text
+    token = _csrf(ch.text)
+    q = client.post("/challenges/linear/query", data={"payload": '{"x": [0, 0, 0, 0]}', "csrf_token": token})
+    assert q.status_code == 200 and "scores" in q.text and 'id="flag"' not in q.text
+    bad = client.post("/challenges/linear/query", data={"payload": '{"x": 3}', "csrf_token": token})
+    assert bad.status_code == 422 and "list of 4 numbers" in bad.text
+    x = [1.0 if v >= 0 else -1.0 for v in arena.specs["linear"].challenge.w.tolist()]
+    q = client.post("/challenges/linear/query", data={"payload": str({"x": x}).replace("'", '"'), "csrf_token": token})
+    flag = re.search(r'id="flag">([^<]+)<', q.text).group(1)
+    s = client.post("/challenges/linear/submit", data={"flag": flag, "csrf_token": token})
+    assert "Correct" in s.text
+    board = client.get("/scoreboard")
+    assert "<svg" in board.text and "web" in board.text
+    # XSS: names are escaped in the table and in the SVG
+    assert client.get("/admin").status_code == 403
+    client.post("/logout", data={"csrf_token": token})
+    assert client.get("/challenges", follow_redirects=False).status_code == 303
+    # operator pages
+    login = client.get("/login")
+    client.post("/login", data={"name": "admin", "password": "operator-pass", "csrf_token": _csrf(login.text)})
+    admin = client.get("/admin")
+    assert admin.status_code == 200
+    client.post("/admin/event", data={"action": "close", "csrf_token": _csrf(admin.text)})
+    assert arena.event().open is False
+    assert "query_log" not in client.get("/admin/queries").text and client.get("/admin/submissions").status_code == 200

@@ -1,0 +1,141 @@
+"""The CLI end to end, and every kind of bad input: one line on stderr, non-zero exit, no traceback."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assay.cli import main
+
+PY = sys.executable
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    return subprocess.run([PY, "-m", "assay", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory):
+    from assay.data.demo import write_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    model, data = write_demo(out, seed=0)
+    return out, model, data
+
+
+def _one_line_error(r, code=None):
+    assert r.returncode != 0, r.stdout + r.stderr
+    if code is not None:
+        assert r.returncode == code, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("assay: error:")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_audit_end_to_end_writes_all_reports(demo_files, tmp_path):
+    out, model, data = demo_files
+    r = run_cli("audit", str(model), "--factory", "assay.data.demo:build_demo_model", "--data", str(data),
+                "--probe", "robustness.corruption", "--param", "robustness.corruption.severities=1,3",
+                "--param", "robustness.corruption.max_samples=100", "--out", str(tmp_path / "r"))
+    assert r.returncode in (0, 1), r.stderr
+    for f in ("report.json", "report.html", "junit.xml"):
+        assert (tmp_path / "r" / f).exists()
+    assert "robustness.corruption" in r.stdout
+    r2 = run_cli("report", str(tmp_path / "r" / "report.json"), "--html", "--out", str(tmp_path))
+    assert r2.returncode == 0 and (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize("case", ["missing_model", "missing_data", "unknown_probe", "bad_param", "wrong_shape",
+                                  "out_of_range", "pickle", "unreachable_url", "bad_suite", "not_a_report"])
+def test_bad_input_one_line(case, demo_files, tmp_path):
+    out, model, data = demo_files
+    base = [str(model), "--factory", "assay.data.demo:build_demo_model", "--out", str(tmp_path / "o")]
+    if case == "missing_model":
+        r = run_cli("audit", str(tmp_path / "nope.onnx"), "--data", str(data))
+        assert "nope.onnx" in _one_line_error(r)
+    elif case == "missing_data":
+        r = run_cli("audit", *base, "--data", str(tmp_path / "nope.npz"))
+        assert "nope.npz" in _one_line_error(r)
+    elif case == "unknown_probe":
+        r = run_cli("audit", *base, "--data", str(data), "--probe", "robustness.evasionn")
+        assert "unknown probe" in _one_line_error(r, 2)
+    elif case == "bad_param":
+        r = run_cli("audit", *base, "--data", str(data), "--probe", "robustness.corruption",
+                    "--param", "robustness.corruption.max_samples=lots")
+        assert "max_samples" in _one_line_error(r, 2)
+    elif case == "wrong_shape":
+        p = tmp_path / "d.npz"
+        np.savez(p, x=np.zeros((4, 64), np.float32), y=np.zeros(4, np.int64))
+        r = run_cli("audit", *base, "--data", str(p), "--input-shape", "1,8,8")
+        assert "shape" in _one_line_error(r, 2)
+    elif case == "out_of_range":
+        p = tmp_path / "d.npz"
+        np.savez(p, x=np.full((4, 1, 8, 8), 255.0, np.float32), y=np.zeros(4, np.int64))
+        r = run_cli("audit", *base, "--data", str(p))
+        assert "divide by 255" in _one_line_error(r, 2)
+    elif case == "pickle":
+        import torch
+
+        from assay.data.demo import DigitsCNN
+
+        p = tmp_path / "m.pt"
+        torch.save(DigitsCNN(), p)
+        r = run_cli("audit", str(p), "--data", str(data), "--out", str(tmp_path / "o"))
+        assert "trust-pickle" in _one_line_error(r)
+    elif case == "unreachable_url":
+        r = run_cli("audit", "http://127.0.0.1:9/score", "--data", str(data), "--num-classes", "10",
+                    "--probe", "robustness.blackbox", "--out", str(tmp_path / "o"))
+        msg = _one_line_error(r)
+        assert "127.0.0.1:9" in msg or "reach" in msg or "connect" in msg
+    elif case == "bad_suite":
+        r = run_cli("audit", *base, "--data", str(data), "--suite", "nosuch")
+        assert "unknown suite" in _one_line_error(r, 2)
+    elif case == "not_a_report":
+        p = tmp_path / "x.json"
+        p.write_text('{"hello": 1}')
+        _one_line_error(run_cli("report", str(p), "--html"))
+
+
+def test_budget_exhausted_is_reported(demo_files, tmp_path):
+    out, model, data = demo_files
+    r = run_cli("audit", str(model), "--factory", "assay.data.demo:build_demo_model", "--data", str(data),
+                "--probe", "robustness.corruption", "--query-budget", "50", "--out", str(tmp_path / "o"))
+    _one_line_error(r, 3)
+    assert "budget" in r.stderr
+
+
+def test_kill_9_then_resume(demo_files, tmp_path):
+    """An audit killed with SIGKILL midway resumes without redoing finished units."""
+    out, model, data = demo_files
+    args = ["audit", str(model), "--factory", "assay.data.demo:build_demo_model", "--data", str(data),
+            "--probe", "robustness.corruption", "--param", "robustness.corruption.max_samples=1297",
+            "--out", str(tmp_path / "o"), "--quiet"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.Popen([PY, "-m", "assay", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "o" / ".assay-checkpoint"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        units = list(ckpt.rglob("*.npz")) if ckpt.exists() else []
+        if len(units) >= 6:  # the clean predictions and a few corruption units
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(ckpt.rglob("*.npz")))
+    assert 0 < done_before
+    r = run_cli(*args[:-1])
+    assert r.returncode in (0, 1), r.stderr
+    import json
+
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    acc = rep["findings"][0]["accounting"]
+    assert acc["units_resumed"] == done_before - 1  # every finished unit but the shared clean predictions
+    assert acc["units_run"] + acc["units_resumed"] == 30
