@@ -94,3 +94,21 @@ def test_label_only_target_uses_hopskipjump(demo, demo_target):
     r1, r3 = (f.metric(f"robust_accuracy[l2,eps={e:.4g}]").value for e in (1.0, 3.0))
     assert r3 <= r1 and r3 < 0.9
     assert f.accounting["attack"] == "hopskipjump"
+
+
+def test_blackbox_on_a_tabular_sklearn_model():
+    import numpy as np
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    from assay.targets.sklearn import SklearnTarget
+
+    X, y = make_classification(400, 10, random_state=0)
+    X = ((X - X.min(0)) / (X.max(0) - X.min(0))).astype(np.float32)
+    t = SklearnTarget(LogisticRegression().fit(X, y), bounds=(0.0, 1.0), query_budget=20_000)
+    ctx = ProbeContext(t, Dataset(X[:60], y[:60]))
+    f = BlackBoxProbe(eps=[0.05, 0.2], queries_per_sample=200, max_samples=60).run(ctx)
+    clean = (t.labels(torch.from_numpy(X[:60])) == torch.from_numpy(y[:60])).float().mean().item()
+    r1, r2 = (f.metric(f"robust_accuracy[linf,eps={e:.4g}]").value for e in (0.05, 0.2))
+    assert r2 <= r1 <= clean and r2 < clean - 0.2
+    assert t.queries <= 20_000
