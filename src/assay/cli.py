@@ -160,7 +160,8 @@ def cmd_demo(a) -> int:
         eps = "0.1" if a.suite == "quick" else "0.05,0.1,0.2"
         argv += ["--param", f"robustness.evasion.eps_linf={eps}", "--param", f"robustness.blackbox.eps={eps}"]
         if a.suite != "quick":
-            argv += ["--param", "privacy.extraction.transfer_eps=0.15"]
+            argv += ["--param", "privacy.extraction.transfer_eps=0.15",
+                     "--param", "robustness.evasion.max_samples=200"]
     if a.quiet:
         argv.append("--quiet")
     if a.no_resume:
