@@ -102,7 +102,7 @@ def train_demo_model(seed: int = 0, epochs: int = 30) -> tuple[nn.Module, DemoSp
 def write_demo(out_dir, seed: int = 0):
     """Train the demo model and write ``model.safetensors`` (architecture: build_demo_model) and
     ``digits.npz``: the audit data, 400 training members and all held-out digits, shuffled, with a
-    ``member`` mask (privacy) and the documented sensitive attribute (fairness) when available."""
+    ``member`` mask (privacy) and the documented sensitive attribute ``stroke`` (fairness)."""
     from pathlib import Path
 
     from safetensors.torch import save_file
@@ -116,7 +116,12 @@ def write_demo(out_dir, seed: int = 0):
     y = torch.cat([s.y_train[:400], s.y_test])
     member = torch.cat([torch.ones(400, dtype=torch.bool), torch.zeros(len(s.x_test), dtype=torch.bool)])
     perm = torch.from_numpy(np.random.default_rng(seed + 1).permutation(len(x)))
-    arrays = {"x": x[perm].numpy(), "y": y[perm].numpy(), "member": member[perm].numpy()}
+    from assay.data.demo_fairness import demo_sensitive_attribute
+
+    x, y, member = x[perm], y[perm], member[perm]
+    arrays = {"x": x.numpy(), "y": y.numpy(), "member": member.numpy(),
+              # documented synthetic sensitive attribute: stroke thickness (docs/fairness.md)
+              "group_stroke": demo_sensitive_attribute(x, y, seed=seed)}
     data_path = out / "digits.npz"
     np.savez_compressed(data_path, **arrays)
     return model_path, data_path

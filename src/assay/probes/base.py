@@ -170,7 +170,10 @@ class Probe:
 
     # ------------------------------------------------------------------ hooks
     def cost(self, target, data) -> dict[str, Any]:
-        """Rough cost: ``{"queries": int, "note": str}`` (used by ``assay probes`` and planning)."""
+        """Rough cost: ``{"queries": int, "note": str}`` (used by ``assay probes`` and planning).
+
+        ``target`` and ``data`` may be None (``assay probes`` lists costs before any model is
+        given): estimate from the parameters alone then."""
         return {"queries": len(data) if data is not None else 0, "note": ""}
 
     def check(self, target, data) -> str | None:

@@ -95,13 +95,19 @@ class BlackBoxProbe(Probe):
                 metrics.append(Metric(f"median_norm_found[{norm}]", float(finite.median()), unit=norm,
                                       description="median perturbation size HopSkipJump reached on points it broke"))
         else:
+            # Square works on image-shaped inputs; tabular rows are searched as 1 x F "images",
+            # where its squares become single features (a random coordinate search).
+            shape = tuple(x.shape[1:])
+            as_image = (lambda z: z) if x.dim() == 4 else (lambda z: z.reshape(len(z), 1, 1, -1))
+            scores_fn = target.scores if x.dim() == 4 else (lambda z: target.scores(z.reshape(len(z), *shape)))
             for eps in eps_list:
                 todo = (~broken).nonzero().flatten()
                 left = None if budget is None else budget - used_total
                 if len(todo) and (left is None or left > 0):
                     out = ctx.unit(f"square-{norm}-{eps:.6g}-n{len(todo)}", lambda: square(
-                        target.scores, x[todo], y[todo], eps=eps, norm=norm, n_queries=p.queries_per_sample,
+                        scores_fn, as_image(x[todo]), y[todo], eps=eps, norm=norm, n_queries=p.queries_per_sample,
                         bounds=target.bounds, seed=ctx.seed, query_budget=left).to_dict())
+                    out["x_adv"] = out["x_adv"].reshape(len(todo), *shape)
                     used_total += int(out["queries"].sum())
                     exhausted |= bool(out.get("budget_exhausted", False))
                     hit = out["success"].bool()

@@ -11,7 +11,7 @@ import torch
 from assay.attacks.apgd import apgd
 from assay.attacks.autoattack import autoattack
 from assay.attacks.base import check_norm
-from assay.attacks.minnorm import fmn
+from assay.attacks.minnorm import fmn, robust_accuracy_from_norms
 from assay.errors import InputError
 from assay.probes.base import Evidence, Metric, Probe, Threshold, register
 from assay.probes.robustness._evidence import example_images
@@ -144,7 +144,7 @@ class EvasionProbe(Probe):
             # 2) the curve from the minimum norms, with the ensemble's points on it
             if p.curve:
                 grid = np.linspace(0, max(eps_list) * 1.5, 31).tolist()
-                curve = robust_accuracy_curve_from_norms(min_norm, grid)
+                curve = robust_accuracy_from_norms(min_norm, grid)
                 series.append({"name": f"minimum-norm (FMN) {norm}", "x": grid, "y": curve})
                 finite = min_norm[~clean_wrong]
                 if len(finite):
@@ -223,9 +223,3 @@ class _Res:
     def __init__(self, x_adv, success):
         self.x_adv, self.success = x_adv, success
 
-
-def robust_accuracy_curve_from_norms(min_norm: torch.Tensor, grid: list[float]) -> list[float]:
-    """Fraction of points whose minimal adversarial norm exceeds each epsilon."""
-    m = min_norm.reshape(-1, 1)
-    g = torch.tensor(grid, dtype=m.dtype).reshape(1, -1)
-    return (m > g * (1 + 1e-5)).float().mean(0).tolist()

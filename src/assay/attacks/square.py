@@ -1,0 +1,301 @@
+"""Square Attack (Andriushchenko, Croce, Flammarion, Hein, ECCV 2020): score-based random search.
+
+Each iteration proposes, for every point not yet broken, a random square-shaped change of its
+current perturbation and keeps it when the loss improves (margin loss; cross-entropy when
+targeted, as in the paper). The side of the square follows the paper's schedule: a fraction ``p``
+of the image area, ``p_init`` halved at fixed fractions of the query budget (iterations 10, 50,
+200, 500, 1000, 2000, 4000, 6000, 8000 of 10000, rescaled to ``n_queries``).
+
+L-inf: the perturbation starts as vertical stripes of ``+-eps`` and each square is set to
+``+-eps`` per channel. L2: the perturbation starts as a grid of the paper's centred-square
+patterns and each update moves mass between two windows, keeping the L2 norm at ``eps``.
+
+Unlike the reference code, every point draws its own square position (the paper's algorithm);
+the reference shares one position across the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from assay.attacks.base import AttackResult, _bcast, check_norm, flat_norm, make_generator
+from assay.errors import BudgetExceeded, InputError
+
+# Iterations (out of 10000) after which the reference code halves p.
+_P_STEPS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def p_schedule(iteration: int, n_queries: int, p_init: float) -> float:
+    """Fraction of pixels changed at ``iteration`` (the paper's piecewise halving, rescaled)."""
+    it = int(iteration / n_queries * 10000)
+    halvings = sum(it > s for s in _P_STEPS)
+    return p_init / 2**halvings
+
+
+def _loss_and_margin(scores: torch.Tensor, labels: torch.Tensor, targeted: bool, probs: bool):
+    """(loss to minimise, margin); the point is adversarial when margin < 0."""
+    own = scores.gather(1, labels[:, None]).squeeze(1)
+    best_other = scores.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    if not targeted:
+        margin = own - best_other
+        return margin, margin
+    margin = best_other - own
+    logp = scores.clamp_min(1e-30).log() if probs else torch.log_softmax(scores, dim=1)
+    return -logp.gather(1, labels[:, None]).squeeze(1), margin
+
+
+def _looks_like_probs(scores: torch.Tensor) -> bool:
+    return bool((scores >= 0).all() and torch.allclose(scores.sum(dim=1), torch.ones_like(scores[:, 0]), atol=1e-3))
+
+
+def _window_index(n, c, s, vh, vw, device):
+    """Advanced-index tuple selecting, for point i, the s x s window at (vh[i], vw[i]) in every channel."""
+    ar = torch.arange(s, device=device)
+    rows = (vh[:, None] + ar)[:, None, :, None]
+    cols = (vw[:, None] + ar)[:, None, None, :]
+    return (
+        torch.arange(n, device=device)[:, None, None, None],
+        torch.arange(c, device=device)[None, :, None, None],
+        rows,
+        cols,
+    )
+
+
+def _eta_rectangles(a: int, b: int) -> torch.Tensor:
+    """Nested rectangles centred in an a x b window, weights 1/(k+1)^2, unit L2 norm."""
+    i = torch.arange(a, dtype=torch.float32)[:, None]
+    j = torch.arange(b, dtype=torch.float32)[None, :]
+    ca, cb = a // 2, b // 2
+    # ring index of each cell: the k-th rectangle covers rows ca-k..ca+k and cols cb-k..cb+k
+    ring = torch.maximum((i - ca).abs(), (j - cb).abs()).long()
+    k = torch.arange(max(ca, cb) + 1)
+    weight = (1.0 / (k.float() + 1) ** 2).flip(0).cumsum(0).flip(0)  # sum over rings covering it
+    d = weight[ring.clamp(max=len(k) - 1)]
+    d = torch.where(ring <= max(ca, cb), d, torch.zeros(()))
+    return d / d.norm().clamp_min(1e-12)
+
+
+def _eta(s: int, flip: bool) -> torch.Tensor:
+    """The paper's L2 square pattern: positive rectangles on one half, negative on the other."""
+    d = torch.zeros(s, s)
+    if s // 2 > 0:
+        d[: s // 2] = _eta_rectangles(s // 2, s)
+    d[s // 2 :] = -_eta_rectangles(s - s // 2, s)
+    d = d / d.norm().clamp_min(1e-12)
+    return d.t() if flip else d
+
+
+def square(
+    scores_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    n_queries: int = 5000,
+    p_init: float = 0.8,
+    targeted: bool = False,
+    y_target: torch.Tensor | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+    query_budget: int | None = None,
+) -> AttackResult:
+    """Square Attack: score-based black-box attack in an L-inf or L2 ball of radius ``eps``.
+
+    Parameters
+    ----------
+    scores_fn : maps a batch ``(N, C, H, W)`` to per-class scores ``(N, K)`` (logits or
+        probabilities, e.g. ``Target.scores``); may raise :class:`BudgetExceeded`.
+    x, y : images in ``bounds`` (4-D, channels first) and their true labels.
+    eps, norm : the threat model (``"linf"`` or ``"l2"``).
+    n_queries : queries allowed per sample, all included (clean check, initialisation, search).
+    p_init : initial fraction of pixels per square (0.8 in AutoAttack; 0.05 in the paper for L-inf
+        on ImageNet-size inputs).
+    targeted, y_target : reach class ``y_target`` instead of leaving ``y``.
+    bounds : valid input range. seed : seeds every random choice.
+    query_budget : hard cap on the total number of samples sent to ``scores_fn`` in this call.
+
+    Returns
+    -------
+    AttackResult: ``success`` (misclassified within the ball), ``queries`` per sample (exact),
+    ``info["budget_exhausted"]`` when ``query_budget`` or the target's budget stopped the run.
+
+    Example
+    -------
+    >>> res = square(target.scores, x, y, eps=0.1, n_queries=1000)   # doctest: +SKIP
+    >>> res.robust_accuracy                                            # doctest: +SKIP
+    """
+    norm = check_norm(norm)
+    if norm not in ("linf", "l2"):
+        raise InputError(f"square supports norm 'linf' or 'l2', not {norm!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise InputError("square needs images shaped (N, C, H, W); reshape flat inputs or use hop_skip_jump")
+    if y.shape != (x.shape[0],):
+        raise InputError(f"y has shape {tuple(y.shape)} but x holds {x.shape[0]} samples; pass one label per sample")
+    if not eps or eps <= 0:
+        raise InputError(f"eps must be > 0, got {eps}")
+    if n_queries < 1:
+        raise InputError(f"n_queries must be >= 1, got {n_queries}")
+    if not 0 < p_init <= 1:
+        raise InputError(f"p_init must be in (0, 1], got {p_init}")
+    if targeted and y_target is None:
+        raise InputError("a targeted square attack needs y_target (one class per sample)")
+
+    gen = make_generator(seed, "cpu")
+    low, high = bounds
+    x = x.detach()
+    dev = x.device
+    n, c, h, w = x.shape
+    labels = (y_target if targeted else y).to(dev).long()
+    queries = torch.zeros(n, dtype=torch.long)
+    x_adv = x.clone()
+    success = torch.zeros(n, dtype=torch.bool, device=dev)
+    state = {"used": 0, "exhausted": False}
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen).to(dev)
+
+    def rand_sign(*shape):
+        return torch.where(torch.rand(*shape, generator=gen) < 0.5, -1.0, 1.0).to(dev)
+
+    def rand_int(hi, size):  # uniform in [0, hi)
+        return torch.randint(0, max(hi, 1), (size,), generator=gen).to(dev)
+
+    def query(idx: torch.Tensor, xs: torch.Tensor):
+        """Scores for the points ``idx`` (inputs ``xs``), within the budget; None when stopped."""
+        if query_budget is not None:
+            room = query_budget - state["used"]
+            if room <= 0:
+                state["exhausted"] = True
+                return None
+            if idx.numel() > room:
+                idx, xs = idx[:room], xs[:room]
+                state["exhausted"] = True
+        try:
+            s = scores_fn(xs)
+        except BudgetExceeded:
+            state["exhausted"] = True
+            return None
+        state["used"] += idx.numel()
+        queries[idx.cpu()] += 1
+        return idx, s.to(dev).float()
+
+    def margin_of(s, idx):
+        return _loss_and_margin(s, labels[idx], targeted, probs)
+
+    # --- clean check: points already misclassified are successes, never attacked
+    all_idx = torch.arange(n, device=dev)
+    got = query(all_idx, x)
+    if got is None:
+        return _finish(x, x_adv, success, queries, norm, eps, state)
+    done_idx, s = got
+    probs = _looks_like_probs(s)
+    loss, margin = margin_of(s, done_idx)
+    success[done_idx] = margin < 0
+    active = done_idx[margin >= 0]
+    if active.numel() == 0 or n_queries < 2:
+        return _finish(x, x_adv, success, queries, norm, eps, state)
+
+    # --- initialisation
+    xa = x[active]
+    if norm == "linf":
+        x_init = (xa + eps * rand_sign(active.numel(), c, 1, w)).clamp(low, high)
+    else:
+        x_init = (xa + eps * _l2_init(active.numel(), c, h, w, rand_sign, gen, dev)).clamp(low, high)
+    got = query(active, x_init)
+    if got is None:
+        return _finish(x, x_adv, success, queries, norm, eps, state)
+    idx, s = got
+    x_adv[idx] = x_init[: idx.numel()]
+    best_loss = torch.full((n,), float("inf"), device=dev)
+    best_margin = torch.full((n,), float("inf"), device=dev)
+    best_loss[idx], best_margin[idx] = margin_of(s, idx)
+    success[idx] = best_margin[idx] < 0
+    active = idx[best_margin[idx] >= 0]
+
+    n_features = c * h * w
+    for it in range(n_queries - 2):
+        if active.numel() == 0 or state["exhausted"]:
+            break
+        m = active.numel()
+        xa, xb = x[active], x_adv[active]
+        p = p_schedule(it, n_queries, p_init)
+        if norm == "linf":
+            side = min(max(int(round(math.sqrt(p * n_features / c))), 1), h, w)
+            vh, vw = rand_int(h - side + 1, m), rand_int(w - side + 1, m)
+            win = _window_index(m, c, side, vh, vw, dev)
+            x_new = xb.clone()
+            x_new[win] = (xa[win] + eps * rand_sign(m, c, 1, 1).expand(m, c, side, side)).clamp(low, high)
+        else:
+            x_new = _l2_step(xa, xb, eps, p, rand_int, rand_sign, gen, dev).clamp(low, high)
+        got = query(active, x_new)
+        if got is None:
+            break
+        idx, s = got
+        loss, margin = margin_of(s, idx)
+        improved = (loss < best_loss[idx]) | (margin < 0)
+        best_loss[idx] = torch.where(loss < best_loss[idx], loss, best_loss[idx])
+        best_margin[idx] = torch.where(improved, margin, best_margin[idx])
+        keep = idx[improved]
+        x_adv[keep] = x_new[: idx.numel()][improved]
+        broke = margin < 0
+        success[idx[broke]] = True
+        active = active[~success[active]]
+    return _finish(x, x_adv, success, queries, norm, eps, state)
+
+
+def _l2_init(n, c, h, w, rand_sign, gen, dev):
+    """Grid of the paper's square patterns with random signs, scaled to unit L2 norm."""
+    s = max(h // 5, 1)
+    start = (h - s * 5) // 2
+    delta = torch.zeros(n, c, h, w, device=dev)
+    for vh in range(start, h - s + 1, s):
+        for vw in range(start, w - s + 1, s):
+            flip = bool(torch.rand(1, generator=gen) < 0.5)
+            delta[:, :, vh : vh + s, vw : vw + s] += _eta(s, flip).to(dev) * rand_sign(n, c, 1, 1)
+    return delta / _bcast(flat_norm(delta, "l2").clamp_min(1e-12), delta)
+
+
+def _l2_step(xa, xb, eps, p, rand_int, rand_sign, gen, dev):
+    """One L2 proposal: redistribute perturbation mass from window 2 into a new pattern on window 1."""
+    m, c, h, w = xa.shape
+    side = max(int(round(math.sqrt(p * h * w))), 3)
+    side = min(side + (side % 2 == 0), h, w)
+    delta = xb - xa
+    vh1, vw1 = rand_int(h - side + 1, m), rand_int(w - side + 1, m)
+    vh2, vw2 = rand_int(h - side + 1, m), rand_int(w - side + 1, m)
+    win1 = _window_index(m, c, side, vh1, vw1, dev)
+    win2 = _window_index(m, c, side, vh2, vw2, dev)
+    union = torch.zeros_like(delta, dtype=torch.bool)
+    union[win1] = True
+    union[win2] = True
+    norm_union = (delta * union).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()  # per channel
+    norm_image = flat_norm(delta, "l2").reshape(m, 1, 1, 1)
+    old = delta[win1]
+    old = old / old.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+    flip = bool(torch.rand(1, generator=gen) < 0.5)
+    new = _eta(side, flip).to(dev) * rand_sign(m, c, 1, 1) + old
+    # The new window carries the mass removed from both windows plus the unused budget.
+    budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_union**2).sqrt()
+    new = new / new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12) * budget
+    delta = delta.clone()
+    delta[win2] = 0.0
+    delta[win1] = new
+    delta = delta / _bcast(flat_norm(delta, "l2").clamp_min(1e-12), delta) * eps
+    return xa + delta
+
+
+def _finish(x, x_adv, success, queries, norm, eps, state) -> AttackResult:
+    return AttackResult(
+        x_adv=x_adv.detach(),
+        success=success.bool(),
+        norms=flat_norm((x_adv - x).detach(), norm),
+        queries=queries,
+        norm=norm,
+        eps=float(eps),
+        attack="square",
+        info={"budget_exhausted": state["exhausted"], "total_queries": state["used"]},
+    )

@@ -1,0 +1,1 @@
+"""Explainability algorithms: attributions and the checks that say whether to trust them."""

@@ -1,0 +1,82 @@
+"""``fairness.slices``: are there subgroups (feature values, bins, pairs) where the model does worse?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from assay.metrics.slices import find_slices
+from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+
+
+def slice_features(data) -> tuple[np.ndarray | dict, list[str]]:
+    """Columns to slice on: the tabular features (or, for images, ink mass and mean row/column of
+    ink), every sensitive attribute, and the true label."""
+    cols: dict[str, np.ndarray] = {}
+    x = data.x.numpy()
+    if data.kind == "tabular" and x.ndim == 2:
+        names = data.feature_names or [f"x{i}" for i in range(x.shape[1])]
+        for i, nm in enumerate(names):
+            cols[nm] = x[:, i]
+    else:
+        flat = x.reshape(len(x), -1)
+        cols["ink"] = flat.sum(1)
+        if x.ndim == 4:  # centre of mass of the image, rows and columns
+            img = x.sum(1)
+            mass = img.sum((1, 2)) + 1e-12
+            cols["ink_row"] = (img.sum(2) * np.arange(img.shape[1])).sum(1) / mass
+            cols["ink_col"] = (img.sum(1) * np.arange(img.shape[2])).sum(1) / mass
+    for k, v in data.groups.items():
+        cols[f"group:{k}"] = np.asarray(v).astype(str)
+    cols["label"] = data.y.numpy().astype(str)
+    return cols, list(cols)
+
+
+@register
+class SliceFinding(Probe):
+    name = "fairness.slices"
+    axis = "fairness"
+    title = "Underperforming slices"
+    description = (
+        "Searches feature values, quantile bins and pairs of them for subgroups whose accuracy is "
+        "significantly below the rest (z / Fisher test, Benjamini-Hochberg), ranked by the gap."
+    )
+    needs = frozenset({"labels"})
+    requires_any = (frozenset({"scores"}), frozenset({"labels"}))
+    default_policy = {"worst_slice_gap": Threshold(warn_above=0.1, fail_above=0.25)}
+
+    @dataclass
+    class Params:
+        metric: str = "accuracy"
+        max_order: int = 2
+        bins: int = 4
+        min_size: int = 30
+        alpha: float = 0.05
+        top: int = 20
+
+    def run(self, ctx):
+        import pandas as pd
+
+        p = self.params
+        cols, names = slice_features(ctx.data)
+        rep = find_slices(pd.DataFrame(cols), ctx.data.y.numpy(), ctx.clean_labels().numpy(), metric=p.metric,
+                          max_order=p.max_order, bins=p.bins, min_size=p.min_size, alpha=p.alpha)
+        sig = rep.significant
+        metrics = [Metric("significant_slices", float(len(sig)), unit="slices", higher_is_better=False,
+                          description=f"slices with BH-adjusted p < {p.alpha} out of {rep.n_tested} tested")]
+        if sig:
+            s = sig[0]
+            # Wald interval of the difference of two proportions (slice vs rest)
+            se = np.sqrt(s.metric * (1 - s.metric) / s.size + s.complement_metric * (1 - s.complement_metric) / max(1, s.complement_size))
+            metrics.append(Metric("worst_slice_gap", s.effect, s.effect - 1.96 * se, s.effect + 1.96 * se, higher_is_better=False,
+                                  method="Wald difference of proportions", description=f"{p.metric} gap of '{s.description}'"))
+        else:
+            metrics.append(Metric("worst_slice_gap", 0.0, higher_is_better=False, description="no significant slice"))
+        summary = (f"{len(sig)} significant slice(s) of {rep.n_tested}; worst: {sig[0].description} "
+                   f"({p.metric} {sig[0].metric:.3f} vs {sig[0].complement_metric:.3f})" if sig
+                   else f"no slice of {rep.n_tested} tested is significantly worse")
+        return self.finding(metrics=metrics, summary=summary,
+                            evidence=[Evidence("table", f"Slices ranked by {p.metric} gap", rep.table(p.top))],
+                            accounting={"queries": 0, "features": names, "n_tested": rep.n_tested,
+                                        "n_too_small": rep.n_too_small})

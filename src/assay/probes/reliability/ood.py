@@ -1,0 +1,87 @@
+"""``reliability.ood``: can the model's outputs flag inputs unlike its training data?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from assay.errors import InputError
+from assay.metrics.ood import DetectionTerms, ash_logits, energy_score, msp_score, shifted_copy
+from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.targets.base import GRADIENTS
+
+
+@register
+class OutOfDistribution(Probe):
+    name = "reliability.ood"
+    axis = "reliability"
+    title = "Out-of-distribution detection"
+    description = (
+        "AUROC and FPR at 95% TPR of MSP, energy and ASH-S energy scores separating the test set from "
+        "an OOD set (data.x_ood, else a documented shift of the test set), with bootstrap intervals."
+    )
+    requires = frozenset({"scores"})
+    needs = frozenset()
+    default_policy = {"auroc": Threshold(warn_below=0.8), "fpr_at_95tpr": Threshold(warn_above=0.5)}
+
+    @dataclass
+    class Params:
+        shift: str = "permute"  # used only when the dataset has no x_ood: permute | noise | uniform
+        temperature: float = 1.0
+        ash_percentile: float = 90.0
+        tpr: float = 0.95
+        n_boot: int = 1000
+        level: float = 0.95
+        bins: int = 30
+
+    def cost(self, target, data):
+        n_ood = len(data.x_ood) if data is not None and data.x_ood is not None else len(data) if data is not None else 0
+        ash = target is None or GRADIENTS in target.capabilities
+        return {"queries": n_ood * (2 if ash else 1) + (len(data) if ash and data is not None else 0),
+                "note": "OOD scores, plus one ASH pass over ID and OOD for torch models"}
+
+    def run(self, ctx):
+        p = self.params
+        t, data = ctx.target, ctx.data
+        if data.x_ood is not None:
+            x_ood = data.x_ood
+            if tuple(x_ood.shape[1:]) != tuple(t.input_shape):
+                raise InputError(f"OOD inputs have shape {tuple(x_ood.shape[1:])} but the model takes {t.input_shape}; give OOD data of the same shape")
+            source = "dataset x_ood"
+        else:
+            x_ood = shifted_copy(data.x, p.shift, seed=ctx.seed, bounds=t.bounds)
+            source = f"built-in shift '{p.shift}' of the test inputs"
+        id_logits = ctx.clean_scores()
+        ood_logits = t.scores(x_ood)
+        scores = {"msp": (msp_score(id_logits), msp_score(ood_logits))} if t.output == "logits" else {
+            "msp": (id_logits.max(1).values, ood_logits.max(1).values)}
+        if t.output == "logits":
+            scores["energy"] = (energy_score(id_logits, p.temperature), energy_score(ood_logits, p.temperature))
+            if GRADIENTS in t.capabilities:
+                mod = t.module
+                scores["ash"] = (energy_score(ash_logits(mod, data.x, p.ash_percentile), p.temperature),
+                                 energy_score(ash_logits(mod, x_ood, p.ash_percentile), p.temperature))
+        metrics, evidence = [], []
+        for name, (a, b) in scores.items():
+            a, b = a.numpy(), b.numpy()
+            terms = DetectionTerms(a, b)
+            pt, ci = terms.point(p.tpr), terms.bootstrap(p.tpr, p.n_boot, p.level, ctx.seed)
+            metrics += [
+                Metric(f"auroc[{name}]", pt["auroc"], *ci["auroc"], higher_is_better=True, level=p.level,
+                       method="bootstrap (ID and OOD resampled separately)", description=f"ID vs OOD separability of the {name} score"),
+                Metric(f"fpr_at_95tpr[{name}]" if p.tpr == 0.95 else f"fpr_at_tpr[{name},tpr={p.tpr:g}]", pt["fpr_at_tpr"],
+                       *ci["fpr_at_tpr"], higher_is_better=False, level=p.level, method="bootstrap",
+                       description=f"OOD inputs accepted when {p.tpr:.0%} of ID inputs are"),
+            ]
+            edges = np.histogram_bin_edges(np.concatenate([a, b]), bins=p.bins)
+            evidence.append(Evidence("histogram", f"{name} score: in-distribution vs OOD", {
+                "xlabel": f"{name} score (higher = more in-distribution)",
+                "series": [{"name": "in-distribution", "edges": edges.tolist(), "counts": np.histogram(a, edges)[0].tolist()},
+                           {"name": "OOD", "edges": edges.tolist(), "counts": np.histogram(b, edges)[0].tolist()}],
+            }))
+        best = max((m for m in metrics if m.base_name == "auroc"), key=lambda m: m.value)
+        summary = f"best detector {best.name} = {best.value:.3f} [{best.low:.3f}, {best.high:.3f}] on {len(x_ood)} OOD inputs ({source})"
+        return self.finding(metrics=metrics, evidence=evidence, summary=summary,
+                            accounting={"queries": t.queries, "ood_source": source, "n_ood": len(x_ood)})

@@ -1,0 +1,52 @@
+"""``reliability.selective``: does the model know when it is likely to be wrong?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from assay.metrics.selective import SelectiveTerms
+from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.probes.reliability._common import clean_probs
+
+
+@register
+class Selective(Probe):
+    name = "reliability.selective"
+    axis = "reliability"
+    title = "Selective prediction"
+    description = "Risk-coverage curve of abstaining on low-confidence inputs: AURC, excess AURC over the oracle, coverage at a target accuracy."
+    requires = frozenset({"scores"})
+    default_policy = {"excess_aurc": Threshold(warn_above=0.05)}
+
+    @dataclass
+    class Params:
+        target_accuracy: float = 0.99
+        n_boot: int = 1000
+        level: float = 0.95
+
+    def run(self, ctx):
+        p = self.params
+        probs, y = clean_probs(ctx), ctx.data.y
+        conf, pred = probs.max(1)
+        terms = SelectiveTerms(conf, pred == y)
+        pt = terms.point(p.target_accuracy)
+        ci = terms.bootstrap(p.target_accuracy, p.n_boot, p.level, ctx.seed)
+        q = f"[acc>={p.target_accuracy:g}]"
+        m = "bootstrap (multinomial row weights)"
+        metrics = [
+            Metric("aurc", pt["aurc"], *ci["aurc"], higher_is_better=False, level=p.level, method=m,
+                   description="area under the risk-coverage curve"),
+            Metric("excess_aurc", pt["excess_aurc"], *ci["excess_aurc"], higher_is_better=False, level=p.level, method=m,
+                   description="AURC minus the oracle's (ranking quality alone)"),
+            Metric(f"coverage_at_accuracy{q}", pt["coverage_at_accuracy"], *ci["coverage_at_accuracy"],
+                   higher_is_better=True, level=p.level, method=m,
+                   description=f"largest fraction answered with accuracy >= {p.target_accuracy:g}"),
+        ]
+        c = terms.curves()
+        ev = Evidence("curve", "Risk-coverage", {"xlabel": "coverage", "ylabel": "selective risk (error rate)", "logx": False,
+                                                 "logy": False, "series": [
+                                                     {"name": "model (by confidence)", "x": c["coverage"], "y": c["risk"]},
+                                                     {"name": "oracle", "x": c["coverage"], "y": c["oracle_risk"]}]})
+        summary = (f"AURC {pt['aurc']:.4f} (excess {pt['excess_aurc']:.4f}); answers {pt['coverage_at_accuracy']:.1%} "
+                   f"of inputs at accuracy >= {p.target_accuracy:g}")
+        return self.finding(metrics=metrics, evidence=[ev], summary=summary, accounting={"queries": 0, "n": len(y)})

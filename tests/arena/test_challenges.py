@@ -1,0 +1,246 @@
+"""The challenge pack: deterministic builds, reference solvers that solve within budget, naive
+attempts that fail, strict payload validation and outputs that never carry hidden data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from assay.arena.challenge import LocalClient, discover
+from assay.errors import InputError
+
+PACK = discover()
+IDS = sorted(PACK)
+EXPECTED = {"evasion-whitebox", "evasion-blackbox", "membership", "inversion", "extraction", "poisoning",
+            "leakage", "noisy-defence"}
+
+IMG = [[[0.5] * 8 for _ in range(8)]]
+NAN_IMG = [[[0.5] * 8 for _ in range(7)] + [[math.nan] + [0.5] * 7]]
+CARD = [[[0.0] * 12 for _ in range(12)]]
+
+# One valid query payload per challenge (answers that need no model call are listed separately).
+VALID = {
+    "evasion-whitebox": {"input": IMG},
+    "evasion-blackbox": {"inputs": [IMG, IMG]},
+    "noisy-defence": {"input": IMG},
+    "membership": {"inputs": [[0.0] * 20]},
+    "extraction": {"inputs": [[0.0] * 8, [1.0] * 8]},
+    "inversion": {"inputs": [CARD]},
+    "leakage": {"prefix": "alice: "},
+    "poisoning": {"points": [{"features": [0.5] * 5, "label": 1}]},
+}
+
+COMMON_BAD = [[], "x", None, {}, {"bogus": 1}]
+BAD = {
+    "evasion-whitebox": [{"input": IMG, "extra": 1}, {"input": IMG[0]}, {"input": NAN_IMG},
+                         {"input": [[[1.5] * 8 for _ in range(8)]]}, {"input": [[[True] * 8 for _ in range(8)]]},
+                         {"input": [[["0.5"] * 8 for _ in range(8)]]}],
+    "evasion-blackbox": [{"inputs": []}, {"inputs": IMG}, {"inputs": [IMG] * 101}, {"inputs": [NAN_IMG]},
+                         {"inputs": [[[[-0.1] * 8 for _ in range(8)]]]}],
+    "noisy-defence": [{"input": [[[0.5] * 9 for _ in range(8)]]}, {"input": NAN_IMG}, {"input": "img"}],
+    "membership": [{"inputs": [[0.0] * 19]}, {"inputs": [[11.0] * 20]}, {"inputs": [[0.0] * 20] * 201},
+                   {"members": [0, 0]}, {"members": [200]}, {"members": [1.5]}, {"members": "all"},
+                   {"members": [1], "inputs": [[0.0] * 20]}],
+    "extraction": [{"inputs": [[math.inf] * 8]}, {"inputs": [[0.0] * 8] * 501}, {"surrogate": {"W1": []}},
+                   {"surrogate": {k: [] for k in ("W1", "b1", "W2", "b2", "W3", "b3")}},
+                   {"surrogate": {"W1": [[0.0] * 65] * 8, "b1": [0.0] * 65, "W2": [[0.0] * 65] * 65,
+                                  "b2": [0.0] * 65, "W3": [[0.0] * 3] * 65, "b3": [0.0] * 3}},
+                   {"surrogate": {"W1": [[0.0] * 2] * 8, "b1": [0.0] * 2, "W2": [[0.0] * 2] * 2,
+                                  "b2": [0.0] * 2, "W3": [[0.0] * 3] * 2, "b3": [0.0, 0.0]}},
+                   {"surrogate": {"W1": [[1e9] * 2] * 8, "b1": [0.0] * 2, "W2": [[0.0] * 2] * 2,
+                                  "b2": [0.0] * 2, "W3": [[0.0] * 3] * 2, "b3": [0.0] * 3}}],
+    "inversion": [{"inputs": [IMG]}, {"inputs": [CARD] * 51}, {"guess": "abc"}, {"guess": 123},
+                  {"guess": "ABCDEFG"}, {"guess": ""}],
+    "leakage": [{"prefix": ""}, {"prefix": "x" * 65}, {"prefix": "ÄB"}, {"prefix": 7}, {"guess": "PASSWORD"},
+                {"guess": "a" * 17}],
+    "poisoning": [{"points": []}, {"points": [{"features": [0.5] * 5, "label": 1}] * 11},
+                  {"points": [{"features": [1.5] * 5, "label": 1}]}, {"points": [{"features": [0.5] * 5, "label": 2}]},
+                  {"points": [{"features": [0.5] * 5, "label": True}]}, {"points": [{"features": [0.5] * 5}]},
+                  {"points": [[[0.5] * 5, 1]]}, {"points": [{"features": [math.nan] * 5, "label": 0}]}],
+}
+
+
+@pytest.fixture(scope="session")
+def pack(tmp_path_factory):
+    """Every challenge built once from its manifest seed and loaded."""
+    root = tmp_path_factory.mktemp("arena-pack")
+    for cid, spec in PACK.items():
+        (root / cid).mkdir()
+        spec.challenge.build(spec.manifest.seed, root / cid)
+        spec.challenge.load(root / cid)
+    return root
+
+
+class Recorder(LocalClient):
+    """A LocalClient that keeps every answer, to check what players get to see."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.answers = []
+
+    def score(self, payload):
+        out = super().score(payload)
+        self.answers.append(out)
+        return out
+
+
+def close(a, b, tol=1e-5):
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=tol, abs_tol=1e-9)
+    return a == b
+
+
+def hidden_strings(cid):
+    ch = PACK[cid].challenge
+    return [getattr(ch, {"inversion": "word", "leakage": "secret"}[cid])] if cid in ("inversion", "leakage") else []
+
+
+def test_the_pack_is_complete():
+    assert set(IDS) == EXPECTED
+    for cid, spec in PACK.items():
+        assert spec.solve is not None and spec.naive is not None, cid
+        assert spec.manifest.description.strip(), cid
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_build_is_deterministic(pack, tmp_path, cid):
+    spec = PACK[cid]
+    spec.challenge.build(spec.manifest.seed, tmp_path)
+    first = {p.name: p.read_bytes() for p in (pack / cid).iterdir()}
+    again = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert first.keys() == again.keys()
+    for name in first:
+        assert first[name] == again[name], f"{cid}/{name} differs between two builds"
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_artifacts_match_the_manifest_and_hide_secrets(pack, cid):
+    spec = PACK[cid]
+    arts = spec.challenge.artifacts()
+    assert sorted(arts) == sorted(spec.manifest.artifacts)
+    blob = b"".join(arts.values())
+    for secret in hidden_strings(cid):
+        assert secret.encode() not in blob
+    assert b"hidden" not in blob and b"member_ids" not in blob and b"x_val" not in blob
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_reference_solver_solves_within_budget(pack, cid):
+    spec = PACK[cid]
+    client = Recorder(spec)
+    flag = spec.solve(client)
+    assert flag is not None and flag == client.flag
+    assert 0 <= client.remaining <= spec.manifest.query_budget
+    assert client.queries <= spec.manifest.query_budget
+    # Nothing a player sees carries hidden data (the flag is added by the client, never the challenge).
+    for answer in client.answers:
+        text = json.dumps({k: v for k, v in answer.items() if k != "flag"})
+        for secret in hidden_strings(cid):
+            assert secret not in text
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_naive_attempt_fails(pack, cid):
+    spec = PACK[cid]
+    client = LocalClient(spec)
+    assert spec.naive(client) is False
+    assert client.flag is None
+    assert client.remaining >= 0
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_malformed_payloads_are_one_line_input_errors(pack, cid):
+    ch = PACK[cid].challenge
+    for bad in COMMON_BAD + BAD[cid]:
+        assert isinstance(ch.cost(bad), int) and ch.cost(bad) >= 1
+        with pytest.raises(InputError) as e:
+            ch.score(bad)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 300, (cid, bad, str(e.value))
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_score_batch_matches_single_scoring(pack, cid):
+    ch = PACK[cid].challenge
+    good = VALID[cid]
+    single = ch.score(good)
+    batch = ch.score_batch([good, {"bogus": 1}, good])
+    assert isinstance(batch[1], InputError)
+    for r in (batch[0], batch[2]):
+        assert r.solved == single.solved and r.cost == single.cost == ch.cost(good)
+        assert close(r.output, single.output)  # batched matmuls may differ in the last bits
+
+
+# ------------------------------------------------------------------ rules, challenge by challenge
+def test_evasion_rules_check_the_budget_and_the_class(pack):
+    for cid in ("evasion-whitebox", "evasion-blackbox"):
+        ch = PACK[cid].challenge
+        x0 = ch.x0
+        far = (x0 + 0.5).clamp(0, 1)
+        key = "input" if cid == "evasion-whitebox" else "inputs"
+        wrap = (lambda x: x.tolist()) if key == "input" else (lambda x: [x.tolist()])
+        assert not ch.score({key: wrap(x0)}).solved  # the original is not the target class
+        if cid == "evasion-whitebox":
+            assert ch.score({"input": x0.tolist()}).output["within_eps"] is True
+            assert ch.score({"input": far.tolist()}).output["within_eps"] is False
+
+
+def test_evasion_blackbox_charges_per_input(pack):
+    ch = PACK["evasion-blackbox"].challenge
+    assert ch.cost({"inputs": [IMG] * 7}) == 7
+    assert ch.score({"inputs": [IMG] * 7}).cost == 7
+
+
+def test_noisy_defence_verdict_is_keyed_on_the_input(pack):
+    ch = PACK["noisy-defence"].challenge
+    a, b = ch.score({"input": ch.x0.tolist()}), ch.score({"input": ch.x0.tolist()})
+    assert a.output == b.output and a.cost == 100
+    assert sum(a.output["votes"]) == 100 and not a.solved
+
+
+def test_membership_rule(pack):
+    ch = PACK["membership"].challenge
+    members = sorted(ch.members)
+    non_members = sorted(set(range(200)) - ch.members)
+    assert ch.score({"members": members}).solved
+    assert ch.score({"members": members[:50] + non_members[:5]}).solved
+    assert not ch.score({"members": members[:49]}).solved  # TPR just under 0.5
+    assert not ch.score({"members": members + non_members[:6]}).solved  # one false pick too many
+    assert not ch.score({"members": list(range(200))}).solved
+    assert ch.score({"members": members}).output == {"accepted": True}
+
+
+def test_extraction_judge_accepts_the_true_model_and_refuses_a_constant(pack):
+    ch = PACK["extraction"].challenge
+    layers = [m for m in ch.victim if isinstance(m, torch.nn.Linear)]
+    exact = {}
+    for i, layer in enumerate(layers, start=1):
+        exact[f"W{i}"] = layer.weight.detach().T.tolist()
+        exact[f"b{i}"] = layer.bias.detach().tolist()
+    r = ch.score({"surrogate": exact})
+    assert r.solved and r.output["fidelity"] == 1.0
+    constant = {"W1": [[0.0]] * 8, "b1": [0.0], "W2": [[0.0]], "b2": [0.0], "W3": [[0.0] * 3], "b3": [1.0, 0.0, 0.0]}
+    r = ch.score({"surrogate": constant})
+    assert not r.solved and r.output["fidelity"] < 0.6
+
+
+def test_poisoning_needs_the_target_flipped(pack):
+    ch = PACK["poisoning"].challenge
+    # Points that agree with the clean data change nothing.
+    r = ch.score({"points": [{"features": [0.9] * 5, "label": 1}]})
+    assert r.output["target_prediction"] == 0 and not r.solved
+
+
+def test_guesses_reveal_only_right_or_wrong(pack):
+    inv, leak = PACK["inversion"].challenge, PACK["leakage"].challenge
+    wrong = "".join(c for c in "ABCDEFGHIJKL" if c not in inv.word)[:6]
+    assert inv.score({"guess": wrong}).output == {"correct": False}
+    assert inv.score({"guess": inv.word}).solved
+    assert leak.score({"guess": "a" * 8}).output == {"correct": False}
+    assert leak.score({"guess": leak.secret}).solved
