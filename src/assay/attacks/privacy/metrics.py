@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from assay.errors import InputError
-from scipy.stats import beta as _beta
-
+# the split-half bound and the rate formula are shared with the DP-auditing module
+from assay.attacks.privacy_audit import _cp_upper, epsilon_from_rates
+from assay.attacks.privacy_audit import epsilon_lower_bound as _split_half_bound
 from assay.stats import clopper_pearson
 
 
@@ -157,28 +158,6 @@ class EpsilonBound:
     method: str
 
 
-def _cp_upper(k: np.ndarray, n: int, level: float) -> np.ndarray:
-    """Vectorised one-sided Clopper-Pearson upper bound (same as stats.clopper_pearson_one_sided_upper)."""
-    k = k.astype(np.float64)
-    out = np.ones_like(k)
-    ok = k < n
-    out[ok] = _beta.ppf(level, k[ok] + 1, n - k[ok])
-    return out
-
-
-def _eps_at(tp, fp, n_pos, n_neg, delta, level) -> np.ndarray:
-    """Per threshold: ``max(log((1 - delta - FPR_hi) / FNR_hi), log((1 - delta - FNR_hi) / FPR_hi))``
-    with one-sided Clopper-Pearson upper bounds at a Bonferroni-split level (two rates)."""
-    lvl = 1 - (1 - level) / 2
-    fpr_hi = _cp_upper(np.asarray(fp), n_neg, lvl)
-    fnr_hi = _cp_upper(n_pos - np.asarray(tp), n_pos, lvl)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.log(np.clip(1 - delta - fpr_hi, 0, None) / fnr_hi)
-        b = np.log(np.clip(1 - delta - fnr_hi, 0, None) / fpr_hi)
-    e = np.fmax(a, b)
-    return np.where(np.isfinite(e), e, 0.0).clip(min=0.0)
-
-
 def epsilon_lower_bound(
     scores,
     is_member,
@@ -211,27 +190,14 @@ def epsilon_lower_bound(
     s, m = _prepare(scores, is_member)
     if select not in ("split", "best"):
         raise InputError(f"unknown threshold selection {select!r}; use split or best")
-    if select == "best":
-        r = roc(s, m)
-        e = _eps_at(r.tp, r.fp, r.n_members, r.n_nonmembers, delta, level)
-        i = int(np.argmax(e))
-        return EpsilonBound(float(e[i]), float(r.thresholds[i]), float(r.tpr[i]), float(r.fpr[i]), delta, level, "best")
-    rng = np.random.default_rng(seed)
-    half = np.zeros(s.size, dtype=bool)
-    for cls in (True, False):  # stratified: both halves keep members and non-members
-        idx = np.nonzero(m == cls)[0]
-        half[rng.permutation(idx)[: idx.size // 2]] = True
-    if m[half].all() or not m[half].any() or m[~half].all() or not m[~half].any():
-        raise InputError("too few members or non-members to split for the epsilon bound; use select='best'")
-    r = roc(s[half], m[half])
-    e = _eps_at(r.tp, r.fp, r.n_members, r.n_nonmembers, delta, level)
-    t = float(r.thresholds[int(np.argmax(e))])
-    sh, mh = s[~half], m[~half]
-    pred = sh >= t
-    tp, fp = int((pred & mh).sum()), int((pred & ~mh).sum())
-    n_pos, n_neg = int(mh.sum()), int((~mh).sum())
-    e2 = _eps_at(np.array([tp]), np.array([fp]), n_pos, n_neg, delta, level)
-    return EpsilonBound(float(e2[0]), t, tp / n_pos, fp / n_neg, delta, level, "split")
+    if select == "split":
+        b = _split_half_bound(s, m, delta=delta, level=level, seed=seed)
+        return EpsilonBound(b.epsilon, b.threshold, b.tpr, b.fpr, delta, level, "split")
+    r = roc(s, m)
+    each = 1 - (1 - level) / 2  # two rates, Bonferroni
+    e = epsilon_from_rates(_cp_upper(r.fp, r.n_nonmembers, each), _cp_upper(r.n_members - r.tp, r.n_members, each), delta)
+    i = int(np.argmax(e))
+    return EpsilonBound(float(e[i]), float(r.thresholds[i]), float(r.tpr[i]), float(r.fpr[i]), delta, level, "best")
 
 
 def exposure(scores, is_member) -> np.ndarray:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
-import inspect
 import json
 import multiprocessing
 import time
@@ -40,9 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from assay.attacks.privacy_audit import RECIPE_SIGNATURE
+from assay.attacks.privacy_audit import load_recipe as _load_entry_point  # imports and checks "module:fn"
 from assay.errors import InputError
 
-RECIPE_SIGNATURE = "train_fn(x, y, seed) -> model"
 
 
 # --------------------------------------------------------------- recipes
@@ -69,7 +68,7 @@ class FunctionRecipe(Recipe):
     @property
     def fn(self) -> Callable:
         if self._fn is None:
-            self._fn = _import_entry_point(self.spec)
+            self._fn = _load_entry_point(self.spec)
         return self._fn
 
     def train(self, x, y, seed):
@@ -77,26 +76,6 @@ class FunctionRecipe(Recipe):
 
     def __getstate__(self):
         return {"spec": self.spec, "identity": self.identity, "_fn": None}
-
-
-def _import_entry_point(spec: str) -> Callable:
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise InputError(f"recipe {spec!r} is not of the form 'package.module:function'; give {RECIPE_SIGNATURE}")
-    mod_name, fn_name = spec.split(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is the user's recipe
-        raise InputError(f"recipe module {mod_name!r} does not import ({type(e).__name__}: {e}); fix the path or PYTHONPATH") from None
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise InputError(f"recipe {spec!r}: {mod_name} has no function {fn_name!r}; give {RECIPE_SIGNATURE}")
-    try:
-        inspect.signature(fn).bind(None, None, 0)
-    except TypeError:
-        raise InputError(f"recipe {spec!r} has signature {fn_name}{inspect.signature(fn)}; it must accept {RECIPE_SIGNATURE}") from None
-    except ValueError:  # builtins without a signature: trust them
-        pass
-    return fn
 
 
 def load_recipe(spec: str) -> FunctionRecipe:
