@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import hdr, register
+from arena_helpers import hdr, register
 
 from assay.arena.flags import flag_for
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import _free_port, write_linear_challenge
+from arena_helpers import _free_port, write_linear_challenge
 
 from assay.arena.flags import flag_for
 

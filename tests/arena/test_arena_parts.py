@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import LiveServer, built_arena, make_settings, write_linear_challenge
+from arena_helpers import LiveServer, built_arena, make_settings, write_linear_challenge
 
 from assay.arena.budgets import Budgets
 from assay.arena.flags import FLAG_RE, check_flag, flag_for, flag_owner

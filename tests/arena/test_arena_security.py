@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import hdr, register
+from arena_helpers import hdr, register
 
 from assay.arena.flags import flag_for
 

@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import LiveServer, built_arena, make_settings
+from arena_helpers import LiveServer, built_arena, make_settings
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"

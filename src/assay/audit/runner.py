@@ -95,6 +95,10 @@ class Runner:
         started = time.time()
         ns = self.fingerprint()
         clean = CleanCache(self.target, self.data, self.checkpoint, ns + "/clean")
+        # The clean forward pass, shared by every probe, runs first: an unreachable model, a budget
+        # too small for it, or a broken model fails the audit here, before any probe starts.
+        if any(p.build().requires or p.build().requires_any for p in self.plan.probes):
+            clean.labels()
         findings: list[Finding] = []
         resumed_units = 0
         for i, planned in enumerate(self.plan.probes):
