@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from assay.attacks.base import AttackResult, _bcast, check_norm, flat_norm, project
+from assay.attacks.base import finalize, AttackResult, _bcast, check_norm, flat_norm, project
 from assay.errors import InputError
 
 _DUAL = {"linf": 1, "l2": 2}
@@ -187,20 +187,7 @@ def fmn(
         x_adv[idx] = torch.where(_bcast(found, adv), adv, xb[todo])
         success[idx] = found
         queries[idx.cpu()] += steps
-    return _result(x, x_adv, success, queries, norm, "fmn", targeted=targeted, steps=steps)
-
-
-def _result(x, x_adv, success, queries, norm, attack, **info) -> AttackResult:
-    return AttackResult(
-        x_adv=x_adv.detach(),
-        success=success.bool(),
-        norms=flat_norm((x_adv - x).detach(), norm),
-        queries=queries.long(),
-        norm=norm,
-        eps=None,
-        attack=attack,
-        info=info,
-    )
+    return finalize(x, x_adv, success, queries, norm, None, "fmn", targeted=targeted, steps=steps)
 
 
 def fmn_targeted(
@@ -268,7 +255,7 @@ def fmn_targeted(
         x_adv[idx] = res.x_adv[better]
         reached[idx] = tgt[better]
     success = ~correct | torch.isfinite(best_norm)
-    return _result(x, x_adv, success, queries, norm, "fmn_targeted", targeted=True, steps=steps,
+    return finalize(x, x_adv, success, queries, norm, None, "fmn_targeted", targeted=True, steps=steps,
                    n_target_classes=k, target=reached.cpu())
 
 
