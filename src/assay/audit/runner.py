@@ -97,12 +97,12 @@ class Runner:
         clean = CleanCache(self.target, self.data, self.checkpoint, ns + "/clean")
         # The clean forward pass, shared by every probe, runs first: an unreachable model, a budget
         # too small for it, or a broken model fails the audit here, before any probe starts.
-        if any(p.build().requires or p.build().requires_any for p in self.plan.probes):
+        probes = [planned.build() for planned in self.plan.probes]
+        if any(p.requires or p.requires_any for p in probes):
             clean.labels()
         findings: list[Finding] = []
         resumed_units = 0
-        for i, planned in enumerate(self.plan.probes):
-            probe = planned.build()
+        for i, (planned, probe) in enumerate(zip(self.plan.probes, probes)):
             key = f"{probe.name}-" + hashlib.sha256(
                 json.dumps(planned.params, sort_keys=True, default=str).encode()
             ).hexdigest()[:10]

@@ -124,13 +124,14 @@ class EvasionProbe(Probe):
                             warnings.append(
                                 f"{norm} eps={eps:.4g}: the black-box Square attack broke {square_only} points that "
                                 "the gradient attacks missed: gradient masking suspected")
+                        adv, ok = res.x_adv, res.success
                     else:
                         r = ctx.unit(f"apgd-ce-{norm}-{eps:.6g}-n{len(todo)}", lambda: apgd(
                             model, x[todo], y[todo], eps=eps, norm=norm, steps=p.steps, bounds=target.bounds,
                             seed=ctx.seed, batch_size=p.batch_size).to_dict())
-                        res = _Res(r["x_adv"], r["success"].bool())
-                    hit = todo[res.success]
-                    x_adv_best[hit] = res.x_adv[res.success]
+                        adv, ok = r["x_adv"], r["success"].bool()
+                    hit = todo[ok]
+                    x_adv_best[hit] = adv[ok]
                     broken[hit] = True
                 k_robust = int((~broken).sum())
                 iv = clopper_pearson(k_robust, n)
@@ -217,9 +218,3 @@ class EvasionProbe(Probe):
                     "resisted the ensemble: gradients are likely masked or obfuscated, so the robust accuracy "
                     "above is probably an overestimate")
         return None
-
-
-class _Res:
-    def __init__(self, x_adv, success):
-        self.x_adv, self.success = x_adv, success
-
