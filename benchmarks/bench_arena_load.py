@@ -89,7 +89,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup(tmp: Path, n_players: int, n_api: int) -> tuple[dict, list[str], float]:
+def setup(tmp: Path, n_players: int, n_api: int, server_src: Path) -> tuple[dict, list[str], float]:
     sys.path.insert(0, str(ROOT / "src"))
     from sqlalchemy import insert
 
@@ -114,7 +114,7 @@ def setup(tmp: Path, n_players: int, n_api: int) -> tuple[dict, list[str], float
     '''))
     secret = secrets.token_hex(32)
     env = {**os.environ, "ASSAY_ARENA_DIR": str(tmp), "ASSAY_ARENA_SECRET": secret,
-           "ASSAY_ARENA_CHALLENGES": str(tmp / "challenges"), "PYTHONPATH": str(ROOT / "src")}
+           "ASSAY_ARENA_CHALLENGES": str(tmp / "challenges"), "PYTHONPATH": str(server_src)}
     settings = Settings.from_env(data_dir=tmp, secret=secret, challenges_dir=tmp / "challenges")
     build_challenges(settings)
     arena = Arena(settings)
@@ -139,7 +139,8 @@ async def register_sample(url: str, n: int) -> tuple[list[str], float]:
 
 
 async def _connection(port: int, requests: list[bytes], order: list[int], t_measure: float, t_end: float,
-                      budget: list[int], latencies: list[float], errors: list[int]) -> None:
+                      budget: list[int], latencies: list[float], errors: list[int], accepted: list[int],
+                      last: list[float]) -> None:
     """One keep-alive connection sending requests back to back (one in flight)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = 0
@@ -157,9 +158,12 @@ async def _connection(port: int, requests: list[bytes], order: list[int], t_meas
                     length = int(line[15:])
             body = await reader.readexactly(length)
             t1 = time.perf_counter()
+            ok = head.startswith(b"HTTP/1.1 200") and body.startswith(b'{"result"')
+            accepted[0] += ok
             if t0 >= t_measure:
+                last[0] = max(last[0], t1 - t_measure)
                 budget[0] -= 1
-                if head.startswith(b"HTTP/1.1 200") and body.startswith(b'{"result"'):
+                if ok:
                     latencies.append((t1 - t0) * 1000)
                 else:
                     errors[0] += 1
@@ -188,7 +192,7 @@ def client_process(port: int, keys: list[str], connections: int, start_at: float
                         b"Authorization: Bearer " + key.encode() + b"\r\nContent-Type: application/json\r\n"
                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     latencies: list[float] = []
-    errors, budget = [0], [max_requests]
+    errors, budget, accepted, last = [0], [max_requests], [0], [0.0]
 
     async def main():
         delay = start_at - time.time()
@@ -197,12 +201,13 @@ def client_process(port: int, keys: list[str], connections: int, start_at: float
         now = time.perf_counter()
         t_measure, t_end = now + warmup, now + warmup + seconds
         orders = [[rng.randrange(len(requests)) for _ in range(4096)] for _ in range(connections)]
-        await asyncio.gather(*[_connection(port, requests, orders[c], t_measure, t_end, budget, latencies, errors)
-                               for c in range(connections)])
+        await asyncio.gather(*[_connection(port, requests, orders[c], t_measure, t_end, budget, latencies, errors, accepted,
+                                           last) for c in range(connections)])
 
     cpu0 = time.process_time()
     asyncio.run(main())
-    return dict(latencies=latencies, errors=errors[0], cpu_s=time.process_time() - cpu0)
+    return dict(latencies=latencies, errors=errors[0], accepted=accepted[0], cpu_s=time.process_time() - cpu0,
+                measured_s=last[0])
 
 
 def _proc_cpu_seconds(pid: int) -> float:
@@ -241,10 +246,22 @@ def load(port: int, keys: list[str], seconds: float, warmup: float, concurrency:
     errors = sum(p["errors"] for p in parts)
     n = len(latencies)
     pct = lambda q: latencies[min(n - 1, int(q * n))] if n else float("nan")  # noqa: E731
-    return dict(requests=n, errors=errors, seconds=seconds, rps=n / seconds, p50=pct(0.50), p99=pct(0.99),
+    # the measured window ends at the last completion (earlier than `seconds` if --max-requests binds)
+    measured = max(p["measured_s"] for p in parts) or seconds
+    return dict(requests=n, errors=errors, seconds=measured, rps=n / measured, p50=pct(0.50), p99=pct(0.99),
                 mean=statistics.fmean(latencies) if n else float("nan"),
                 server_cpu_ms_per_req=1000 * server_cpu / max(n, 1), server_cores=server_cpu / wall,
-                client_cpu_s=sum(p["cpu_s"] for p in parts))
+                client_cpu_s=sum(p["cpu_s"] for p in parts), accepted=sum(p["accepted"] for p in parts))
+
+
+def committed(db: Path) -> tuple[int, int]:
+    """(query-log rows with outcome ok, sum of budgets' used) in the benchmark database."""
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT count(*) FROM query_log WHERE outcome = 'ok'").fetchone()[0]
+        used = c.execute("SELECT coalesce(sum(used), 0) FROM budgets").fetchone()[0]
+    return rows, used
 
 
 def run_server(env: dict, port: int, microbatch: bool, workers: int = 1) -> subprocess.Popen:
@@ -269,17 +286,23 @@ def _version(module: str) -> str:
         return "not installed"
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--players", type=int, default=3000)
     ap.add_argument("--api-players", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--warmup", type=float, default=3)
-    ap.add_argument("--concurrency", type=int, default=64, help="requests in flight (one per connection)")
+    ap.add_argument("--concurrency", default="64", help="requests in flight (one per connection); a list: 32,64")
     ap.add_argument("--client-procs", type=int, default=1, help="load-client processes sharing the connections")
-    ap.add_argument("--max-requests", type=int, default=30000)
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--max-requests", type=int, default=200_000, help="cap on measured requests per run")
+    ap.add_argument("--workers", default="1", help="uvicorn worker processes; a list: 1,2")
     ap.add_argument("--modes", default="on,off", help="micro-batching settings to run: on, off or on,off")
+    ap.add_argument("--server-src", default=str(ROOT / "src"),
+                    help="source tree the server runs (e.g. an older revision's src, for a before/after)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "arena_load.md"),
                     help="results file ('-' prints only)")
     args = ap.parse_args()
@@ -288,34 +311,43 @@ def main() -> None:
     import torch
     import uvicorn
 
-    modes = [m.strip() == "on" for m in args.modes.split(",")]
+    runs = [(w, c, m.strip() == "on") for w in _ints(args.workers) for c in _ints(args.concurrency)
+            for m in args.modes.split(",")]
     load_at_start = " ".join(open("/proc/loadavg").read().split()[:3])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        env, keys, _ = setup(Path(tmp), args.players, args.api_players)
+        env, keys, _ = setup(Path(tmp), args.players, args.api_players, Path(args.server_src).resolve())
         setup_s = time.perf_counter() - t0
-        reg_s = None
-        for microbatch in modes:
+        reg_s, accepted_total = None, 0
+        for run in runs:
+            workers, concurrency, microbatch = run
             port = free_port()
-            proc = run_server(env, port, microbatch, args.workers)
+            proc = run_server(env, port, microbatch, workers)
             try:
                 url = f"http://127.0.0.1:{port}"
                 if reg_s is None:
                     api_keys, reg_s = asyncio.run(register_sample(url, args.api_players))
                     keys = keys + api_keys
-                results[microbatch] = load(port, keys, args.seconds, args.warmup, args.concurrency,
-                                           args.max_requests, args.client_procs, proc.pid)
+                r = results[run] = load(port, keys, args.seconds, args.warmup, concurrency, args.max_requests,
+                                        args.client_procs, proc.pid)
             finally:
                 proc.terminate()
                 proc.wait(20)
-            print(("micro-batching on " if microbatch else "micro-batching off"), results[microbatch], flush=True)
+            # Every 200 the clients saw must be a committed charge and log row (the database is
+            # shared by the runs, so the counts accumulate).
+            rows, used = committed(Path(tmp) / "arena.db")
+            accepted_total += r["accepted"]
+            assert rows >= accepted_total and used >= accepted_total, (rows, used, accepted_total)
+            r["db_rows"], r["db_used"], r["answers"] = rows, used, accepted_total
+            print(run, {k: v for k, v in r.items()}, flush=True)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     lines = [
         "# Arena load benchmark", "",
         f"Command: `PYTHONPATH=src python benchmarks/bench_arena_load.py --players {args.players} "
         f"--seconds {args.seconds:g} --concurrency {args.concurrency} --client-procs {args.client_procs} "
-        f"--workers {args.workers}`", "",
+        f"--workers {args.workers} --modes {args.modes}"
+        + ("" if Path(args.server_src).resolve() == ROOT / "src" else f" --server-src {args.server_src}") + "`", "",
         f"Load average when the run started: {load_at_start}.", "",
         f"Machine: {cpu}, {os.cpu_count()} cores (server and client share them), Linux {platform.release()}; "
         f"Python {platform.python_version()}, FastAPI {fastapi.__version__}, uvicorn {uvicorn.__version__} "
@@ -326,17 +358,22 @@ def main() -> None:
         f"`POST /api/register` at {reg_s * 1000:.0f} ms each, argon2id library defaults). Challenge: an MLP "
         "64-64-10 scored with `score_batch`. Each request: a random player's API key, a 64-float payload, the "
         "full path (API-key lookup, atomic budget UPDATE and query-log INSERT committed before the answer, "
-        f"model). {args.workers} uvicorn worker(s); {args.concurrency} keep-alive connections with one request "
-        f"in flight each, from {args.client_procs} raw-asyncio client process(es) on loopback; "
-        f"{args.warmup:g} s warm-up excluded, {args.seconds:g} s measured.", "",
-        "| micro-batching | requests | errors | req/s | p50 ms | p99 ms | mean ms | server CPU ms/req | server cores busy | client CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"model). Each run: a fresh `assay arena serve` process on the same database; `concurrency` keep-alive "
+        f"connections with one request in flight each, from {args.client_procs} raw-asyncio client process(es) "
+        f"on loopback; {args.warmup:g} s warm-up excluded, {args.seconds:g} s measured.", "",
+        "| workers | concurrency | micro-batching | requests | errors | req/s | p50 ms | p99 ms | mean ms "
+        "| server CPU ms/req | server cores busy | client CPU s |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for mb in modes:
-        r = results[mb]
-        lines.append(f"| {'on' if mb else 'off'} | {r['requests']} | {r['errors']} | {r['rps']:.0f} | {r['p50']:.1f} | "
-                     f"{r['p99']:.1f} | {r['mean']:.1f} | {r['server_cpu_ms_per_req']:.2f} | "
-                     f"{r['server_cores']:.2f} | {r['client_cpu_s']:.1f} |")
+    for run in runs:
+        (w, c, mb), r = run, results[run]
+        lines.append(f"| {w} | {c} | {'on' if mb else 'off'} | {r['requests']} | {r['errors']} | {r['rps']:.0f} "
+                     f"| {r['p50']:.1f} | {r['p99']:.1f} | {r['mean']:.1f} | {r['server_cpu_ms_per_req']:.2f} "
+                     f"| {r['server_cores']:.2f} | {r['client_cpu_s']:.1f} |")
+    last = results[runs[-1]]
+    lines += ["", f"Check: after every run the database held at least as many committed `ok` query-log rows and "
+              f"budget decrements as the clients had received 200 answers so far (warm-up included); at the end "
+              f"{last['db_rows']} rows, {last['db_used']} used, {last['answers']} answers."]
     lines += ["", "Target: >= 500 req/s with p99 < 100 ms. Latency is end-to-end at the client, so it includes "
               "queueing behind the other in-flight requests (Little's law: mean latency is about concurrency / "
               "throughput)."]
