@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import glob
 import os
 import platform
 import random
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -89,7 +92,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup(tmp: Path, n_players: int, n_api: int, server_src: Path) -> tuple[dict, list[str], float]:
+def setup(tmp: Path, n_players: int, n_api: int, server_src: Path, db_url: str = "") -> tuple[dict, list[str], float]:
     sys.path.insert(0, str(ROOT / "src"))
     from sqlalchemy import insert
 
@@ -114,8 +117,9 @@ def setup(tmp: Path, n_players: int, n_api: int, server_src: Path) -> tuple[dict
     '''))
     secret = secrets.token_hex(32)
     env = {**os.environ, "ASSAY_ARENA_DIR": str(tmp), "ASSAY_ARENA_SECRET": secret,
-           "ASSAY_ARENA_CHALLENGES": str(tmp / "challenges"), "PYTHONPATH": str(server_src)}
-    settings = Settings.from_env(data_dir=tmp, secret=secret, challenges_dir=tmp / "challenges")
+           "ASSAY_ARENA_CHALLENGES": str(tmp / "challenges"), "PYTHONPATH": str(server_src),
+           "ASSAY_ARENA_DB_URL": db_url}
+    settings = Settings.from_env(data_dir=tmp, secret=secret, challenges_dir=tmp / "challenges", db_url=db_url)
     build_challenges(settings)
     arena = Arena(settings)
     one_hash = password_hasher().hash("benchmark-password")
@@ -254,14 +258,44 @@ def load(port: int, keys: list[str], seconds: float, warmup: float, concurrency:
                 client_cpu_s=sum(p["cpu_s"] for p in parts), accepted=sum(p["accepted"] for p in parts))
 
 
-def committed(db: Path) -> tuple[int, int]:
+def committed(db_url: str) -> tuple[int, int]:
     """(query-log rows with outcome ok, sum of budgets' used) in the benchmark database."""
-    import sqlite3
+    from sqlalchemy import create_engine, text
 
-    with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT count(*) FROM query_log WHERE outcome = 'ok'").fetchone()[0]
-        used = c.execute("SELECT coalesce(sum(used), 0) FROM budgets").fetchone()[0]
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as c:
+        rows = c.execute(text("SELECT count(*) FROM query_log WHERE outcome = 'ok'")).scalar()
+        used = c.execute(text("SELECT coalesce(sum(used), 0) FROM budgets")).scalar()
+    engine.dispose()
     return rows, used
+
+
+@contextlib.contextmanager
+def postgres_cluster():
+    """A throwaway local PostgreSQL (Debian's binaries; data and unix socket in a fresh temporary
+    directory, fsync on, the defaults otherwise); yields its URL. The arena tests' recipe."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise SystemExit("--db postgres needs PostgreSQL's server binaries (/usr/lib/postgresql/*/bin)")
+    base = Path(tempfile.mkdtemp(prefix="assay-bench-pg-"))
+    bindir, data, port = Path(found[-1]).parent, base / "pg", free_port()
+    os.chmod(base, 0o755)
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(base, "postgres", "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    env = {**os.environ, "LC_ALL": "C"}
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                    "--locale=C"], check=True, capture_output=True, env=env)
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o",
+                    f"-k {base} -p {port} -c listen_addresses=''", "-l", str(base / "log"), "-w", "start"],
+                   check=True, capture_output=True, env=env)
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={base}&port={port}"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True, env=env)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def run_server(env: dict, port: int, microbatch: bool, workers: int = 1) -> subprocess.Popen:
@@ -303,6 +337,8 @@ def main() -> None:
     ap.add_argument("--modes", default="on,off", help="micro-batching settings to run: on, off or on,off")
     ap.add_argument("--server-src", default=str(ROOT / "src"),
                     help="source tree the server runs (e.g. an older revision's src, for a before/after)")
+    ap.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite",
+                    help="SQLite WAL file, or a throwaway local PostgreSQL server")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "arena_load.md"),
                     help="results file ('-' prints only)")
     args = ap.parse_args()
@@ -313,11 +349,20 @@ def main() -> None:
 
     runs = [(w, c, m.strip() == "on") for w in _ints(args.workers) for c in _ints(args.concurrency)
             for m in args.modes.split(",")]
+    pg_version = ""
     load_at_start = " ".join(open("/proc/loadavg").read().split()[:3])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        env, keys, _ = setup(Path(tmp), args.players, args.api_players, Path(args.server_src).resolve())
+        stack = contextlib.ExitStack()
+        db_url = stack.enter_context(postgres_cluster()) if args.db == "postgres" else ""
+        env, keys, _ = setup(Path(tmp), args.players, args.api_players, Path(args.server_src).resolve(), db_url)
+        if db_url:
+            import psycopg
+
+            pg_version = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parts[-3] + \
+                f" (local unix socket, fsync on), psycopg {psycopg.__version__}"
+        db_url = db_url or f"sqlite:///{Path(tmp) / 'arena.db'}"
         setup_s = time.perf_counter() - t0
         reg_s, accepted_total = None, 0
         for run in runs:
@@ -336,23 +381,24 @@ def main() -> None:
                 proc.wait(20)
             # Every 200 the clients saw must be a committed charge and log row (the database is
             # shared by the runs, so the counts accumulate).
-            rows, used = committed(Path(tmp) / "arena.db")
+            rows, used = committed(db_url)
             accepted_total += r["accepted"]
             assert rows >= accepted_total and used >= accepted_total, (rows, used, accepted_total)
             r["db_rows"], r["db_used"], r["answers"] = rows, used, accepted_total
             print(run, {k: v for k, v in r.items()}, flush=True)
+        stack.close()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     lines = [
         "# Arena load benchmark", "",
         f"Command: `PYTHONPATH=src python benchmarks/bench_arena_load.py --players {args.players} "
         f"--seconds {args.seconds:g} --concurrency {args.concurrency} --client-procs {args.client_procs} "
-        f"--workers {args.workers} --modes {args.modes}"
+        f"--workers {args.workers} --modes {args.modes} --db {args.db}"
         + ("" if Path(args.server_src).resolve() == ROOT / "src" else f" --server-src {args.server_src}") + "`", "",
         f"Load average when the run started: {load_at_start}.", "",
         f"Machine: {cpu}, {os.cpu_count()} cores (server and client share them), Linux {platform.release()}; "
         f"Python {platform.python_version()}, FastAPI {fastapi.__version__}, uvicorn {uvicorn.__version__} "
         f"(uvloop {_version('uvloop')}, httptools {_version('httptools')}), orjson {_version('orjson')}, "
-        f"SQLAlchemy {sqlalchemy.__version__} on SQLite WAL, torch {torch.__version__}.", "",
+        f"SQLAlchemy {sqlalchemy.__version__} on {'SQLite WAL' if args.db == 'sqlite' else 'PostgreSQL ' + pg_version}, torch {torch.__version__}.", "",
         f"Setup: {args.players} players ({args.players - args.api_players} inserted through the store in "
         f"{setup_s:.1f} s including the challenge build; {args.api_players} registered through "
         f"`POST /api/register` at {reg_s * 1000:.0f} ms each, argon2id library defaults). Challenge: an MLP "
