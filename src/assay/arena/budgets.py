@@ -237,7 +237,8 @@ class Budgets:
         if not corrections:
             return
         with self.store.engine.begin() as conn:
-            for player_id, cost, log_id, outcome in corrections:
+            # player order, as in charge_queries: no lock-order deadlock with other processes' groups
+            for player_id, cost, log_id, outcome in sorted(corrections, key=lambda c: c[0]):
                 self._refund(conn, player_id, challenge_id, cost, log_id, outcome)
 
     def refund_query(self, player_id: int, challenge_id: str, cost: int, log_id: int | None = None,
