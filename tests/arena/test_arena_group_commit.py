@@ -105,3 +105,30 @@ def test_fast_path_answers_like_the_routed_endpoint(arena_app):
     assert client.post(url, json={"x": [0, 0, 0, 0]}).status_code == 403  # no CSRF header
     r = client.post(url, json={"x": [0, 0, 0, 0]}, headers={"X-CSRF-Token": csrf})
     assert r.status_code == 200 and r.json()["remaining"] == 18
+
+
+def test_concurrent_http_requests_of_one_player_over_uvicorn(tmp_path, challenge_dir):
+    """Through a real server (uvicorn, the ASGI fast path): 40 simultaneous requests with one key
+    against a budget of 20 get exactly 20 answers of 200, and the database agrees."""
+    import httpx
+    from arena_helpers import LiveServer, built_arena, make_settings
+
+    from assay.arena.app import create_app
+
+    arena = built_arena(make_settings(tmp_path, challenge_dir))
+    _, key = arena.register("alice", "password123")
+    try:
+        with LiveServer(create_app(arena.settings, arena)) as server:
+            async def run():
+                limits = httpx.Limits(max_connections=40)
+                async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30,
+                                             headers={"Authorization": f"Bearer {key}"}) as c:
+                    return await asyncio.gather(*[c.post("/api/challenges/linear/score", content=ZERO)
+                                                  for _ in range(40)])
+
+            responses = asyncio.run(run())
+        assert Counter(r.status_code for r in responses) == {200: 20, 429: 20}
+        assert sorted(r.json()["remaining"] for r in responses if r.status_code == 200) == list(range(20))
+        assert arena.budgets.used(arena.player_by_key(key).id, "linear") == 20
+    finally:
+        arena.store.dispose()
