@@ -163,3 +163,31 @@ def test_hsj_not_worse_than_art(data):
     ours = hop_skip_jump(lambda xb: model(xb).argmax(1), x, y, norm="l2", max_queries=per_sample)
     assert ours.success.all()
     assert ours.norms.median().item() <= 1.5 * art_med
+
+
+def test_targeted_hsj_reaches_the_target_class_and_shrinks_from_the_start(demo, data):
+    model, x, y = data
+    _, splits = demo
+    x, y = x[:24], y[:24]
+    y_target = (y + 1) % 10
+    # starting points: training digits the model assigns to each target class
+    with torch.no_grad():
+        pool_pred = model(splits.x_train).argmax(1)
+    x_init = torch.stack([splits.x_train[(pool_pred == t).nonzero()[0, 0]] for t in y_target])
+    labels = Counter(lambda xb: model(xb).argmax(1))
+    res = hop_skip_jump(labels, x, y, norm="l2", max_queries=500, targeted=True, y_target=y_target,
+                        x_init=x_init, seed=0)
+    with torch.no_grad():
+        pred = model(res.x_adv).argmax(1)
+    clean_hit = model(x).argmax(1) == y_target
+    assert torch.equal(pred == y_target, res.success) and res.success.all()
+    assert res.info["targeted"] and res.queries.max() <= 500 and labels.total == res.queries.sum().item()
+    start = flat_norm(x_init - x, "l2")
+    # the walk along the boundary shrinks the distance well below the start's for every point
+    assert (res.norms[~clean_hit] < 0.7 * start[~clean_hit]).all()
+    untargeted = hop_skip_jump(lambda xb: model(xb).argmax(1), x, y, norm="l2", max_queries=500, seed=0)
+    assert res.norms.median() > untargeted.norms.median()  # a chosen class is further than the nearest one
+    with pytest.raises(InputError, match="y_target"):
+        hop_skip_jump(labels, x, y, targeted=True)
+    with pytest.raises(InputError, match="true label"):
+        hop_skip_jump(labels, x, y, targeted=True, y_target=y)

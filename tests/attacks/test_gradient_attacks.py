@@ -282,3 +282,21 @@ def test_bad_inputs_raise_one_line_input_errors(digits):
         apgd(two_class, x, torch.zeros(4, dtype=torch.long), eps=0.1, loss="dlr")
     with pytest.raises(InputError, match="DLR"):
         apgd_targeted(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), x, torch.zeros(4, dtype=torch.long), eps=0.1)
+
+
+def test_bf16_pgd_is_as_strong_and_every_success_holds_in_float32(digits):
+    model, x, y, _ = digits
+    full = pgd(model, x, y, eps=0.1, steps=20, seed=0)
+    half = pgd(model, x, y, eps=0.1, steps=20, seed=0, precision="bf16")
+    assert half.info["precision"] == "bf16"
+    assert half.norms.max() <= 0.1 + 1e-6 and half.x_adv.min() >= 0 and half.x_adv.max() <= 1
+    # the reported successes are float32 facts, not bf16 rounding
+    with torch.no_grad():
+        wrong = model(half.x_adv).argmax(1) != y
+    assert torch.equal(half.success, wrong)
+    assert abs(half.robust_accuracy - full.robust_accuracy) <= 3 / N  # same strength up to a few points
+    assert half.success.float().mean() > 0.2  # and it breaks the undefended model
+    again = pgd(model, x, y, eps=0.1, steps=20, seed=0, precision="bf16")
+    assert torch.equal(again.x_adv, half.x_adv)
+    with pytest.raises(InputError, match="precision"):
+        pgd(model, x, y, eps=0.1, precision="fp16")

@@ -55,7 +55,7 @@ def test_radius_matches_independent_binomial_root():
             return torch.nn.functional.one_hot(lab, 2).float()
 
     base = Fixed()
-    sm = Smoothed(base, 2, sigma=sigma, max_batch=n)
+    sm = Smoothed(base, 2, sigma=sigma, max_batch=n, optimize=False)  # stateful forward: keep it as is
     r = sm.certify(torch.zeros(1, 3), n0=n, n=n, alpha=alpha, seed=0)
     assert int(r.counts[0, 0]) == na
     assert r.p_lower[0].item() == pytest.approx(pa_ref, rel=1e-7)
@@ -78,7 +78,7 @@ def test_memory_bound_respected():
             seen.append(len(x))
             return Const(0)(x)
 
-    Smoothed(Spy(), 3, sigma=0.1, max_batch=64).certify(torch.zeros(10, 2), n0=50, n=1000, seed=0)
+    Smoothed(Spy(), 3, sigma=0.1, max_batch=64, optimize=False).certify(torch.zeros(10, 2), n0=50, n=1000, seed=0)
     assert max(seen) <= 64 and sum(seen) == 10 * 1050
 
 
@@ -100,3 +100,40 @@ def test_noise_training_certifies_more_and_curve_is_monotone(demo):
         acc[name] = certified_accuracy(r, y, radii)
         assert all(a >= b for a, b in zip(acc[name], acc[name][1:]))  # non-increasing in radius
     assert sum(acc["noisy"]) > sum(acc["plain"]) + 0.3
+
+
+def test_optimized_base_votes_like_the_original_and_keeps_target_counting(demo):
+    from assay.targets.torch import TorchTarget
+
+    model, s = demo
+    target = TorchTarget(model, input_shape=(1, 8, 8), num_classes=10, query_budget=100_000)
+    x = s.x_test[:6]
+    fast = Smoothed(target.module, 10, sigma=0.25)
+    plain = Smoothed(target.module, 10, sigma=0.25, optimize=False)
+    r_fast = fast.certify(x, n0=50, n=2000, alpha=0.001, seed=3)
+    used = target.budget.used
+    r_plain = plain.certify(x, n0=50, n=2000, alpha=0.001, seed=3)
+    assert type(fast._fast.inner).__name__ == "RecursiveScriptModule"  # the optimized path really ran
+    # same noise (same seed), same function: the votes agree except for float-rounding ties
+    assert (r_fast.counts - r_plain.counts).abs().sum() <= 2
+    assert torch.equal(r_fast.prediction, r_plain.prediction)
+    assert used == 6 * 2050 and target.budget.used == 2 * used  # every noisy sample counted on both paths
+
+
+def test_fast_inference_leaves_randomized_and_hooked_models_alone(demo):
+    from assay.attacks.smoothing import NoisyModel
+    from assay.targets.torch import fast_inference
+
+    model, s = demo
+    x = s.x_test[:32]
+    noisy = NoisyModel(model, 0.3, torch.Generator().manual_seed(0)).eval()
+    assert fast_inference(noisy, x) is noisy
+    handle = model.register_forward_hook(lambda *a: None)
+    try:
+        assert fast_inference(model, x) is model
+    finally:
+        handle.remove()
+    fast = fast_inference(model.eval(), x)
+    assert fast is not model
+    with torch.no_grad():
+        assert torch.allclose(fast(x[:5]), model(x[:5]), atol=1e-5)

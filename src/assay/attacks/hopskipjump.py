@@ -33,8 +33,8 @@ _MAX_STEP_HALVINGS = 30
 class _Oracle:
     """labels_fn with exact per-sample counting, per-sample allowance and a hard total budget."""
 
-    def __init__(self, labels_fn, y, max_queries, query_budget, device):
-        self.labels_fn, self.y = labels_fn, y
+    def __init__(self, labels_fn, y, max_queries, query_budget, device, targeted=False):
+        self.labels_fn, self.y, self.targeted = labels_fn, y, targeted
         self.max_queries, self.query_budget = max_queries, query_budget
         self.queries = torch.zeros(y.shape[0], dtype=torch.long, device=device)
         self.used = 0
@@ -68,7 +68,7 @@ class _Oracle:
         pts = idx[owner[:k]]
         self.queries.index_add_(0, pts, torch.ones_like(pts))
         answered[:k] = True
-        adv[:k] = labels != self.y[pts]
+        adv[:k] = (labels == self.y[pts]) if self.targeted else (labels != self.y[pts])
         return answered, adv
 
 
@@ -119,6 +119,9 @@ def hop_skip_jump(
     bounds: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
     query_budget: int | None = None,
+    targeted: bool = False,
+    y_target: torch.Tensor | None = None,
+    x_init: torch.Tensor | None = None,
 ) -> AttackResult:
     """HopSkipJump: minimise the perturbation of a misclassified point using labels only.
 
@@ -136,10 +139,16 @@ def hop_skip_jump(
     gamma : binary-search precision constant (theta = gamma / d^1.5 for L2, gamma / d^2 for L-inf).
     bounds, seed : input range; seed of every random draw.
     query_budget : hard cap on the total number of samples sent to ``labels_fn`` in this call.
+    targeted, y_target : succeed only when the model predicts ``y_target`` (the paper's targeted
+        variant: every decision, probe and search asks "is this ``y_target``?").
+    x_init : optional starting points (N, ...) the model already assigns to the goal (``y_target``
+        when targeted, any wrong class otherwise), e.g. real inputs of the target class; points
+        whose start is not adversarial fall back to the random search (uniform noise, 100 draws),
+        which rarely finds a given target class, so targeted runs should pass ``x_init``.
 
     Returns
     -------
-    AttackResult: ``success`` = misclassified and (``eps`` is None or norm <= eps); ``x_adv`` the
+    AttackResult: ``success`` = misclassified (targeted: classified as ``y_target``) and (``eps`` is None or norm <= eps); ``x_adv`` the
     closest adversarial found (``x`` where none was found); ``queries`` per sample (exact);
     ``info["budget_exhausted"]``.
 
@@ -159,6 +168,16 @@ def hop_skip_jump(
         raise InputError("max_queries and init_evals must be >= 1")
     if eps is not None and eps <= 0:
         raise InputError(f"eps must be > 0 or None, got {eps}")
+    if targeted:
+        if y_target is None:
+            raise InputError("targeted=True needs y_target, one target label per sample")
+        y_target = torch.as_tensor(y_target).to(x.device).long().reshape(-1)
+        if y_target.shape != y.shape:
+            raise InputError(f"y_target must hold one label per sample ({x.shape[0]}), got shape {tuple(y_target.shape)}")
+        if (y_target == y.to(x.device)).any():
+            raise InputError("y_target equals the true label for some samples; pick a different class")
+    if x_init is not None and (not isinstance(x_init, torch.Tensor) or x_init.shape != x.shape):
+        raise InputError(f"x_init must be a tensor shaped like x {tuple(x.shape)}")
 
     gen = make_generator(seed, "cpu")
     x = x.detach()
@@ -167,18 +186,27 @@ def hop_skip_jump(
     n = x.shape[0]
     d = x[0].numel()
     theta = gamma / (d * math.sqrt(d)) if norm == "l2" else gamma / d**2
-    oracle = _Oracle(labels_fn, y.to(dev).long(), max_queries, query_budget, dev)
+    goal = y_target if targeted else y.to(dev).long()
+    oracle = _Oracle(labels_fn, goal, max_queries, query_budget, dev, targeted=targeted)
     x_adv = x.clone()
     found = torch.zeros(n, dtype=torch.bool, device=dev)
     # queries one iteration needs besides its gradient probes (a few step halvings + binary search)
     n_search = math.ceil(math.log2(1 / theta)) + 1 if norm == "l2" else math.ceil(math.log2(1 / theta)) + 1
     reserve = n_search + 3
 
-    # clean check: misclassified points are done
+    # clean check: misclassified points (targeted: already the target) are done
     all_idx = torch.arange(n, device=dev)
     answered, adv = oracle.is_adv(all_idx, x)
     found[answered & adv] = True
     active = all_idx[answered & ~adv]
+    if x_init is not None and active.numel():
+        active = active[oracle.left(active) >= 1]
+        start = x_init.detach().to(dev)[active].clamp(low, high)
+        answered, adv = oracle.is_adv(active, start)
+        hit = answered & adv
+        x_adv[active[hit]] = start[hit]
+        found[active[hit]] = True
+        active = active[~hit]
 
     # initialisation: uniform noise until misclassified, then binary search towards x (L2 blend)
     for _ in range(_INIT_TRIALS):
@@ -276,5 +304,6 @@ def hop_skip_jump(
         norm=norm,
         eps=eps,
         attack="hop_skip_jump",
-        info={"budget_exhausted": oracle.exhausted, "total_queries": oracle.used, "iterations": t},
+        info={"budget_exhausted": oracle.exhausted, "total_queries": oracle.used, "iterations": t,
+              "targeted": targeted},
     )

@@ -40,6 +40,11 @@ def max_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
     return sigma * float(norm.ppf(p)) if p > 0.5 else 0.0
 
 
+def default_chunk(values_per_input: int) -> int:
+    """Noisy samples per forward pass when the caller gives no ``max_batch``: ~1M input values."""
+    return int(min(4096, max(64, 2**20 // max(values_per_input, 1) // 64 * 64)))
+
+
 @dataclass
 class CertifyResult:
     prediction: torch.Tensor  # int64 (N,), ABSTAIN (-1) where the test abstains
@@ -58,7 +63,11 @@ class Smoothed:
     sigma : noise standard deviation, in input units.
     bounds : if given, noisy inputs are NOT clipped (clipping would break the guarantee); bounds are
         only used by the attacks that accompany certification.
-    max_batch : most noisy samples per forward pass (bounds memory).
+    max_batch : most noisy samples per forward pass (bounds memory); by default about 1M input
+        values per chunk (256 CIFAR-sized images, 4096 small inputs): chunks that stay in cache run
+        faster than big ones on CPU, not only leaner.
+    optimize : run a torch-module base through :func:`assay.targets.torch.fast_inference` first
+        (the same function, several times faster on CPU); ``False`` keeps the module as given.
 
     Example
     -------
@@ -67,39 +76,56 @@ class Smoothed:
     """
 
     def __init__(self, base: Callable[[torch.Tensor], torch.Tensor], num_classes: int, sigma: float,
-                 max_batch: int = 4096, device: torch.device | str | None = None):
+                 max_batch: int | None = None, device: torch.device | str | None = None, optimize: bool = True):
         if sigma <= 0:
             raise ValueError("sigma must be > 0")
         self.base, self.num_classes, self.sigma = base, int(num_classes), float(sigma)
-        self.max_batch = int(max_batch)
+        self.max_batch = None if max_batch is None else int(max_batch)
         self.device = torch.device(device) if device is not None else None
+        self.optimize = bool(optimize)
+        self._fast = None
 
     @torch.no_grad()
     def counts(self, x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
         """Votes ``(N, C)`` of the base classifier over ``n`` noisy copies of each input."""
         N = x.shape[0]
         counts = torch.zeros(N, self.num_classes, dtype=torch.long)
-        per_input = max(1, min(n, self.max_batch // max(N, 1)))
-        if per_input * N > self.max_batch:  # more inputs than fit at once: go input block by block
-            block = max(1, self.max_batch // per_input)
+        max_batch = self.max_batch or default_chunk(x[0].numel())
+        per_input = max(1, min(n, max_batch // max(N, 1)))
+        if per_input * N > max_batch:  # more inputs than fit at once: go input block by block
+            block = max(1, max_batch // per_input)
             for i in range(0, N, block):
                 counts[i : i + block] = self.counts(x[i : i + block], n, generator)
             return counts
-        done = 0
+        # One buffer for every chunk: noise is drawn into it and the inputs added in place, so a
+        # chunk costs one allocation-free fill instead of repeat + randn + add copies.
+        buffer = torch.empty(N * per_input * x[0].numel(), dtype=x.dtype)
         rows = torch.arange(N)
+        done = 0
         while done < n:
             m = min(per_input, n - done)
-            batch = x.repeat_interleave(m, dim=0)
-            noise = torch.randn(batch.shape, generator=generator, dtype=batch.dtype)
-            batch = batch + self.sigma * noise
+            noisy = buffer[: N * m * x[0].numel()].view(N, m, *x.shape[1:])
+            torch.randn(noisy.shape, generator=generator, dtype=x.dtype, out=noisy)
+            noisy.mul_(self.sigma).add_(x.unsqueeze(1))
+            batch = noisy.view(N * m, *x.shape[1:])
             if self.device is not None:
                 batch = batch.to(self.device)
-            out = self.base(batch)
+            out = self._classifier(batch)(batch)
             labels = out.argmax(1) if out.dim() == 2 else out
             idx = rows.repeat_interleave(m) * self.num_classes + labels.cpu().long()
             counts += torch.bincount(idx, minlength=N * self.num_classes).reshape(N, self.num_classes)
             done += m
         return counts
+
+    def _classifier(self, example: torch.Tensor):
+        """The base classifier, swapped once for its inference-optimized equivalent when it is a
+        torch module (see :func:`assay.targets.torch.fast_inference`; same function, checked)."""
+        if self._fast is None:
+            from assay.targets.torch import fast_inference
+
+            self._fast = fast_inference(self.base, example) if self.optimize and isinstance(self.base, torch.nn.Module) \
+                else self.base
+        return self._fast
 
     def predict(self, x: torch.Tensor, n: int = 1000, alpha: float = 0.001, seed: int = 0) -> torch.Tensor:
         """PREDICT: the top class, or ABSTAIN when a two-sided binomial test between the top two

@@ -41,7 +41,7 @@ class SmoothingProbe(Probe):
         attack_steps: int = 20
         attack_eot: int = 8
         attack_n: int = 500
-        max_batch: int = 4096
+        max_batch: int | None = None  # None: Smoothed's default chunk (about 1M input values)
 
     def cost(self, target, data):
         p = self.params
@@ -122,8 +122,9 @@ class SmoothingProbe(Probe):
             warnings.append("no gradients: the empirical attack on the smoothed model was skipped")
         # headline metric for policies: certified accuracy at the middle radius requested
         mid = radii[len(radii) // 2]
-        metrics.insert(0, Metric("certified_accuracy", cert[radii.index(mid)], higher_is_better=True,
-                                 description=f"certified accuracy at L2 radius {mid:.3g}"))
+        iv = clopper_pearson(round(cert[radii.index(mid)] * k), k)
+        metrics.insert(0, Metric("certified_accuracy", cert[radii.index(mid)], iv.low, iv.high, higher_is_better=True,
+                                 method=iv.method, description=f"certified accuracy at L2 radius {mid:.3g}"))
         return self.finding(
             metrics=metrics,
             warnings=warnings,
