@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from assay.arena.api import make_router
+from assay.arena.api import ScoreFastPath, make_router
 from assay.arena.service import Arena
 from assay.arena.settings import Settings
 
@@ -38,6 +38,7 @@ def create_app(settings: Settings, arena: Arena | None = None) -> FastAPI:
     app.include_router(make_router())
     app.include_router(make_web_router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(ScoreFastPath)  # the scoring endpoint with an API key skips FastAPI's routing
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -136,8 +136,9 @@ def _serve(args) -> int:
 
     load_challenges(s)  # fails early if a challenge is not built
     os.environ.setdefault("ASSAY_ARENA_DIR", str(s.data_dir.resolve()))
+    # loop/http "auto": uvloop and httptools (the arena extra) when installed, else asyncio and h11.
     uvicorn.run("assay.arena.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="info", access_log=False)
+                workers=args.workers, log_level="info", access_log=False, loop="auto", http="auto")
     return 0
 
 

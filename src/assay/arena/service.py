@@ -5,8 +5,9 @@ and ``web.py`` are thin layers over one :class:`Arena`."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-import json
+import hmac
 import logging
 import re
 import secrets
@@ -17,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from assay.arena import auth
-from assay.arena.budgets import Budgets
+from assay.arena import auth, fastjson
+from assay.arena.budgets import Budgets, QueryItem
 from assay.arena.challenge import ChallengeSpec, ScoreResult, discover
 from assay.arena.flags import check_flag, flag_for, flag_owner
 from assay.arena.scoring import Standing, dynamic_value, rank
@@ -41,21 +42,36 @@ class Outcome:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class Batcher:
-    """Gathers concurrent payloads for one challenge and scores them in one ``score_batch`` call,
-    run in a worker thread so the event loop keeps accepting requests meanwhile."""
+class Pending:
+    """One scoring query on its way through a :class:`Batcher`: the budget item to charge and log,
+    the parsed payload (None when already refused) and the answer for a refusal made before the
+    charge (an invalid payload: logged, never charged)."""
 
-    def __init__(self, spec: ChallengeSpec, max_size: int, window_s: float):
-        self.spec, self.max_size, self.window_s = spec, max_size, window_s
+    __slots__ = ("player", "payload", "item", "refusal", "t0")
+
+    def __init__(self, player: Player, payload: dict[str, Any] | None, item: QueryItem, refusal: Outcome | None,
+                 t0: float):
+        self.player, self.payload, self.item, self.refusal, self.t0 = player, payload, item, refusal, t0
+
+
+class Batcher:
+    """Gathers concurrent scoring queries for one challenge and hands each group to ``process``
+    (charge and log all in one transaction, one ``score_batch`` call, build the answers), run in a
+    worker thread so the event loop keeps accepting requests meanwhile. While one group is being
+    processed the next one gathers, so under load groups grow by themselves (group commit)."""
+
+    def __init__(self, process, max_size: int, window_s: float):
+        self.process, self.max_size, self.window_s = process, max_size, window_s
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task: asyncio.Task | None = None
         self.batch_sizes: list[int] = []
 
-    async def score(self, payload: dict[str, Any]) -> ScoreResult | Exception:
+    async def submit(self, pending: Pending) -> "Outcome":
+        loop = asyncio.get_running_loop()
         if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run())
-        fut = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((payload, fut))
+            self.task = loop.create_task(self._run())
+        fut = loop.create_future()
+        self.queue.put_nowait((pending, fut))
         return await fut
 
     async def _run(self) -> None:
@@ -65,18 +81,20 @@ class Batcher:
                 await asyncio.sleep(self.window_s)
             while len(batch) < self.max_size and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            payloads = [p for p, _ in batch]
-            try:
-                results = await asyncio.to_thread(self.spec.challenge.score_batch, payloads)
-                if len(results) != len(batch):
-                    raise RuntimeError(f"score_batch returned {len(results)} results for {len(batch)} payloads")
-            except Exception as e:  # a broken challenge fails its requests, not the server
-                log.exception("challenge %s: score_batch failed", self.spec.manifest.id)
-                results = [e] * len(batch)
             self.batch_sizes.append(len(batch))
-            for (_, fut), res in zip(batch, results):
+            if len(self.batch_sizes) > 10_000:
+                del self.batch_sizes[:5_000]
+            try:
+                outcomes = await asyncio.to_thread(self.process, [p for p, _ in batch])
+            except Exception as e:  # nothing was answered as accepted: fail the group's requests
+                log.exception("scoring group of %d failed", len(batch))
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), out in zip(batch, outcomes):
                 if not fut.done():
-                    fut.set_result(res)
+                    fut.set_result(out)
 
 
 def load_challenges(settings: Settings) -> dict[str, ChallengeSpec]:
@@ -114,12 +132,16 @@ class Arena:
         self.sessions = auth.Sessions(settings.secret)
         self.specs = load_challenges(settings) if specs is None else specs
         self.artifacts = {cid: s.challenge.artifacts() for cid, s in self.specs.items()}
-        self._batchers: dict[tuple[int, str], Batcher] = {}
-        # Per-request reads cached briefly: a rotated key or an event change reaches every worker
-        # process within these many seconds (budgets, solves and submissions are never cached).
+        self._batchers: dict[tuple[asyncio.AbstractEventLoop, str], Batcher] = {}
+        # Per-request reads are cached: the event state for ``cache_seconds``, API keys until the
+        # account epoch moves (read with the event state), so a rotated key or an event change
+        # reaches every worker process within these many seconds. Budgets, solves and submissions
+        # are never cached.
         self.cache_seconds = 1.0
+        self.key_cache_seconds = 300.0  # a bound even if the database is edited by hand
         self._key_cache: dict[str, tuple[float, Player | None]] = {}
         self._event_cache: tuple[float, EventState] | None = None
+        self._epoch: int | None = None
         if settings.admin_password:
             self.ensure_operator("admin", settings.admin_password)
 
@@ -147,6 +169,7 @@ class Arena:
                              api_key_hash=auth.hash_api_key(auth.new_api_key()), is_operator=True))
             elif not (p.is_operator and auth.verify_password(self.hasher, p.password_hash, password)):
                 p.password_hash, p.is_operator = self.hasher.hash(password), True
+                self.store.bump_epoch(s)
 
     def login(self, name: str, password: str) -> Player | None:
         """The player if name and password match, else None (same work either way)."""
@@ -155,16 +178,24 @@ class Arena:
         return p if (p is not None and ok) else None
 
     def player_by_key(self, key: str) -> Player | None:
+        """The player owning API ``key``, or None. Keys are 256-bit random strings stored as their
+        SHA-256, so lookup by hash is safe (a timing difference can reveal at most a hash prefix,
+        which does not help to find a key) and no slow password hash is needed per request. Hits
+        come from an in-memory cache that the account epoch invalidates."""
         h = auth.hash_api_key(key)
+        self.event()  # refreshes the account epoch at most every cache_seconds
         now = time.monotonic()
         hit = self._key_cache.get(h)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            player = hit[1]
+            if player is None or hmac.compare_digest(player.api_key_hash, h):
+                return player
         with self.store.session() as s:
             player = s.scalars(select(Player).where(Player.api_key_hash == h)).first()
         if len(self._key_cache) > 50_000:
             self._key_cache.clear()
-        self._key_cache[h] = (now + self.cache_seconds, player)
+        # Misses expire sooner: a key just created by another worker must start working quickly.
+        self._key_cache[h] = (now + (self.key_cache_seconds if player else self.cache_seconds), player)
         return player
 
     def player(self, pid: int) -> Player | None:
@@ -175,6 +206,7 @@ class Arena:
         key = auth.new_api_key()
         with self.store.session() as s:
             s.execute(update(Player).where(Player.id == pid).values(api_key_hash=auth.hash_api_key(key)))
+            self.store.bump_epoch(s)
         self._key_cache.clear()
         return key
 
@@ -188,6 +220,7 @@ class Arena:
             s.add(team)
             s.flush()
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
+            self.store.bump_epoch(s)
         self._key_cache.clear()
         return team
 
@@ -197,6 +230,7 @@ class Arena:
             if team is None:
                 raise InputError("unknown join code; ask your team for the current one")
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
+            self.store.bump_epoch(s)
         self._key_cache.clear()
         return team
 
@@ -207,9 +241,14 @@ class Arena:
 
     # ---------------------------------------------------------------- event
     def event(self, fresh: bool = False) -> EventState:
+        """The event state, re-read at most every ``cache_seconds``; the account epoch with it."""
         now = time.monotonic()
         if fresh or self._event_cache is None or self._event_cache[0] <= now:
-            self._event_cache = (now + self.cache_seconds, self.store.event_state())
+            state, epoch = self.store.state()
+            if epoch != self._epoch:
+                self._key_cache.clear()
+                self._epoch = epoch
+            self._event_cache = (now + self.cache_seconds, state)
         return self._event_cache[1]
 
     def set_event(self, *, open: bool | None = None, frozen: bool | None = None,
@@ -262,84 +301,127 @@ class Arena:
 
     # ---------------------------------------------------------------- scoring queries
     def _batcher(self, cid: str) -> Batcher:
-        key = (id(asyncio.get_running_loop()), cid)
+        # Keyed by the loop itself (not its id, which a later loop may reuse): a batcher's queue
+        # belongs to one event loop.
+        key = (asyncio.get_running_loop(), cid)
         b = self._batchers.get(key)
         if b is None:
-            b = self._batchers[key] = Batcher(self.specs[cid], self.settings.batch_max,
+            b = self._batchers[key] = Batcher(functools.partial(self._process, cid), self.settings.batch_max,
                                              self.settings.batch_window_ms / 1000.0)
         return b
 
-    def _log_query(self, pid, cid, cost, body: bytes, outcome, t0) -> None:
-        with self.store.session() as s:
-            s.add(QueryLog(player_id=pid, challenge_id=cid, created_at=time.time(), cost=cost,
-                           payload_bytes=len(body), payload_sha256=hashlib.sha256(body).hexdigest(),
-                           outcome=outcome, latency_ms=(time.perf_counter() - t0) * 1000))
-
     async def score(self, player: Player, cid: str, body: bytes) -> Outcome:
-        """Check, charge, score and log one query. ``body`` is the raw JSON, already size-capped."""
+        """Check, charge, score and log one query. ``body`` is the raw JSON, already size-capped.
+
+        The answer comes only after the charge and the query-log row are committed. With
+        micro-batching on, concurrent queries for a challenge share one transaction and one
+        ``score_batch`` call; with it off each query runs alone."""
         t0 = time.perf_counter()
         spec = self.specs.get(cid)
         if spec is None:
             return Outcome(404, {"detail": f"no challenge {cid!r}"})
         if not self.event().open and not player.is_operator:
             return Outcome(403, {"detail": "the event is closed"})
+        payload, refusal, cost = None, None, 0
         try:
-            payload = json.loads(body)
+            payload = fastjson.loads(body)
         except (ValueError, UnicodeDecodeError):
-            await asyncio.to_thread(self._log_query, player.id, cid, 0, body, "invalid", t0)
-            return Outcome(422, {"detail": "body is not valid JSON; send a JSON object"})
-        if not isinstance(payload, dict):
-            await asyncio.to_thread(self._log_query, player.id, cid, 0, body, "invalid", t0)
-            return Outcome(422, {"detail": "body must be a JSON object, e.g. {\"input\": ...}"})
-        ch, m = spec.challenge, spec.manifest
-        try:
-            cost = ch.cost(payload)
-            if not isinstance(cost, int) or cost < 1:
-                raise InputError("payload has no scorable content")
-        except InputError as e:
-            await asyncio.to_thread(self._log_query, player.id, cid, 0, body, "invalid", t0)
-            return Outcome(422, {"detail": str(e).splitlines()[0]})
-        digest = hashlib.sha256(body).hexdigest()
-        log_row = dict(player_id=player.id, challenge_id=cid, created_at=time.time(), payload_bytes=len(body),
-                       payload_sha256=digest, outcome="ok", latency_ms=0.0)
-        charge = await asyncio.to_thread(
-            self.budgets.charge_query, player.id, cid, cost, rate_per_minute=m.rate_per_minute, burst=m.burst,
-            total=m.query_budget, submit_burst=self.settings.submit_per_minute, log_row=log_row,
-        )
-        if not charge.ok:
-            outcome = "budget" if charge.reason == "total" else "rate"
-            await asyncio.to_thread(self._log_query, player.id, cid, 0, body, outcome, t0)
-            headers = {"X-Queries-Remaining": str(charge.remaining), "X-RateLimit-Remaining": str(int(charge.tokens))}
-            if charge.reason == "total":
-                return Outcome(429, {"detail": "query budget for this challenge exhausted",
-                                     "remaining": charge.remaining}, headers)
-            headers["Retry-After"] = str(charge.retry_after)
-            return Outcome(429, {"detail": f"rate limit: {m.rate_per_minute:g} queries per minute, burst {m.burst}; "
-                                           f"retry in {charge.retry_after} s", "remaining": charge.remaining}, headers)
-        if self.settings.micro_batching:
-            result = await self._batcher(cid).score(payload)
-        else:
+            refusal = Outcome(422, {"detail": "body is not valid JSON; send a JSON object"})
+        if refusal is None and not isinstance(payload, dict):
+            refusal = Outcome(422, {"detail": "body must be a JSON object, e.g. {\"input\": ...}"})
+        if refusal is None:
             try:
-                result = await asyncio.to_thread(ch.score, payload)
-            except Exception as e:
-                result = e
-        if isinstance(result, Exception):
-            outcome = "invalid" if isinstance(result, InputError) else "error"
-            await asyncio.to_thread(self.budgets.refund_query, player.id, cid, cost, charge.log_id, outcome)
-            if isinstance(result, InputError):
-                return Outcome(422, {"detail": str(result).splitlines()[0] if str(result) else "invalid input"})
-            return Outcome(500, {"detail": "the challenge failed to score this input; the operator has been logged"})
-        remaining = charge.remaining
-        refund = cost - result.cost if 0 <= result.cost < cost else 0  # the challenge charged less than announced
-        if refund or result.solved:
-            await asyncio.to_thread(self.budgets.refund_query, player.id, cid, refund, charge.log_id,
-                                    "solved" if result.solved else "ok")
-            remaining += refund
-        body_out: dict[str, Any] = {"result": result.output, "remaining": remaining}
-        if result.solved:
-            body_out["flag"] = flag_for(self.settings.secret, player.id, cid)
-        return Outcome(200, body_out, {"X-Queries-Remaining": str(remaining),
-                                       "X-RateLimit-Remaining": str(int(charge.tokens))})
+                cost = spec.challenge.cost(payload)
+                if not isinstance(cost, int) or cost < 1:
+                    raise InputError("payload has no scorable content")
+            except InputError as e:
+                refusal, cost = Outcome(422, {"detail": str(e).splitlines()[0]}), 0
+        log_row = dict(created_at=time.time(), payload_bytes=len(body),
+                       payload_sha256=hashlib.sha256(body).hexdigest(), outcome="invalid", latency_ms=0.0)
+        pending = Pending(player, None if refusal else payload, QueryItem(player.id, cost, log_row), refusal, t0)
+        if self.settings.micro_batching:
+            return await self._batcher(cid).submit(pending)
+        return (await asyncio.to_thread(self._process, cid, [pending]))[0]
+
+    def _process(self, cid: str, group: list[Pending]) -> list[Outcome]:
+        """Charge and log ``group`` in one transaction, score the accepted payloads, answer each.
+        Runs in a worker thread; returns only after the charges are committed."""
+        spec = self.specs[cid]
+        ch, m = spec.challenge, spec.manifest
+        t = time.perf_counter()
+        for p in group:
+            p.item.log["latency_ms"] = (t - p.t0) * 1000  # arrival until the charge was attempted
+        charges = self.budgets.charge_queries(cid, [p.item for p in group], rate_per_minute=m.rate_per_minute,
+                                              burst=m.burst, total=m.query_budget,
+                                              submit_burst=self.settings.submit_per_minute)
+        outcomes: list[Outcome | None] = [None] * len(group)
+        accepted = []
+        for i, (p, charge) in enumerate(zip(group, charges)):
+            if charge.ok:
+                accepted.append(i)
+            elif not charge.reason:
+                outcomes[i] = p.refusal
+            else:
+                headers = {"X-Queries-Remaining": str(charge.remaining),
+                           "X-RateLimit-Remaining": str(int(charge.tokens))}
+                if charge.reason == "total":
+                    outcomes[i] = Outcome(429, {"detail": "query budget for this challenge exhausted",
+                                                "remaining": charge.remaining}, headers)
+                else:
+                    headers["Retry-After"] = str(charge.retry_after)
+                    outcomes[i] = Outcome(429, {"detail": f"rate limit: {m.rate_per_minute:g} queries per minute, "
+                                                          f"burst {m.burst}; retry in {charge.retry_after} s",
+                                                "remaining": charge.remaining}, headers)
+        results = self._run_model(cid, [group[i].payload for i in accepted])
+        corrections = []
+        for i, result in zip(accepted, results):
+            p, charge, cost = group[i], charges[i], group[i].item.cost
+            if isinstance(result, Exception):
+                outcome = "invalid" if isinstance(result, InputError) else "error"
+                corrections.append((p.player.id, cost, charge.log_id, outcome))
+                if isinstance(result, InputError):
+                    outcomes[i] = Outcome(422, {"detail": str(result).splitlines()[0] if str(result) else "invalid input"})
+                else:
+                    outcomes[i] = Outcome(500, {"detail": "the challenge failed to score this input; "
+                                                          "the operator has been logged"})
+                continue
+            remaining = charge.remaining
+            refund = cost - result.cost if 0 <= result.cost < cost else 0  # the challenge charged less than announced
+            if refund or result.solved:
+                corrections.append((p.player.id, refund, charge.log_id, "solved" if result.solved else "ok"))
+                remaining += refund
+            body_out: dict[str, Any] = {"result": result.output, "remaining": remaining}
+            if result.solved:
+                body_out["flag"] = flag_for(self.settings.secret, p.player.id, cid)
+            outcomes[i] = Outcome(200, body_out, {"X-Queries-Remaining": str(remaining),
+                                                  "X-RateLimit-Remaining": str(int(charge.tokens))})
+        self.budgets.correct_queries(cid, corrections)
+        return outcomes  # type: ignore[return-value]
+
+    def _run_model(self, cid: str, payloads: list[dict[str, Any]]) -> list[ScoreResult | Exception]:
+        """One ``score_batch`` call (micro-batching) or ``score`` per payload; a broken challenge
+        fails its requests, not the server."""
+        if not payloads:
+            return []
+        ch = self.specs[cid].challenge
+        if not self.settings.micro_batching:
+            out: list[ScoreResult | Exception] = []
+            for payload in payloads:
+                try:
+                    out.append(ch.score(payload))
+                except Exception as e:
+                    if not isinstance(e, InputError):
+                        log.exception("challenge %s: score failed", cid)
+                    out.append(e)
+            return out
+        try:
+            results = ch.score_batch(payloads)
+            if len(results) != len(payloads):
+                raise RuntimeError(f"score_batch returned {len(results)} results for {len(payloads)} payloads")
+            return results
+        except Exception as e:
+            log.exception("challenge %s: score_batch failed", cid)
+            return [e] * len(payloads)
 
     # ---------------------------------------------------------------- flag submissions
     def submit(self, player: Player, cid: str, flag: Any) -> Outcome:

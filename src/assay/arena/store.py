@@ -22,6 +22,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -113,6 +114,17 @@ class EventState(Base):
     recompute_values: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class AccountEpoch(Base):
+    """A single row (id 1) whose counter goes up whenever an account changes in a way an API-key
+    cache must notice (key rotated, team changed, operator flag set). Each worker process reads it
+    once per cache period and drops its key cache when it moved, so caches can be kept long while
+    a rotated key still stops working everywhere within that period."""
+
+    __tablename__ = "account_epoch"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    counter: Mapped[int] = mapped_column(Integer, default=0)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, ``synchronous=NORMAL`` (a committed transaction
     survives a killed process) and a 30 s busy timeout so that worker processes wait, not fail."""
@@ -148,6 +160,8 @@ class Store:
         with self.session() as s:
             if s.get(EventState, 1) is None:
                 s.add(EventState(id=1, open=True))
+            if s.get(AccountEpoch, 1) is None:
+                s.add(AccountEpoch(id=1, counter=0))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -167,6 +181,18 @@ class Store:
             state = s.get(EventState, 1)
             assert state is not None, "schema not initialised: run `assay arena init`"
             return state
+
+    def state(self) -> tuple[EventState, int]:
+        """The event state and the account epoch, read together (one session)."""
+        with self.session() as s:
+            state = s.get(EventState, 1)
+            assert state is not None, "schema not initialised: run `assay arena init`"
+            return state, s.scalar(select(AccountEpoch.counter).where(AccountEpoch.id == 1)) or 0
+
+    @staticmethod
+    def bump_epoch(session: Session) -> None:
+        """Advance the account epoch inside ``session``'s transaction (see :class:`AccountEpoch`)."""
+        session.execute(update(AccountEpoch).where(AccountEpoch.id == 1).values(counter=AccountEpoch.counter + 1))
 
     def player_by_name(self, name: str) -> Player | None:
         with self.session() as s:
