@@ -105,3 +105,36 @@ def test_web_forms_need_csrf_and_pages_work(arena_app):
     client.post("/admin/event", data={"action": "close", "csrf_token": _csrf(admin.text)})
     assert arena.event().open is False
     assert "query_log" not in client.get("/admin/queries").text and client.get("/admin/submissions").status_code == 200
+
+
+def test_password_attempts_are_limited_per_client_address(tmp_path, challenge_dir):
+    from arena_helpers import built_arena, make_settings
+    from fastapi.testclient import TestClient
+
+    from assay.arena.app import create_app
+
+    settings = make_settings(tmp_path, challenge_dir, "", login_per_minute=6, login_burst=3)
+    app = create_app(settings, built_arena(settings))
+    with TestClient(app) as alice, TestClient(app, client=("203.0.113.9", 5000)) as other:
+        assert alice.post("/api/register", json={"name": "alice", "password": "correct horse"}).status_code == 200
+        assert alice.post("/api/login", json={"name": "alice", "password": "wrong guess"}).status_code == 401
+        assert alice.post("/api/login", json={"name": "alice", "password": "wrong again"}).status_code == 401
+        # the burst of 3 is spent: even the right password now waits, with Retry-After
+        r = alice.post("/api/login", json={"name": "alice", "password": "correct horse"})
+        assert r.status_code == 429 and "retry in" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
+        assert alice.post("/api/register", json={"name": "mallory", "password": "whatever1"}).status_code == 429
+        # another address is not affected
+        ok = other.post("/api/login", json={"name": "alice", "password": "correct horse"})
+        assert ok.status_code == 200 and ok.json()["name"] == "alice"
+
+
+def test_attempt_limiter_refills_and_stays_bounded():
+    from assay.arena.auth import AttemptLimiter
+
+    lim = AttemptLimiter(per_minute=60, burst=2, max_clients=100)
+    assert lim.take("a", now=0.0) == 0 and lim.take("a", now=0.0) == 0
+    assert lim.take("a", now=0.0) == 1  # one token a second
+    assert lim.take("a", now=1.0) == 0
+    for i in range(500):
+        lim.take(f"c{i}", now=2.0)
+    assert len(lim._buckets) <= 100

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -45,6 +46,17 @@ def operator(player: Player = Depends(current_player)) -> Player:
     if not player.is_operator:
         raise HTTPException(403, "operators only")
     return player
+
+
+def password_attempt_wait(request: Request) -> int:
+    """Seconds this client must wait before another password attempt (0: go ahead); see
+    :class:`assay.arena.auth.AttemptLimiter`."""
+    return arena_of(request).password_attempts.take(request.client.host if request.client else "unknown")
+
+
+def too_many_attempts(wait: int) -> HTTPException:
+    return HTTPException(429, f"too many login or registration attempts from this address; retry in {wait} s",
+                         headers={"Retry-After": str(wait)})
 
 
 def respond(outcome: Outcome) -> JSONResponse:
@@ -108,8 +120,12 @@ def make_router() -> APIRouter:
     @r.post("/register")
     async def register(request: Request):
         data = await small_json(request)
+        if wait := password_attempt_wait(request):
+            raise too_many_attempts(wait)
         try:
-            player, key = arena_of(request).register(_str_field(data, "name"), _str_field(data, "password"))
+            # argon2 runs in a thread: a burst of sign-ups must not stall the scoring traffic
+            player, key = await asyncio.to_thread(arena_of(request).register, _str_field(data, "name"),
+                                                  _str_field(data, "password"))
         except InputError as e:
             raise HTTPException(422, str(e)) from None
         return {"player_id": player.id, "name": player.name, "api_key": key,
@@ -119,7 +135,9 @@ def make_router() -> APIRouter:
     async def login(request: Request, response: Response):
         data = await small_json(request)
         arena = arena_of(request)
-        player = arena.login(str(data.get("name", "")), str(data.get("password", "")))
+        if wait := password_attempt_wait(request):
+            raise too_many_attempts(wait)
+        player = await asyncio.to_thread(arena.login, str(data.get("name", "")), str(data.get("password", "")))
         if player is None:
             raise HTTPException(401, "wrong name or password")
         csrf = auth.new_token()

@@ -129,6 +129,7 @@ class Arena:
         self.budgets = Budgets(self.store)
         self.hasher = auth.password_hasher(settings.argon2)
         self._dummy_hash = auth.dummy_hash(self.hasher)
+        self.password_attempts = auth.AttemptLimiter(settings.login_per_minute, settings.login_burst)
         self.sessions = auth.Sessions(settings.secret)
         self.specs = load_challenges(settings) if specs is None else specs
         self.artifacts = {cid: s.challenge.artifacts() for cid, s in self.specs.items()}

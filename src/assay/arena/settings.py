@@ -53,6 +53,8 @@ class Settings:
     decay: int = 50
     min_fraction: float = 0.2
     cookie_secure: bool = False
+    login_per_minute: float = 10.0  # password attempts (login + register) per client address
+    login_burst: int = 10
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -63,6 +65,8 @@ class Settings:
             raise InputError("ASSAY_ARENA_SECRET is shorter than 32 characters; run `assay arena init DIR` for one")
         if self.scoring not in ("static", "dynamic"):
             raise InputError(f"ASSAY_ARENA_SCORING must be 'static' or 'dynamic', not {self.scoring!r}")
+        if self.login_per_minute <= 0 or self.login_burst < 1:
+            raise InputError("ASSAY_ARENA_LOGIN_PER_MINUTE must be > 0 and ASSAY_ARENA_LOGIN_BURST >= 1")
         if self.argon2 not in ("default", "fast"):
             raise InputError(f"ASSAY_ARENA_ARGON2 must be 'default' or 'fast', not {self.argon2!r}")
 
@@ -94,6 +98,8 @@ class Settings:
             decay=int(env.get("ASSAY_ARENA_DECAY", 50)),
             min_fraction=float(env.get("ASSAY_ARENA_MIN_FRACTION", 0.2)),
             cookie_secure=_env_bool("ASSAY_ARENA_COOKIE_SECURE", False),
+            login_per_minute=float(env.get("ASSAY_ARENA_LOGIN_PER_MINUTE", 10)),
+            login_burst=int(env.get("ASSAY_ARENA_LOGIN_BURST", 10)),
         )
         if env.get("ASSAY_ARENA_CHALLENGES"):
             values["challenges_dir"] = Path(env["ASSAY_ARENA_CHALLENGES"])

@@ -3,6 +3,7 @@ session cookie; the pages call the same :class:`Arena` methods as the JSON API."
 
 from __future__ import annotations
 
+import asyncio
 import html
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from assay.arena import auth
-from assay.arena.api import arena_of, read_capped, set_session
+from assay.arena.api import arena_of, password_attempt_wait, read_capped, set_session
 from assay.arena.scoring import Standing
 from assay.errors import InputError
 
@@ -116,8 +117,11 @@ def make_web_router() -> APIRouter:
     async def register(request: Request):
         f = await form_of(request)
         arena = arena_of(request)
+        if wait := password_attempt_wait(request):
+            return render(request, "register.html", status=429, name=f.get("name", ""),
+                          error=f"Too many attempts from this address; try again in {wait} s.")
         try:
-            player, key = arena.register(f.get("name", ""), f.get("password", ""))
+            player, key = await asyncio.to_thread(arena.register, f.get("name", ""), f.get("password", ""))
         except InputError as e:
             return render(request, "register.html", status=422, error=str(e), name=f.get("name", ""))
         return render(request, "registered.html", session={"pid": player.id, "csrf": auth.new_token()},
@@ -131,7 +135,9 @@ def make_web_router() -> APIRouter:
     async def login(request: Request):
         f = await form_of(request)
         arena = arena_of(request)
-        player = arena.login(f.get("name", ""), f.get("password", ""))
+        if wait := password_attempt_wait(request):
+            return render(request, "login.html", status=429, error=f"Too many attempts from this address; try again in {wait} s.")
+        player = await asyncio.to_thread(arena.login, f.get("name", ""), f.get("password", ""))
         if player is None:
             return render(request, "login.html", status=401, error="Wrong name or password.")
         resp = redirect("/challenges")
