@@ -226,3 +226,27 @@ def test_verify_route_for_operators(arena_app):
     v = lambda flag: client.post("/api/verify", json={"player": "alice", "challenge": "linear", "flag": flag},  # noqa: E731
                                  headers={"X-CSRF-Token": csrf}).json()["valid"]
     assert v(good) is True and v(good.replace("a", "b", 1) if "a" in good[6:] else good[:-2] + "0}") is False
+    assert arena.submissions() == [] and arena.scoreboard()[0][0].score == 0  # a plain check records nothing
+
+
+def test_verify_with_record_is_a_submission_on_the_players_behalf(arena_app):
+    client, arena = arena_app
+    arena.settings.submit_per_minute = 3
+    a, b = register(client, "alice"), register(client, "bob")
+    csrf = client.post("/api/login", json={"name": "admin", "password": "operator-pass"}).json()["csrf_token"]
+    s = arena.settings.secret
+
+    def v(flag, **extra):
+        return client.post("/api/verify", json={"player": "alice", "challenge": "linear", "flag": flag, **extra},
+                           headers={"X-CSRF-Token": csrf})
+
+    assert v(flag_for(s, b["_id"], "linear"), record=True).json() == {"valid": False}
+    assert v(flag_for(s, a["_id"], "linear"), record=True).json() == {"valid": True}
+    assert v(flag_for(s, a["_id"], "linear"), record=True).json() == {"valid": True}  # already solved
+    limited = v("assay{" + "0" * 32 + "}", record=True)  # 4th submission in a minute
+    assert limited.status_code == 429 and limited.json()["valid"] is False and "Retry-After" in limited.headers
+    assert v("x", record="yes").status_code == 422
+    subs = arena.submissions()
+    assert [(x["correct"], x["suspected_sharing"], x["flag_owner"]) for x in reversed(subs)] == [
+        (False, True, "bob"), (True, False, None), (True, False, None)]
+    assert [(p.name, p.score) for p in arena.scoreboard()[0]][0] == ("alice", 100)

@@ -148,7 +148,7 @@ def test_ctfd_export_lists_every_challenge_and_artifact(tmp_path, challenge_dir)
         chals = tables["db/challenges.json"]["results"]
         assert sorted(c["name"] for c in chals) == sorted(s.manifest.name for s in arena.specs.values())
         assert all(c["type"] == "dynamic" and "per-player" in c["description"] for c in chals)
-        assert tables["db/flags.json"]["count"] == 0  # per-player flags are not expressible in CTFd
+        assert [f["type"] for f in tables["db/flags.json"]["results"]] == ["assay"] * len(chals)  # plugin-checked
         dyn = {d["id"]: d for d in tables["db/dynamic_challenge.json"]["results"]}
         assert dyn[chals[0]["id"]]["minimum"] == 20 and dyn[chals[0]["id"]]["initial"] == 100
         files = tables["db/files.json"]["results"]

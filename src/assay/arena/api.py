@@ -237,8 +237,12 @@ def make_router() -> APIRouter:
     async def verify(request: Request, _: Player = Depends(operator)):
         """Check a (player, challenge, flag) triple with the per-player rule, for external boards."""
         data = await small_json(request)
-        ok = arena_of(request).verify(_str_field(data, "player"), _str_field(data, "challenge"), _str_field(data, "flag"))
-        return {"valid": ok}
+        record = data.get("record", False)
+        if not isinstance(record, bool):
+            raise HTTPException(422, "'record' must be true or false")
+        out = await asyncio.to_thread(arena_of(request).verify, _str_field(data, "player"), _str_field(data, "challenge"),
+                                      _str_field(data, "flag"), record=record)
+        return respond(out)
 
     return r
 

@@ -101,7 +101,8 @@ def handle_arena(args) -> int:
                 spec.challenge.load(workdir)
         path = export_ctfd(specs, Path(args.ctfd), server_url=args.url, dynamic=args.dynamic,
                            decay=s.decay, min_fraction=s.min_fraction)
-        print(f"wrote {path} ({len(specs)} challenges); flags stay per-player on the assay server, see docs/arena.md")
+        print(f"wrote {path} ({len(specs)} challenges) and the CTFd plugin {path.parent / 'assay_arena'}/ "
+              "(copy it to CTFd/plugins/; per-player flags are checked by this server, see docs/arena.md)")
         return 0
     raise InputError(f"unknown arena command {cmd!r}")
 

@@ -6,13 +6,13 @@ CTFd (3.x) backups hold one JSON file per table, each ``{"count": n, "results": 
 tables a challenge pack needs at revision ``9e6f6578ca84`` (CTFd 3.6): challenges, files, flags,
 tags, hints (empty), dynamic_challenge (when dynamic scoring is chosen).
 
-What CTFd cannot represent: assay flags are per player (an HMAC of player and challenge) while
-CTFd's flag types are static strings or regexes shared by all accounts. A regex such as
-``assay\\{[0-9a-f]{32}\\}`` would accept any player's flag (or a made-up one), so we export NO flag
-rows: the challenges arrive in CTFd unsolvable there, with a note in each description that flags
-are checked by the assay server (its operator-only ``POST /api/verify`` answers whether a
-(player, challenge, flag) triple is valid). The models, budgets and scoring stay in assay; CTFd
-gets the catalogue, the artifacts and the point values.
+Per-player flags: CTFd's built-in flag types are static strings or regexes shared by all accounts,
+so they cannot hold assay's per-player flags (a regex such as ``assay\\{[0-9a-f]{32}\\}`` would
+accept anyone's flag, or a made-up one). Each challenge therefore gets one flag row of the type
+``assay`` (content: the assay challenge id), and the export writes, beside the zip, a CTFd plugin
+(``assay_arena/``, from ``assay.arena.ctfd_plugin``) that registers that type: a submission in CTFd
+is checked by the assay server's operator-only ``POST /api/verify`` for the submitting user, with
+assay's rule, rate limit and sharing log. The models and query budgets stay on the assay server.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from assay.arena.scoring import dynamic_value
 
 CTFD_ALEMBIC_REVISION = "9e6f6578ca84"
 PER_PLAYER_NOTE = (
-    "\n\n---\nThis is an assay arena challenge with per-player flags. Query the model and submit your flag "
-    "on the assay arena server ({url}); flags are verified there (POST /api/verify), not by CTFd."
+    "\n\n---\nThis is an assay arena challenge with per-player flags: query the model on the assay arena server "
+    "({url}) under the same player name as here; your flag is yours alone and is checked by that server."
 )
+FLAG_TYPE = "assay"  # registered in CTFd by the exported plugin (assay.arena.ctfd_plugin)
+PLUGIN_NAME = "assay_arena"
 
 
 def _table(rows: list[dict[str, Any]]) -> bytes:
@@ -39,7 +41,7 @@ def _table(rows: list[dict[str, Any]]) -> bytes:
 
 def export_ctfd(challenges: dict[str, ChallengeSpec], out: Path, *, server_url: str = "<arena url>",
                 dynamic: bool = False, decay: int = 50, min_fraction: float = 0.2,
-                artifacts: dict[str, dict[str, bytes]] | None = None) -> Path:
+                artifacts: dict[str, dict[str, bytes]] | None = None, plugin_dir: Path | None = None) -> Path:
     """Write ``out`` (a .zip; ``.zip`` is appended to a directory-like name) for CTFd's
     Admin > Config > Backup > Import.
 
@@ -51,6 +53,8 @@ def export_ctfd(challenges: dict[str, ChallengeSpec], out: Path, *, server_url: 
     dynamic: export CTFd "dynamic" challenges with CTFd's quadratic decay (initial = points,
         minimum = ceil(min_fraction * points), decay = ``decay``).
     artifacts: challenge id -> {name: bytes}; default each challenge's ``artifacts()``.
+    plugin_dir: where to write the CTFd plugin package (copy it to ``CTFd/plugins/``); default
+        ``<zip folder>/assay_arena``.
 
     Returns
     -------
@@ -62,7 +66,7 @@ def export_ctfd(challenges: dict[str, ChallengeSpec], out: Path, *, server_url: 
         out = out / "assay-arena-ctfd.zip"
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
-    chal_rows, file_rows, tag_rows, dyn_rows = [], [], [], []
+    chal_rows, file_rows, tag_rows, dyn_rows, flag_rows = [], [], [], [], []
     uploads: dict[str, bytes] = {}
     for i, (cid, spec) in enumerate(sorted(challenges.items()), start=1):
         m = spec.manifest
@@ -75,6 +79,7 @@ def export_ctfd(challenges: dict[str, ChallengeSpec], out: Path, *, server_url: 
         if dynamic:
             minimum = dynamic_value(m.points, 10**9, decay, min_fraction)
             dyn_rows.append({"id": i, "initial": m.points, "minimum": minimum, "decay": decay, "function": "logarithmic"})
+        flag_rows.append({"id": i, "challenge_id": i, "type": FLAG_TYPE, "content": cid, "data": None})
         tag_rows += [{"id": len(tag_rows) + 1, "challenge_id": i, "value": m.difficulty},
                      {"id": len(tag_rows) + 2, "challenge_id": i, "value": f"assay:{cid}"}]
         arts = (artifacts or {}).get(cid)
@@ -90,10 +95,27 @@ def export_ctfd(challenges: dict[str, ChallengeSpec], out: Path, *, server_url: 
         z.writestr("db/alembic_version.json", _table([{"version_num": CTFD_ALEMBIC_REVISION}]))
         z.writestr("db/challenges.json", _table(chal_rows))
         z.writestr("db/dynamic_challenge.json", _table(dyn_rows))
-        z.writestr("db/flags.json", _table([]))  # per-player flags: see the module docstring
+        z.writestr("db/flags.json", _table(flag_rows))  # checked by the plugin: see the module docstring
         z.writestr("db/files.json", _table(file_rows))
         z.writestr("db/tags.json", _table(tag_rows))
         z.writestr("db/hints.json", _table([]))
         for location, content in uploads.items():
             z.writestr(f"uploads/{location}", content)
+    write_plugin(plugin_dir if plugin_dir is not None else out.parent / PLUGIN_NAME, server_url)
     return out
+
+
+def write_plugin(folder: Path, server_url: str) -> Path:
+    """Write the CTFd plugin package (``__init__.py``) into ``folder``, defaulting its URL to ``server_url``."""
+    from assay.arena import ctfd_plugin
+
+    source = Path(ctfd_plugin.__file__).read_text()
+    if server_url.startswith(("http://", "https://")):
+        line = f'DEFAULT_URL = "{ctfd_plugin.DEFAULT_URL}"'
+        if line not in source:
+            raise RuntimeError("assay.arena.ctfd_plugin lost its DEFAULT_URL line; the exporter cannot set the URL")
+        source = source.replace(line, f"DEFAULT_URL = {server_url!r}", 1)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "__init__.py").write_text(source)
+    return folder

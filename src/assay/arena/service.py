@@ -466,10 +466,22 @@ class Arena:
         # The same answer as any wrong flag: the submitter learns nothing about the sharing check.
         return Outcome(200, {"correct": False})
 
-    def verify(self, player_name: str, cid: str, flag: str) -> bool:
-        """Whether ``flag`` is ``player_name``'s flag for ``cid`` (for operators and external boards)."""
+    def verify(self, player_name: str, cid: str, flag: str, *, record: bool = False) -> Outcome:
+        """Whether ``flag`` is ``player_name``'s flag for ``cid``, for operators and external boards.
+
+        With ``record`` the check is a submission made on the player's behalf (an external scoreboard
+        such as CTFd delegating its flag check): the same rate limits, solve bookkeeping and
+        flag-sharing log as ``submit``. Body: ``{"valid": bool}`` (plus ``detail`` when refused).
+        """
         p = self.store.player_by_name(player_name)
-        return p is not None and cid in self.specs and check_flag(self.settings.secret, p.id, cid, str(flag))
+        if p is None or cid not in self.specs:
+            return Outcome(200, {"valid": False})
+        if not record:
+            return Outcome(200, {"valid": check_flag(self.settings.secret, p.id, cid, str(flag))})
+        out = self.submit(p, cid, flag)
+        if out.status != 200:
+            return Outcome(out.status, {"valid": False, **out.body}, out.headers)
+        return Outcome(200, {"valid": bool(out.body.get("correct"))})
 
     # ---------------------------------------------------------------- scoreboard
     def scoreboard(self, *, by: str = "player", live: bool = False) -> tuple[list[Standing], float | None]:
