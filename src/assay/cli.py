@@ -14,6 +14,7 @@ from assay.errors import AssayError, InputError
 
 EXIT_POLICY_FAILED = 1
 EXIT_INPUT = 2
+EXIT_INTERNAL = 4  # a bug in assay (the CLI still prints one line)
 
 
 def _floats(s: str, what: str) -> list[float]:
@@ -290,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"assay: error: {e.strerror}: {e.filename}; check the path", file=sys.stderr)
         return EXIT_INPUT
+    except Exception as e:  # a bug in assay: still one line, and the way to the traceback
+        if debug:
+            raise
+        print(f"assay: error: internal error ({type(e).__name__}: {e}); this is a bug in assay: rerun with "
+              "ASSAY_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -139,3 +139,30 @@ def test_kill_9_then_resume(demo_files, tmp_path):
     acc = rep["findings"][0]["accounting"]
     assert acc["units_resumed"] == done_before - 1  # every finished unit but the shared clean predictions
     assert acc["units_run"] + acc["units_resumed"] == 30
+
+
+def test_probes_lists_every_registered_probe_with_its_cost():
+    from assay.probes.base import all_probes
+
+    r = run_cli("probes")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    listed = {line.split()[0] for line in r.stdout.splitlines()[1:] if line.strip()}
+    assert listed == set(all_probes())
+    r = run_cli("probes", "--axis", "certify")
+    assert r.returncode == 0 and {line.split()[0] for line in r.stdout.splitlines()[1:]} == {"certify.smoothing"}
+
+
+def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import assay.cli as cli
+
+    def broken(_args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "cmd_probes", broken)
+    monkeypatch.delenv("ASSAY_DEBUG", raising=False)
+    assert cli.main(["probes"]) == cli.EXIT_INTERNAL
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("assay: error: internal error (ZeroDivisionError")
+    monkeypatch.setenv("ASSAY_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["probes"])

@@ -55,6 +55,8 @@ class InversionProbe(Probe):
 
     def cost(self, target, data):
         p = self.params
+        if target is None:  # listing before any model is given: the default path, black-box bound
+            return {"queries": p.query_budget or 0, "note": "black-box budget; white-box: classes x restarts x steps"}
         k = min(target.num_classes, p.max_classes)
         if self._mode(target) == "whitebox":
             return {"queries": k * p.restarts * (p.steps + 1), "note": "gradient forward passes"}

@@ -1,1 +1,0 @@
-"""Integrity probes."""
