@@ -48,7 +48,10 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", help="per-channel normalization mean applied inside the model, e.g. 0.49,0.48,0.45")
     g.add_argument("--std", help="per-channel normalization std")
     g.add_argument("--query-budget", type=int, help="hard limit on queries to the model")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--http", action="append", metavar="KEY=VALUE",
+                   help="URL targets: timeout, retries, backoff, output_path, output (logits|probs|labels), "
+                        "input_key, encoding, batch, batch_size, cache, headers / request_template (JSON)")
     d = p.add_argument_group("data")
     d.add_argument("--data", required=True, help=".npz/.npy, .csv/.parquet, or an image folder")
     d.add_argument("--label", help="label column (CSV/Parquet)")
@@ -56,7 +59,7 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--sensitive", help="comma-separated sensitive-attribute columns (fairness)")
     d.add_argument("--member", help="membership column: 1 if the row was in the training set (privacy)")
     d.add_argument("--ood", help="an out-of-distribution data file (reliability)")
-    d.add_argument("--image-size", help="resize image-folder images to H,W")
+    d.add_argument("--image-size", help="resize image-folder images to H,W (one number: a square)")
 
 
 def _target_kwargs(a) -> dict[str, Any]:
@@ -77,8 +80,54 @@ def _target_kwargs(a) -> dict[str, Any]:
     if a.trust_pickle:
         kw["trust_pickle"] = True
     if a.device != "auto":
+        import torch
+
+        if a.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"--device {a.device}: this torch build or machine has no CUDA device; use --device cpu "
+                             "or auto")
+        try:
+            torch.device(a.device)
+        except RuntimeError:
+            raise InputError(f"--device {a.device!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
         kw["device"] = a.device
+    if a.http:
+        if not a.model.startswith(("http://", "https://")):
+            raise InputError("--http options apply to a URL target only; drop them or audit a URL")
+        kw["http_options"] = _http_options(a.http)
     return kw
+
+
+HTTP_OPTION_TYPES = {"timeout": float, "retries": int, "backoff": float, "max_retry_wait": float, "batch_size": int,
+                     "input_key": str, "output_path": str, "output": str, "encoding": str, "batch": bool,
+                     "cache": bool, "headers": dict, "request_template": dict}
+
+
+def _http_options(items: list[str]) -> dict[str, Any]:
+    """``--http timeout=30 --http 'headers={"Authorization": "Bearer T"}'`` -> HttpTarget keyword arguments."""
+    import json
+
+    out: dict[str, Any] = {}
+    for it in items:
+        key, sep, raw = it.partition("=")
+        kind = HTTP_OPTION_TYPES.get(key.strip())
+        if not sep or kind is None:
+            raise InputError(f"--http {it!r} must be KEY=VALUE with KEY one of {', '.join(HTTP_OPTION_TYPES)}")
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value: Any = raw.lower() in ("true", "1")
+            elif kind is dict:
+                value = json.loads(raw)
+                if not isinstance(value, dict):
+                    raise ValueError
+            else:
+                value = kind(raw)
+        except ValueError:
+            raise InputError(f"--http {key}={raw!r} is not a valid {kind.__name__}"
+                             + (" (a JSON object)" if kind is dict else "")) from None
+        out[key.strip()] = value
+    return out
 
 
 def _load_data(a):
@@ -96,7 +145,8 @@ def _load_data(a):
     if a.ood:
         opts["ood"] = a.ood
     if a.image_size:
-        opts["image_size"] = tuple(int(v) for v in _floats(a.image_size, "--image-size"))
+        size = tuple(int(v) for v in _floats(a.image_size, "--image-size"))
+        opts["image_size"] = size[0] if len(size) == 1 else size  # one number: a square
     return load_dataset(a.data, **opts)
 
 
@@ -129,12 +179,9 @@ def cmd_audit(a) -> int:
     if a.probe:
         plan = plan_from_names(a.probe, params)
     else:
-        plan = load_suite(a.suite)
-        for pp in plan.probes:
-            pp.params.update(params.get(pp.name, {}))
-        from assay.audit.plan import validate_plan
+        from assay.audit.plan import apply_params
 
-        validate_plan(plan)
+        plan = apply_params(load_suite(a.suite), params)
     out = Path(a.out)
     runner = Runner(target, data, plan, out_dir=out, seed=a.seed, policy=load_policy(a.policy),
                     policy_source=a.policy, executor=a.executor, resume=not a.no_resume,
@@ -220,8 +267,16 @@ def cmd_report(a) -> int:
     return 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes end like every other user error: one line, exit code 2 (subcommands inherit this)."""
+
+    def error(self, message: str):
+        print(f"assay: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="assay", description="Audit the trustworthiness of ML models; run ML-security CTFs.")
+    p = OneLineErrorParser(prog="assay", description="Audit the trustworthiness of ML models; run ML-security CTFs.")
     p.add_argument("--version", action="version", version=f"assay {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 

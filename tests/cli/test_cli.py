@@ -54,7 +54,10 @@ def test_audit_end_to_end_writes_all_reports(demo_files, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_model", "missing_data", "unknown_probe", "bad_param", "wrong_shape",
-                                  "out_of_range", "pickle", "unreachable_url", "bad_suite", "not_a_report"])
+                                  "out_of_range", "pickle", "unreachable_url", "bad_suite", "not_a_report",
+                                  "param_for_probe_not_run", "param_for_misspelled_probe", "policy_unknown_probe",
+                                  "missing_required_option", "factory_needs_arguments", "bad_device",
+                                  "bad_http_option"])
 def test_bad_input_one_line(case, demo_files, tmp_path):
     out, model, data = demo_files
     base = [str(model), "--factory", "assay.data.demo:build_demo_model", "--out", str(tmp_path / "o")]
@@ -102,6 +105,34 @@ def test_bad_input_one_line(case, demo_files, tmp_path):
         p = tmp_path / "x.json"
         p.write_text('{"hello": 1}')
         _one_line_error(run_cli("report", str(p), "--html"))
+    elif case == "param_for_probe_not_run":  # a silently dropped parameter would audit on defaults
+        r = run_cli("audit", *base, "--data", str(data), "--probe", "reliability.calibration",
+                    "--param", "robustness.evasion.eps_linf=0.3")
+        assert "does not run" in _one_line_error(r, 2)
+    elif case == "param_for_misspelled_probe":
+        r = run_cli("audit", *base, "--data", str(data), "--suite", "quick",
+                    "--param", "reliability.calibratoin.n_bins=3")
+        assert "unknown probe 'reliability.calibratoin'" in _one_line_error(r, 2)
+    elif case == "policy_unknown_probe":  # a misspelled section must not let a CI gate pass
+        p = tmp_path / "policy.toml"
+        p.write_text('["robustness.evasoin"]\nrobust_accuracy = { fail_below = 0.99 }\n')
+        r = run_cli("audit", *base, "--data", str(data), "--probe", "reliability.calibration", "--policy", str(p))
+        assert "robustness.evasoin" in _one_line_error(r, 2)
+    elif case == "missing_required_option":
+        assert "--data" in _one_line_error(run_cli("audit", *base), 2)
+    elif case == "factory_needs_arguments":
+        r = run_cli("audit", str(model), "--factory", "torch.nn:BatchNorm2d", "--data", str(data))
+        assert "without arguments" in _one_line_error(r, 2)
+    elif case == "bad_device":
+        import torch
+
+        device = "cuda" if not torch.cuda.is_available() else "gpu"
+        r = run_cli("audit", *base, "--data", str(data), "--device", device, "--probe", "reliability.calibration")
+        assert "--device" in _one_line_error(r, 2)
+    elif case == "bad_http_option":
+        r = run_cli("audit", "http://127.0.0.1:9/score", "--data", str(data), "--num-classes", "10",
+                    "--http", "timeout=soon")
+        assert "timeout" in _one_line_error(r, 2)
 
 
 def test_budget_exhausted_is_reported(demo_files, tmp_path):

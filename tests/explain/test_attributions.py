@@ -92,6 +92,18 @@ def test_randomization_check_tells_trained_from_randomized(small_cnn):
     torch.testing.assert_close(model(x).argmax(1), t)
 
 
+def test_randomization_check_on_a_counted_target_module(small_cnn):
+    """The documented probe path: a TorchTarget's counted module (which holds a lock) can be copied,
+    and the randomized copies' passes still count against the same target."""
+    from assay.targets import TorchTarget
+
+    model, x, t = small_cnn
+    target = TorchTarget(model, input_shape=(1, 8, 8), num_classes=10, device="cpu")
+    before = target.queries
+    steps = randomization_check(target.module, x, t, lambda m, xx, tt: saliency(m, xx, tt), mode="cascading")
+    assert steps[-1]["mean"] < 0.5 and target.queries - before >= len(steps) * len(x)
+
+
 def test_deletion_insertion_faithful_vs_reversed(demo, demo_target, small_cnn):
     model, x, t = small_cnn
     attr, _ = integrated_gradients(model, x, t, n_steps=32)

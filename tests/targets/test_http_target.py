@@ -281,3 +281,42 @@ def test_get_path():
     assert get_path([1, 2], "") == [1, 2]
     with pytest.raises(KeyError):
         get_path(doc, "data.5.probs")
+
+
+def test_cli_http_options_reach_the_target(srv):
+    from assay.cli import _target_kwargs, build_parser
+
+    srv.mode = "nested"
+    a = build_parser().parse_args(["audit", srv.url, "--data", "unused.npz", "--num-classes", "3",
+                                   "--http", "output_path=data.predictions.*.probs", "--http", "output=probs",
+                                   "--http", 'headers={"X-Api-Key": "k"}', "--http", "retries=0"])
+    opts = _target_kwargs(a)["http_options"]
+    assert opts == {"output_path": "data.predictions.*.probs", "output": "probs", "headers": {"X-Api-Key": "k"},
+                    "retries": 0}
+    t = make(srv, **opts)
+    x = inputs(4)
+    with torch.no_grad():
+        assert torch.allclose(t.probs(x), torch.softmax(srv.model(x), 1), atol=1e-6)
+    assert srv.last_headers["X-Api-Key"] == "k"
+
+
+def test_blackbox_probe_spends_budget_only_on_queries_that_reach_the_server(srv):
+    """Cached answers are free: a rerun of the same seeded attack on the same target is answered from
+    the cache and finishes with the same result, although the budget left is far below its query count."""
+    import assay
+
+    x = inputs(16, seed=3)
+    with torch.no_grad():
+        y = srv.model(x).argmax(1)
+    t = make(srv)
+    params = {"robustness.blackbox": {"eps": [0.05], "queries_per_sample": 100, "max_samples": 16}}
+    first = assay.audit(t, (x, y), probes=["robustness.blackbox"], params=params, seed=0)
+    spent = t.queries
+    assert spent > 20
+    t.budget.limit = spent + 5  # the rerun could not afford its queries anew
+    second = assay.audit(t, (x, y), probes=["robustness.blackbox"], params=params, seed=0)
+    m1 = {m.name: m.value for m in first.findings[0].metrics}
+    m2 = {m.name: m.value for m in second.findings[0].metrics}
+    assert t.queries == spent  # nothing new reached the server
+    assert m2["robust_accuracy[linf,eps=0.05]"] == m1["robust_accuracy[linf,eps=0.05]"]
+    assert m2["queries_used"] == m1["queries_used"] and not second.findings[0].warnings

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from assay.audit.plan import load_policy, load_suite, plan_from_names
+from assay.audit.plan import apply_params, load_policy, load_suite, plan_from_names
 from assay.audit.runner import Runner
 from assay.data.dataset import Dataset
 from assay.errors import InputError
@@ -91,10 +91,7 @@ def audit(
     if probes:
         plan = plan_from_names(list(probes), params)
     else:
-        plan = load_suite(suite or "standard")
-        if params:
-            for pp in plan.probes:
-                pp.params.update(params.get(pp.name, {}))
+        plan = apply_params(load_suite(suite or "standard"), params)
     runner = Runner(
         target, dataset, plan, out_dir=out, seed=seed, policy=load_policy(policy),
         policy_source=str(policy) if policy else None, executor=executor, resume=resume,

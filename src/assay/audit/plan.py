@@ -88,11 +88,28 @@ def plan_from_names(names: list[str], params: dict[str, dict[str, Any]] | None =
     registry = all_probes()
     for n in names:
         if n in AXES:
-            probes += [PlannedProbe(k, dict(params.get(k, {}))) for k, c in registry.items() if c.axis == n]
+            probes += [PlannedProbe(k, {}) for k, c in registry.items() if c.axis == n]
         else:
             get_probe(n)
-            probes.append(PlannedProbe(n, dict(params.get(n, {}))))
-    plan = Plan(None, probes)
+            probes.append(PlannedProbe(n, {}))
+    return apply_params(Plan(None, probes), params)
+
+
+def apply_params(plan: Plan, params: dict[str, dict[str, Any]] | None) -> Plan:
+    """Merge ``params`` (probe name -> parameters) into the plan's probes and validate the result.
+
+    A parameter for a probe the plan does not run is an error, not silently dropped: a misspelled
+    probe name would otherwise leave the audit on defaults the user meant to change."""
+    registry = all_probes()
+    names = {pp.name for pp in plan.probes}
+    for name in params or {}:
+        if name not in registry:
+            raise InputError(f"parameters given for unknown probe {name!r}; `assay probes` lists the probe names")
+        if name not in names:
+            raise InputError(f"parameters given for {name}, which this audit does not run; "
+                             f"add --probe {name} (or a suite that has it) or drop the parameters")
+    for pp in plan.probes:
+        pp.params.update((params or {}).get(pp.name, {}))
     validate_plan(plan)
     return plan
 
@@ -114,7 +131,10 @@ def load_policy(path: str | Path | None) -> dict[str, dict[str, Threshold]]:
         return {}
     raw = _read_toml(Path(path), "policy")
     out: dict[str, dict[str, Threshold]] = {}
+    registry = all_probes()
     for probe, rules in raw.items():
+        if probe not in registry:
+            raise InputError(f"policy section [{probe!r}] names no probe; `assay probes` lists the probe names")
         if not isinstance(rules, dict):
             raise InputError(f"policy entry {probe!r} must be a table of metric thresholds")
         out[probe] = {}

@@ -158,7 +158,7 @@ class Runner:
             schema_version=AuditReport.__dataclass_fields__["schema_version"].default,
             assay_version=__version__,
             run_id=uuid.uuid4().hex[:12],
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             seed=self.seed,
             suite=self.plan.name,
             target=self.target.describe(),

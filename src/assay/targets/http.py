@@ -257,7 +257,7 @@ class HttpTarget(Target):
         except KeyError as e:
             raise TargetError(
                 f"the response from {self.url} has no {e.args[0]!r} (keys: {_keys(payload)}); "
-                "set output_path to where the scores are"
+                "set output_path to where the scores are (CLI: --http output_path=a.b)"
             ) from None
         rows = 1 if n is None else n
         want = f"({rows},)" if labels else f"({rows}, {self.num_classes})"
@@ -319,7 +319,7 @@ class HttpTarget(Target):
                 self.sleep(wait)
         raise TargetError(
             f"{self.url} failed after {self.retries + 1} attempts (last: {last}); check the URL and that "
-            "the server is up, or raise --timeout / retries"
+            "the server is up, or raise the timeout / retries (CLI: --http timeout=30 --http retries=5)"
         )
 
     def describe(self):

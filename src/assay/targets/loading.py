@@ -22,6 +22,7 @@ a directory with           :meth:`~assay.targets.huggingface.HuggingFaceTarget.f
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pickle
 import pickletools
@@ -70,6 +71,13 @@ def import_factory(spec: str) -> Callable[[], nn.Module]:
 
 def build_from_factory(factory: str | Callable[[], nn.Module]) -> nn.Module:
     fn = import_factory(factory) if isinstance(factory, str) else factory
+    try:
+        inspect.signature(fn).bind()
+    except TypeError as e:
+        raise InputError(f"factory {factory!r} cannot be called without arguments ({e}); point --factory at a "
+                         "function that builds the model with no arguments (wrap it in a small function)") from None
+    except ValueError:  # no signature to inspect (some builtins): just call it
+        pass
     model = fn()
     if not isinstance(model, nn.Module):
         raise InputError(f"factory {factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
@@ -292,7 +300,11 @@ def _load_skops(path: Path, trust_pickle: bool):
             f"{path} contains types skops does not trust ({shown}) whose loading can run code; "
             "pass --trust-pickle if you trust its source"
         )
-    return sio.load(path, trusted=untrusted or None)
+    try:
+        return sio.load(path, trusted=untrusted or None)
+    except (AttributeError, ImportError) as e:  # a trusted type whose code is not importable here
+        raise TargetError(f"{path} needs code that is not importable here ({e}); install or put on PYTHONPATH the "
+                          "package that defines the model's custom types") from None
 
 
 def _sklearn_or_torch(obj, path: Path, input_shape, num_classes, bounds, torch_kw, query_budget) -> Target:

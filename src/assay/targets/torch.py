@@ -47,6 +47,13 @@ class _Counted(nn.Module):
         t.budget.charge(x.shape[0])
         return self.inner(x.to(t.device))
 
+    def __deepcopy__(self, memo):
+        # A copy (e.g. the randomized model of a sanity check) gets its own weights but stays counted
+        # against the same target; the target itself (locks, clients) is shared, never copied.
+        import copy
+
+        return _Counted(copy.deepcopy(self.inner, memo), self._target[0])
+
 
 def fast_inference(module: nn.Module, example: torch.Tensor) -> nn.Module:
     """A faster, inference-only module computing the same function as ``module``, or ``module`` itself.

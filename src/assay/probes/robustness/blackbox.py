@@ -62,10 +62,11 @@ class BlackBoxProbe(Probe):
         n = min(len(data), p.max_samples)
         x, y = data.x[:n], data.y[:n]
         clean_wrong = ctx.clean_labels()[:n] != y
+        # p.query_budget caps the attack's own queries; the target's hard budget is enforced by the
+        # target itself (the attacks stop cleanly on BudgetExceeded). Not pre-capping the attack by the
+        # target's remaining budget matters for cached targets: repeated queries cost nothing there.
         budget = p.query_budget
-        remaining = target.budget.remaining
-        if remaining is not None:
-            budget = remaining if budget is None else min(budget, remaining)
+        charged_before = target.queries
         warnings: list[str] = []
         metrics: list[Metric] = []
         eps_list = sorted(p.eps)
@@ -103,7 +104,8 @@ class BlackBoxProbe(Probe):
             for eps in eps_list:
                 todo = (~broken).nonzero().flatten()
                 left = None if budget is None else budget - used_total
-                if len(todo) and (left is None or left > 0):
+                target_left = target.budget.remaining
+                if len(todo) and (left is None or left > 0) and (target_left is None or target_left > 0):
                     out = ctx.unit(f"square-{norm}-{eps:.6g}-n{len(todo)}", lambda: square(
                         scores_fn, as_image(x[todo]), y[todo], eps=eps, norm=norm, n_queries=p.queries_per_sample,
                         bounds=target.bounds, seed=ctx.seed, query_budget=left).to_dict())
@@ -122,6 +124,10 @@ class BlackBoxProbe(Probe):
             metrics.append(Metric(f"robust_accuracy[{norm},eps={eps:.4g}]", r, iv.low, iv.high, higher_is_better=True,
                                   method=iv.method, description=f"{attack}, {p.queries_per_sample} queries per sample"))
         metrics.append(Metric("queries_used", float(used_total), unit="queries"))
+        charged = target.queries - charged_before
+        if 0 < charged != used_total:  # a cache (HttpTarget) answered the difference
+            metrics.append(Metric("queries_charged", float(charged), unit="queries",
+                                  description="queries that reached the target and counted against its budget"))
         attacked = int((~clean_wrong).sum())
         metrics.append(Metric("queries_per_attacked_sample", used_total / max(attacked, 1), unit="queries"))
         if exhausted:
@@ -140,7 +146,9 @@ class BlackBoxProbe(Probe):
             metrics=metrics, warnings=warnings, evidence=evidence,
             summary=(f"{attack} ({norm}) with {p.queries_per_sample} queries per sample: robust accuracy "
                      + ", ".join(f"{r:.1%} at eps {e:.4g}" for e, r in zip(eps_list, ra))
-                     + f"; {used_total} queries used."),
+                     + f"; {used_total} queries used"
+                     + (f" ({charged} charged to the target, the rest answered from its cache)." if 0 < charged != used_total
+                        else ".")),
             accounting={"samples": n, "attack": attack},
         )
 
