@@ -197,3 +197,20 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch
     monkeypatch.setenv("ASSAY_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         cli.main(["probes"])
+
+
+def test_a_policy_rule_naming_no_metric_makes_the_finding_an_error(demo_files, tmp_path):
+    out, model, data = demo_files
+    p = tmp_path / "policy.toml"
+    p.write_text('["reliability.calibration"]\nece_typo = { fail_above = 0.0 }\n')
+    args = ["audit", str(model), "--factory", "assay.data.demo:build_demo_model", "--data", str(data),
+            "--probe", "reliability.calibration", "--out", str(tmp_path / "o")]
+    r = run_cli(*args, "--policy", str(p))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    import json
+
+    finding = json.loads((tmp_path / "o" / "report.json").read_text())["findings"][0]
+    assert finding["verdict"] == "error" and "ece_typo" in finding["error"] and "ece" in finding["error"]
+    p.write_text('["reliability.calibration"]\nece = { fail_above = 0.0 }\n')  # fixed: a real failing gate
+    r = run_cli(*args, "--policy", str(p))
+    assert r.returncode == 1 and "resumed from checkpoint" in r.stderr

@@ -88,6 +88,19 @@ class Runner:
         h.update(str(self.seed).encode())
         return h.hexdigest()[:16]
 
+    def _check_policy_names(self, f: Finding) -> None:
+        """A policy rule naming no metric of its probe (a typo) makes the finding an error: a CI gate
+        must not pass because its rule silently matched nothing."""
+        if f.verdict in ("error", "skipped"):
+            return
+        names = {m.name for m in f.metrics} | {m.base_name for m in f.metrics}
+        unmatched = sorted(k for k in self.policy.get(f.probe, {}) if k not in names)
+        if unmatched:
+            f.error = (f"policy rule(s) {', '.join(unmatched)} for {f.probe} match no metric it reports; "
+                       f"its metrics: {', '.join(sorted({m.base_name for m in f.metrics}))}")
+            f.summary = f"Error: {f.error}"
+            f.verdict = "error"
+
     def run(self):
         from assay.report.schema import AuditReport
 
@@ -112,6 +125,7 @@ class Runner:
                 f = Finding.from_dict(done)
                 f.accounting["resumed"] = True
                 f.apply_policy(rules)
+                self._check_policy_names(f)
                 findings.append(f)
                 self.log(f"[{i + 1}/{len(self.plan.probes)}] {probe.name}: resumed from checkpoint")
                 continue
@@ -152,6 +166,7 @@ class Runner:
             findings.append(f)
             if f.error is None:
                 self.checkpoint.put_json(f"{ns}-{key}.finding.json", f.to_dict())
+            self._check_policy_names(f)  # after the checkpoint: fixing the policy must not rerun the probe
             self.log(f"    -> {f.verdict}: {f.summary}")
         self.executor.close()
         report = AuditReport(
