@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -82,6 +84,11 @@ def handle_arena(args) -> int:
         from assay.arena.service import build_challenges
 
         s = _settings(args, need_secret=False)
+        ids = _challenge_ids(s.challenges_dir)
+        unknown = sorted(set(args.only or ()) - set(ids))
+        if unknown:  # else build_challenges would skip them silently and report success
+            raise InputError(f"no challenge {', '.join(map(repr, unknown))} in {s.challenges_dir}; "
+                             f"available: {', '.join(ids)}")
         for cid in build_challenges(s, args.only):
             print(f"built {cid} -> {s.built_dir / cid}")
         return 0
@@ -94,6 +101,7 @@ def handle_arena(args) -> int:
         from assay.arena.ctfd import export_ctfd
 
         s = _settings(args, need_secret=False)
+        _challenge_ids(s.challenges_dir)  # an empty pack is a wrong --challenges, not an export
         specs = discover(s.challenges_dir)
         for cid, spec in specs.items():
             workdir = s.built_dir / cid
@@ -107,22 +115,94 @@ def handle_arena(args) -> int:
     raise InputError(f"unknown arena command {cmd!r}")
 
 
+def _challenge_ids(root: Path) -> list[str]:
+    """The challenge ids under ``root``, read from the manifests (no challenge code runs), or an
+    InputError: ``discover`` returns nothing for a missing or empty directory, which would make
+    build/serve/export succeed without doing anything."""
+    import tomllib
+
+    from assay.arena.challenge import Manifest
+
+    fix = "check --challenges (or ASSAY_ARENA_CHALLENGES); omit it for the packaged challenges"
+    if not root.is_dir():
+        raise InputError(f"challenge directory {root} does not exist or is not a directory; {fix}")
+    ids = []
+    for manifest in sorted(root.glob("*/challenge.toml")):
+        try:
+            ids.append(Manifest.load(manifest).id)
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(f"bad manifest {manifest}: {e}; fix its TOML (see docs/arena.md)") from None
+    ids.sort()
+    if not ids:
+        raise InputError(f"{root} holds no challenges (no <id>/challenge.toml); {fix}")
+    return ids
+
+
+def _private_sqlite_file(db_url: str, data_dir: Path) -> Path | None:
+    """The SQLite database file of ``db_url`` when it lies inside ``data_dir``, else None (a server
+    database or a file elsewhere is the operator's to manage)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if not url.drivername.startswith("sqlite") or not url.database or url.database == ":memory:":
+        return None
+    path = Path(url.database).resolve()
+    return path if path.is_relative_to(data_dir) else None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as uvicorn will, so a busy port is one clear line before start-up
+    (uvicorn itself logs an ERROR and exits 3, which here means "budget exhausted")."""
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port} is not a TCP port; pick one in 1-65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # what uvicorn chooses
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # uvicorn sets SO_REUSEADDR too: a port left in TIME_WAIT by a restart is not "in use"
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except socket.gaierror as e:
+        raise InputError(f"cannot resolve --host {host!r} ({e.strerror}); use an address such as 127.0.0.1 "
+                         "or 0.0.0.0") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise InputError(f"port {port} on {host} is in use; pick another with --port") from None
+        if e.errno == errno.EACCES:
+            raise InputError(f"no permission to listen on port {port} on {host} (ports below 1024 need root); "
+                             "pick another with --port") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise InputError(f"{host} is not an address of this machine; pick another with --host "
+                             "(127.0.0.1, 0.0.0.0 or one of its addresses)") from None
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); check --host and --port") from None
+
+
 def _init(args) -> int:
     from assay.arena.service import Arena
-    from assay.arena.settings import SECRET_FILE, Settings, write_secret_file
+    from assay.arena.settings import SECRET_FILE, Settings, check_admin_password, write_secret_file
 
     data_dir = Path(args.dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
     if (data_dir / SECRET_FILE).exists():
         raise InputError(f"{data_dir} is already initialised ({data_dir / SECRET_FILE} exists)")
+    # Everything is checked before anything is written: a refused init must leave no secret file
+    # behind, or the rerun would answer "already initialised".
+    if args.admin_password is not None:
+        check_admin_password(args.admin_password, "--admin-password")
     secret = secrets.token_hex(32)
+    overrides = {"challenges_dir": Path(args.challenges).resolve()} if args.challenges else {}
+    settings = Settings.from_env(data_dir=data_dir, secret=secret, **overrides)  # checks ASSAY_ARENA_*
+    data_dir.mkdir(parents=True, exist_ok=True)
     path = write_secret_file(data_dir, secret)
     password = args.admin_password or os.environ.get("ASSAY_ARENA_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
-    overrides = {"challenges_dir": Path(args.challenges).resolve()} if args.challenges else {}
-    settings = Settings.from_env(data_dir=data_dir, secret=secret, **overrides)
+    db_file = _private_sqlite_file(settings.db_url, data_dir)
+    if db_file is not None:
+        # The database holds password and API-key hashes: create it 0600 before SQLite does (its WAL
+        # and shared-memory files copy the database's mode), and tighten one left from an earlier init.
+        os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT, 0o600))
+        db_file.chmod(0o600)
     arena = Arena(settings, specs={})  # creates the schema; challenges are loaded by `serve`
     arena.ensure_operator("admin", password)
-    print(f"initialised {data_dir}\n  secret: {path} (mode 0600)\n  database: {settings.db_url}")
+    print(f"initialised {data_dir}\n  secret: {path} (mode 0600)\n  database: {settings.db_url}"
+          + (" (mode 0600)" if db_file is not None else ""))
     if not (args.admin_password or os.environ.get("ASSAY_ARENA_ADMIN_PASSWORD")):
         print(f"  operator: admin / {password}   (shown once; change it with ASSAY_ARENA_ADMIN_PASSWORD)")
     print(f"next: assay arena build --dir {data_dir} && assay arena serve --dir {data_dir}")
@@ -135,6 +215,10 @@ def _serve(args) -> int:
     s = _settings(args)  # fails early with a clear message if the secret is missing
     from assay.arena.service import load_challenges
 
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers} must be at least 1")
+    _challenge_ids(s.challenges_dir)  # a wrong --challenges would serve an empty event
+    _check_port_free(args.host, args.port)  # before the (slow) model loading
     load_challenges(s)  # fails early if a challenge is not built
     os.environ.setdefault("ASSAY_ARENA_DIR", str(s.data_dir.resolve()))
     # loop/http "auto": uvloop and httptools (the arena extra) when installed, else asyncio and h11.
@@ -145,9 +229,10 @@ def _serve(args) -> int:
 
 def _solve(args) -> int:
     from assay.arena.challenge import discover
-    from assay.arena.client import ArenaClient
+    from assay.arena.client import ArenaClient, check_url
     from assay.arena.settings import Settings
 
+    check_url(args.url)  # before loading the challenge, which can take a while
     _env_for(args)
     s = Settings.from_env(secret=os.environ.get("ASSAY_ARENA_SECRET") or secrets.token_hex(32))
     specs = discover(s.challenges_dir)

@@ -27,10 +27,11 @@ class ArenaClient:
     """
 
     def __init__(self, url: str, api_key: str, challenge: str | None = None, timeout: float = 60.0):
-        self.url = url.rstrip("/")
+        self.url = check_url(url)
         self.challenge = challenge
         self.remaining: int | None = None
         self.flag: str | None = None
+        self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
 
     def bind(self, challenge: str) -> "ArenaClient":
@@ -42,6 +43,31 @@ class ArenaClient:
         if not cid:
             raise InputError("no challenge given; pass challenge_id or create ArenaClient(..., challenge=ID)")
         return cid
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One HTTP request; a network failure becomes a one-line TargetError naming the URL, since an
+        unreachable or hanging server is a setup problem, not a bug."""
+        try:
+            return self._http.request(method, path, **kw)
+        except httpx.TimeoutException as e:
+            raise TargetError(f"the arena at {self.url} did not answer within {self.timeout:g}s "
+                              f"({type(e).__name__}); check that the server runs and is not overloaded") from None
+        except httpx.ConnectError as e:
+            reason = "connection refused" if "refused" in str(e).lower() else (str(e) or type(e).__name__)
+            raise TargetError(f"cannot reach the arena at {self.url} ({reason}); check --url and that the "
+                              "server runs") from None
+        except httpx.TransportError as e:  # protocol errors, dropped connections, proxies
+            raise TargetError(f"request to the arena at {self.url} failed ({type(e).__name__}: {e}); check --url "
+                              "and that it is an assay arena server") from None
+
+    def _json(self, r: httpx.Response) -> Any:
+        """The body of a successful answer; anything but JSON means --url is not an arena server."""
+        self._check(r)  # outside the try: its InputError is a ValueError too
+        try:
+            return r.json()
+        except ValueError:
+            raise TargetError(f"{self.url} answered {r.status_code} without JSON; check that --url is an assay "
+                              "arena server") from None
 
     def _check(self, r: httpx.Response) -> Any:
         detail = None
@@ -66,10 +92,13 @@ class ArenaClient:
             cid, payload = args
         else:
             raise InputError("score takes (payload) or (challenge_id, payload)")
-        r = self._http.post(f"/api/challenges/{cid}/score", json=payload)
+        r = self._request("POST", f"/api/challenges/{cid}/score", json=payload)
         if r.status_code == 429 and "X-Queries-Remaining" in r.headers:
             self.remaining = int(r.headers["X-Queries-Remaining"])
-        body = self._check(r).json()
+        body = self._json(r)
+        if not isinstance(body, dict) or "remaining" not in body or "result" not in body:
+            raise TargetError(f"{self.url} answered without 'result' and 'remaining'; check that --url is an "
+                              "assay arena server")
         self.remaining = body["remaining"]
         out = dict(body["result"])
         if "flag" in body:
@@ -78,18 +107,21 @@ class ArenaClient:
         return out
 
     def artifact(self, name: str, challenge_id: str | None = None) -> bytes:
-        return self._check(self._http.get(f"/api/challenges/{self._cid(challenge_id)}/artifacts/{name}")).content
+        return self._check(self._request("GET", f"/api/challenges/{self._cid(challenge_id)}/artifacts/{name}")).content
 
     def submit(self, flag: str | None = None, challenge_id: str | None = None) -> bool:
         """Submit ``flag`` (default: the one this client received); True when correct."""
         flag = flag or self.flag
         if not flag:
             raise InputError("no flag to submit: solve the challenge first or pass one")
-        r = self._http.post(f"/api/challenges/{self._cid(challenge_id)}/submit", json={"flag": flag})
-        return bool(self._check(r).json()["correct"])
+        r = self._request("POST", f"/api/challenges/{self._cid(challenge_id)}/submit", json={"flag": flag})
+        body = self._json(r)
+        if not isinstance(body, dict) or "correct" not in body:
+            raise TargetError(f"{self.url} answered without 'correct'; check that --url is an assay arena server")
+        return bool(body["correct"])
 
     def challenges(self) -> list[dict[str, Any]]:
-        return self._check(self._http.get("/api/challenges")).json()
+        return self._json(self._request("GET", "/api/challenges"))
 
     def close(self) -> None:
         self._http.close()
@@ -99,3 +131,19 @@ class ArenaClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_url(url: str) -> str:
+    """``url`` without a trailing slash, or an InputError when it is not an http(s) URL with a host
+    (httpx would otherwise fail later with UnsupportedProtocol on ``127.0.0.1:8000``)."""
+    hint = "give the full address, e.g. --url http://127.0.0.1:8000"
+    try:
+        parsed = httpx.URL(url)
+        parsed.port  # noqa: B018  (parses the port: 'h:abc' fails here)
+    except (httpx.InvalidURL, ValueError) as e:
+        raise InputError(f"bad arena URL {url!r} ({e}); {hint}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise InputError(f"arena URL {url!r} needs http:// or https://; {hint}")
+    if not parsed.host:
+        raise InputError(f"arena URL {url!r} names no host; {hint}")
+    return url.rstrip("/")

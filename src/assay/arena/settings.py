@@ -5,7 +5,7 @@ ASSAY_ARENA_DIR                data directory (database, secret file, built chal
 ASSAY_ARENA_DB_URL             SQLAlchemy URL; default ``sqlite:///<dir>/arena.db``
 ASSAY_ARENA_SECRET             flag/cookie secret; else read from ``<dir>/secret`` (0600)
 ASSAY_ARENA_CHALLENGES         challenge directory; default the packaged arena/challenges
-ASSAY_ARENA_ADMIN_PASSWORD     creates/updates the ``admin`` operator account at start-up
+ASSAY_ARENA_ADMIN_PASSWORD     creates/updates the ``admin`` operator account at start-up (>= 8 chars)
 ASSAY_ARENA_ARGON2             ``default`` (library defaults) or ``fast`` (tests only)
 ASSAY_ARENA_MICROBATCH         ``1`` (default) gathers concurrent queries; ``0`` scores one by one
 ASSAY_ARENA_BATCH_MAX          most payloads in one score_batch call (64)
@@ -69,6 +69,7 @@ class Settings:
             raise InputError("ASSAY_ARENA_LOGIN_PER_MINUTE must be > 0 and ASSAY_ARENA_LOGIN_BURST >= 1")
         if self.argon2 not in ("default", "fast"):
             raise InputError(f"ASSAY_ARENA_ARGON2 must be 'default' or 'fast', not {self.argon2!r}")
+        check_admin_password(self.admin_password, "ASSAY_ARENA_ADMIN_PASSWORD")
 
     @property
     def built_dir(self) -> Path:
@@ -105,6 +106,14 @@ class Settings:
             values["challenges_dir"] = Path(env["ASSAY_ARENA_CHALLENGES"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(data_dir=data_dir, secret=secret, **values)
+
+
+def check_admin_password(password: str | None, source: str) -> None:
+    """The ``admin`` operator gets the same minimum password length as a player registering."""
+    from assay.arena.service import MIN_PASSWORD  # imported here: service imports this module
+
+    if password is not None and len(password) < MIN_PASSWORD:
+        raise InputError(f"{source} must have at least {MIN_PASSWORD} characters; choose a longer one")
 
 
 def read_secret_file(data_dir: Path) -> str:
