@@ -80,15 +80,9 @@ def _target_kwargs(a) -> dict[str, Any]:
     if a.trust_pickle:
         kw["trust_pickle"] = True
     if a.device != "auto":
-        import torch
+        from assay.targets.torch import pick_device
 
-        if a.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"--device {a.device}: this torch build or machine has no CUDA device; use --device cpu "
-                             "or auto")
-        try:
-            torch.device(a.device)
-        except RuntimeError:
-            raise InputError(f"--device {a.device!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+        pick_device(a.device)  # checked here too: non-torch targets would otherwise ignore a bad --device
         kw["device"] = a.device
     if a.http:
         if not a.model.startswith(("http://", "https://")):
@@ -109,7 +103,8 @@ def _http_options(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for it in items:
         key, sep, raw = it.partition("=")
-        kind = HTTP_OPTION_TYPES.get(key.strip())
+        key = key.strip()
+        kind = HTTP_OPTION_TYPES.get(key)
         if not sep or kind is None:
             raise InputError(f"--http {it!r} must be KEY=VALUE with KEY one of {', '.join(HTTP_OPTION_TYPES)}")
         try:
@@ -126,7 +121,7 @@ def _http_options(items: list[str]) -> dict[str, Any]:
         except ValueError:
             raise InputError(f"--http {key}={raw!r} is not a valid {kind.__name__}"
                              + (" (a JSON object)" if kind is dict else "")) from None
-        out[key.strip()] = value
+        out[key] = value
     return out
 
 

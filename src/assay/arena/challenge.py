@@ -43,7 +43,10 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> "Manifest":
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            try:
+                raw = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise InputError(f"bad manifest {path}: {e}; fix its TOML (see docs/arena.md)") from None
         try:
             return cls(**raw)
         except TypeError as e:
@@ -125,12 +128,21 @@ def load_challenge_dir(path: Path) -> ChallengeSpec:
 
 
 def discover(root: Path = CHALLENGES_DIR) -> dict[str, ChallengeSpec]:
-    """Every challenge directory under ``root`` (those with a challenge.toml), by id."""
+    """Every challenge directory under ``root`` (those with a challenge.toml), by id.
+
+    A missing directory or one without challenges is an InputError: an empty pack would let build,
+    serve and export succeed without doing anything."""
+    root = Path(root)
+    fix = "check --challenges (or ASSAY_ARENA_CHALLENGES); omit it for the packaged challenges"
+    if not root.is_dir():
+        raise InputError(f"challenge directory {root} does not exist or is not a directory; {fix}")
     out = {}
-    for d in sorted(Path(root).iterdir()) if Path(root).exists() else []:
+    for d in sorted(root.iterdir()):
         if (d / "challenge.toml").exists():
             s = load_challenge_dir(d)
             out[s.manifest.id] = s
+    if not out:
+        raise InputError(f"{root} holds no challenges (no <id>/challenge.toml); {fix}")
     return out
 
 

@@ -110,8 +110,13 @@ def load_challenges(settings: Settings) -> dict[str, ChallengeSpec]:
 
 def build_challenges(settings: Settings, only: list[str] | None = None) -> list[str]:
     """Run each challenge's ``build(manifest.seed, <data_dir>/built/<id>)``; returns the ids built."""
+    specs = discover(settings.challenges_dir)
+    unknown = sorted(set(only or ()) - set(specs))
+    if unknown:  # checked before building anything: a typo must not pass as a successful build
+        raise InputError(f"no challenge {', '.join(map(repr, unknown))} in {settings.challenges_dir}; "
+                         f"available: {', '.join(sorted(specs))}")
     built = []
-    for cid, spec in discover(settings.challenges_dir).items():
+    for cid, spec in specs.items():
         if only and cid not in only:
             continue
         workdir = settings.built_dir / cid

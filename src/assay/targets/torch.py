@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from assay.errors import TargetError
+from assay.errors import InputError, TargetError
 from assay.targets.base import GRADIENTS, LABELS, SCORES, Target
 
 
@@ -18,7 +18,13 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device {device!r} is not a torch device; use --device auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device}: this torch build or machine has no CUDA device; use --device cpu or auto")
+    return dev
 
 
 class Normalize(nn.Module):

@@ -125,7 +125,8 @@ class BlackBoxProbe(Probe):
                                   method=iv.method, description=f"{attack}, {p.queries_per_sample} queries per sample"))
         metrics.append(Metric("queries_used", float(used_total), unit="queries"))
         charged = target.queries - charged_before
-        if 0 < charged != used_total:  # a cache (HttpTarget) answered the difference
+        cached = 0 < charged != used_total  # a cache (HttpTarget) answered the difference
+        if cached:
             metrics.append(Metric("queries_charged", float(charged), unit="queries",
                                   description="queries that reached the target and counted against its budget"))
         attacked = int((~clean_wrong).sum())
@@ -147,8 +148,7 @@ class BlackBoxProbe(Probe):
             summary=(f"{attack} ({norm}) with {p.queries_per_sample} queries per sample: robust accuracy "
                      + ", ".join(f"{r:.1%} at eps {e:.4g}" for e, r in zip(eps_list, ra))
                      + f"; {used_total} queries used"
-                     + (f" ({charged} charged to the target, the rest answered from its cache)." if 0 < charged != used_total
-                        else ".")),
+                     + (f" ({charged} charged to the target, the rest answered from its cache)." if cached else ".")),
             accounting={"samples": n, "attack": attack},
         )
 
