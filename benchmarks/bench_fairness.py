@@ -1,7 +1,7 @@
 """Group metrics with bootstrap intervals vs Fairlearn, and integrated gradients vs Captum.
 
 Run:  PYTHONPATH=src python benchmarks/bench_fairness.py [--rows 1000000] [--boot 1000] [--fairlearn-boot 5]
-Writes results/fairness.md (machine, versions, timings, ratios, agreement checks).
+Writes benchmarks/results/fairness.md (machine, versions, timings, ratios, agreement checks).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def main():
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--fairlearn-boot", type=int, default=5)
-    ap.add_argument("--out", default="results/fairness.md")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fairness.md"))
     ap.add_argument("--sections", default="groups,ig", help="comma list; others are kept from an existing --out file")
     args = ap.parse_args()
     torch.set_num_threads(2)

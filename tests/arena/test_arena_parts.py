@@ -71,6 +71,20 @@ def test_budget_is_atomic_across_threads_on_postgres(postgres_server):
     assert b.used(1, "c") == 30
 
 
+@pytest.mark.postgres
+def test_login_limiter_is_atomic_across_threads_on_postgres(postgres_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from assay.arena.budgets import AttemptLimiter
+
+    store = Store(postgres_server())
+    store.create_all()
+    limiters = [AttemptLimiter(Store(store.url), per_minute=0.001, burst=5) for _ in range(2)]
+    with ThreadPoolExecutor(8) as ex:
+        waits = list(ex.map(lambda i: limiters[i % 2].take("198.51.100.4"), range(40)))
+    assert waits.count(0) == 5 and min(w for w in waits if w) >= 1
+
+
 def test_cli_init_build_solve_export(tmp_path, monkeypatch):
     from assay.arena.app import create_app
     from assay.arena.cli import main

@@ -128,13 +128,39 @@ def test_password_attempts_are_limited_per_client_address(tmp_path, challenge_di
         assert ok.status_code == 200 and ok.json()["name"] == "alice"
 
 
-def test_attempt_limiter_refills_and_stays_bounded():
-    from assay.arena.auth import AttemptLimiter
+def test_attempt_limiter_refills_is_shared_by_workers_and_stays_bounded(tmp_path):
+    from assay.arena.budgets import AttemptLimiter
+    from assay.arena.store import Store
 
-    lim = AttemptLimiter(per_minute=60, burst=2, max_clients=100)
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.create_all()
+    lim = AttemptLimiter(store, per_minute=60, burst=2, prune_seconds=10)
     assert lim.take("a", now=0.0) == 0 and lim.take("a", now=0.0) == 0
     assert lim.take("a", now=0.0) == 1  # one token a second
+    assert lim.take("a", now=0.5) == 1  # half a token: still one second (rounded up)
     assert lim.take("a", now=1.0) == 0
-    for i in range(500):
+    # a second worker process (its own limiter, same database) sees the same, spent bucket
+    other = AttemptLimiter(Store(store.url), per_minute=60, burst=2)
+    assert other.take("a", now=1.0) == 1 and lim.take("b", now=1.0) == 0
+    for i in range(300):
         lim.take(f"c{i}", now=2.0)
-    assert len(lim._buckets) <= 100
+    assert lim.rows() == 302
+    # past the prune period every bucket has refilled: the rows go, the limit still holds afterwards
+    assert lim.take("z", now=20.0) == 0 and lim.rows() == 1
+    assert lim.take("z", now=20.0) == 0 and lim.take("z", now=20.0) == 1
+
+
+def test_attempt_limiter_holds_under_concurrent_workers(tmp_path):
+    # 4 threads x 2 limiters (as 2 worker processes would) race for one bucket of 5: exactly 5 pass
+    from concurrent.futures import ThreadPoolExecutor
+
+    from assay.arena.budgets import AttemptLimiter
+    from assay.arena.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.create_all()
+    limiters = [AttemptLimiter(Store(store.url), per_minute=0.001, burst=5) for _ in range(2)]
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda i: limiters[i % 2].take("203.0.113.7"), range(40)))
+    assert waits.count(0) == 5
+

@@ -9,6 +9,7 @@ import json
 import math
 import re
 import struct
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -316,6 +317,16 @@ def test_summary_table_lists_every_finding_within_the_width(sample_report):
     wide = summary_table(sample_report, width=160)
     assert "robust_accuracy[linf,eps=0.1]=0.3933 [0.3377, 0.4511]" in wide
     assert "error: TargetError" in wide and "skipped: needs dataset fields" in wide
+
+
+def test_summary_table_cuts_nothing_in_a_log(sample_report, monkeypatch):
+    # a CI log is not a terminal: the whole error reason must reach it, whatever the fallback width
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    out = summary_table(sample_report)
+    assert "503 Service Unavailable after 5 retries; check the endpoint" in out and "…" not in out
+    monkeypatch.setenv("COLUMNS", "70")  # an explicit width is obeyed
+    assert all(len(line) <= 70 for line in summary_table(sample_report).splitlines())
 
 
 def test_render_all_writes_the_three_files(sample_report, tmp_path):

@@ -48,10 +48,11 @@ def operator(player: Player = Depends(current_player)) -> Player:
     return player
 
 
-def password_attempt_wait(request: Request) -> int:
+async def password_attempt_wait(request: Request) -> int:
     """Seconds this client must wait before another password attempt (0: go ahead); see
-    :class:`assay.arena.auth.AttemptLimiter`."""
-    return arena_of(request).password_attempts.take(request.client.host if request.client else "unknown")
+    :class:`assay.arena.budgets.AttemptLimiter`. A database write: run off the event loop."""
+    client = request.client.host if request.client else "unknown"
+    return await asyncio.to_thread(arena_of(request).password_attempts.take, client)
 
 
 def too_many_attempts(wait: int) -> HTTPException:
@@ -120,7 +121,7 @@ def make_router() -> APIRouter:
     @r.post("/register")
     async def register(request: Request):
         data = await small_json(request)
-        if wait := password_attempt_wait(request):
+        if wait := await password_attempt_wait(request):
             raise too_many_attempts(wait)
         try:
             # argon2 runs in a thread: a burst of sign-ups must not stall the scoring traffic
@@ -135,7 +136,7 @@ def make_router() -> APIRouter:
     async def login(request: Request, response: Response):
         data = await small_json(request)
         arena = arena_of(request)
-        if wait := password_attempt_wait(request):
+        if wait := await password_attempt_wait(request):
             raise too_many_attempts(wait)
         player = await asyncio.to_thread(arena.login, str(data.get("name", "")), str(data.get("password", "")))
         if player is None:

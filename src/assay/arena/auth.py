@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import secrets
-import threading
-import time
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -73,42 +70,3 @@ class Sessions:
 
 def csrf_ok(expected: str | None, given: str | None) -> bool:
     return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
-
-
-class AttemptLimiter:
-    """A token bucket per client address for the password routes (login and registration).
-
-    Every attempt counts, right or wrong: each one costs an argon2 computation, so an unthrottled
-    route is both a password-guessing and a CPU-exhaustion vector. ``take(client)`` returns 0 when
-    the attempt may proceed, else the whole seconds to wait. State is per server process (with N
-    workers a client gets at most N times the rate), bounded to ``max_clients`` addresses (the
-    fullest buckets are forgotten first: they are the ones that owe nothing). Behind a reverse proxy,
-    run uvicorn with ``--proxy-headers`` so the client address is the real one.
-    """
-
-    def __init__(self, per_minute: float, burst: int, max_clients: int = 100_000):
-        if per_minute <= 0 or burst < 1:
-            raise ValueError("per_minute must be > 0 and burst >= 1")
-        self.rate, self.burst, self.max_clients = per_minute / 60.0, float(burst), max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, updated_at)
-        self._lock = threading.Lock()
-
-    def take(self, client: str, now: float | None = None) -> int:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            tokens, at = self._buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - at) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[client] = (tokens - 1.0, now)
-                if len(self._buckets) > self.max_clients:
-                    self._forget_full(now)
-                return 0
-            self._buckets[client] = (tokens, now)
-            return max(1, math.ceil((1.0 - tokens) / self.rate))
-
-    def _forget_full(self, now: float) -> None:
-        full = [c for c, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst]
-        for c in full[: max(len(full), len(self._buckets) - self.max_clients)]:
-            del self._buckets[c]
-        while len(self._buckets) > self.max_clients:  # every bucket in debt: drop the oldest entries
-            del self._buckets[next(iter(self._buckets))]

@@ -31,10 +31,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sqlalchemy import case, literal, select, update
+from sqlalchemy import case, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from assay.arena.store import Budget, QueryLog, Store
+from assay.arena.store import Budget, LoginAttempts, QueryLog, Store
 
 
 @dataclass
@@ -264,3 +264,53 @@ class Budgets:
         with self.store.session() as s:
             row = s.get(Budget, (player_id, challenge_id))
             return row.used if row else 0
+
+
+class AttemptLimiter:
+    """A token bucket per client address for the password routes (login and registration), kept in
+    the database like the query budgets, so every worker process shares it.
+
+    Every attempt counts, right or wrong: each one costs an argon2 computation, so an unthrottled
+    route is both a password-guessing and a CPU-exhaustion vector. ``take(client)`` returns 0 when
+    the attempt may proceed, else the whole seconds to wait; the spend is one conditional UPDATE,
+    so concurrent attempts from N workers cannot share out more than the bucket holds. Rows of full
+    buckets are deleted at most every ``prune_seconds`` per process. Behind a reverse proxy, run
+    uvicorn with ``--proxy-headers`` so the client address is the real one.
+    """
+
+    def __init__(self, store: Store, per_minute: float, burst: int, prune_seconds: float = 60.0):
+        if per_minute <= 0 or burst < 1:
+            raise ValueError("per_minute must be > 0 and burst >= 1")
+        self.store, self.rate, self.burst = store, per_minute / 60.0, float(burst)
+        self.prune_seconds, self._pruned_at = prune_seconds, float("-inf")
+
+    def _refilled(self, now: float):
+        L = LoginAttempts
+        return _least(literal(self.burst), L.tokens + (literal(now) - L.updated_at) * self.rate)
+
+    def take(self, client: str, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        client = client[:64]
+        L = LoginAttempts
+        with self.store.engine.begin() as conn:
+            if now - self._pruned_at >= self.prune_seconds:
+                self._pruned_at = now
+                conn.execute(delete(L).where(self._refilled(now) >= self.burst))
+            for _attempt in range(2):
+                spent = conn.execute(update(L).where(L.client == client, self._refilled(now) >= 1.0)
+                                     .values(tokens=self._refilled(now) - 1.0, updated_at=now)
+                                     .returning(L.tokens)).first()
+                if spent is not None:
+                    return 0
+                state = conn.execute(select(L.tokens, L.updated_at).where(L.client == client)).first()
+                if state is not None:
+                    level = min(self.burst, state[0] + (now - state[1]) * self.rate)
+                    return max(1, math.ceil((1.0 - level) / self.rate))
+                insert = (postgresql if self.store.dialect == "postgresql" else sqlite).insert(L)
+                conn.execute(insert.values(client=client, tokens=self.burst, updated_at=now).on_conflict_do_nothing())
+        raise RuntimeError("login bucket row could not be created")  # pragma: no cover
+
+    def rows(self) -> int:
+        """How many client addresses the table holds now."""
+        with self.store.session() as s:
+            return s.scalar(select(func.count()).select_from(LoginAttempts)) or 0

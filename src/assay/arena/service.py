@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from assay.arena import auth, fastjson
-from assay.arena.budgets import Budgets, QueryItem
+from assay.arena.budgets import AttemptLimiter, Budgets, QueryItem
 from assay.arena.challenge import ChallengeSpec, ScoreResult, discover
 from assay.arena.flags import check_flag, flag_for, flag_owner
 from assay.arena.scoring import Standing, dynamic_value, rank
@@ -134,7 +134,7 @@ class Arena:
         self.budgets = Budgets(self.store)
         self.hasher = auth.password_hasher(settings.argon2)
         self._dummy_hash = auth.dummy_hash(self.hasher)
-        self.password_attempts = auth.AttemptLimiter(settings.login_per_minute, settings.login_burst)
+        self.password_attempts = AttemptLimiter(self.store, settings.login_per_minute, settings.login_burst)
         self.sessions = auth.Sessions(settings.secret)
         self.specs = load_challenges(settings) if specs is None else specs
         self.artifacts = {cid: s.challenge.artifacts() for cid, s in self.specs.items()}

@@ -104,6 +104,16 @@ class QueryLog(Base):
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class LoginAttempts(Base):
+    """One token bucket per client address for the password routes; rows of full buckets are
+    deleted from time to time (they hold no information), so the table stays small."""
+
+    __tablename__ = "login_attempts"
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 class EventState(Base):
     """A single row (id 1): whether the event is open, the scoreboard freeze, the scoring mode."""
 

@@ -117,7 +117,7 @@ def make_web_router() -> APIRouter:
     async def register(request: Request):
         f = await form_of(request)
         arena = arena_of(request)
-        if wait := password_attempt_wait(request):
+        if wait := await password_attempt_wait(request):
             return render(request, "register.html", status=429, name=f.get("name", ""),
                           error=f"Too many attempts from this address; try again in {wait} s.")
         try:
@@ -135,7 +135,7 @@ def make_web_router() -> APIRouter:
     async def login(request: Request):
         f = await form_of(request)
         arena = arena_of(request)
-        if wait := password_attempt_wait(request):
+        if wait := await password_attempt_wait(request):
             return render(request, "login.html", status=429, error=f"Too many attempts from this address; try again in {wait} s.")
         player = await asyncio.to_thread(arena.login, f.get("name", ""), f.get("password", ""))
         if player is None:

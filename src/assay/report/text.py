@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 
 from assay.report.format import finding_reason, fmt, fmt_ci
 from assay.report.schema import AuditReport
@@ -26,6 +28,13 @@ def _one_line(s: str) -> str:
     return " ".join(str(s).split())
 
 
+def _stdout_is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
 def summary_table(report: AuditReport, width: int | None = None, max_metrics: int = 2) -> str:
     """A table with one line per finding: verdict, probe, axis and its first metrics with CIs.
 
@@ -33,8 +42,10 @@ def summary_table(report: AuditReport, width: int | None = None, max_metrics: in
     ----------
     report : AuditReport
     width : int, optional
-        Line width; default the terminal's (80 when unknown), never below 60. Long cells are cut
-        with an ellipsis; the metrics column takes whatever room is left.
+        Line width, never below 60. Long cells are cut with an ellipsis; the metrics column takes
+        whatever room is left. Default: the terminal's width; when stdout is not a terminal (a CI
+        log, a pipe) and ``COLUMNS`` is unset, wide enough that nothing is cut, so an error's whole
+        reason reaches the log.
     max_metrics : int
         How many metrics of each finding to show (the rest are counted: ``+3 more``).
 
@@ -54,9 +65,9 @@ def summary_table(report: AuditReport, width: int | None = None, max_metrics: in
     WARN     privacy.membership  privacy  auc=0.61 [0.58, 0.64]
     overall: WARN (1 finding: 1 warn)
     """
+    fit_all = width is None and "COLUMNS" not in os.environ and not _stdout_is_tty()
     if width is None:
         width = shutil.get_terminal_size((80, 24)).columns
-    width = max(MIN_WIDTH, int(width))
     rows = []
     for f in report.findings:
         if f.verdict == "error":
@@ -71,6 +82,9 @@ def summary_table(report: AuditReport, width: int | None = None, max_metrics: in
         rows.append([f.verdict.upper(), _one_line(f.probe), _one_line(f.axis), key])
 
     head = ["verdict", "probe", "axis", "key metrics"]
+    if fit_all:
+        width = sum(max(len(r[c]) for r in [head] + rows) for c in range(4)) + 2 * 3
+    width = max(MIN_WIDTH, int(width))
     fixed_caps = [7, 32, 12]  # verdict, probe, axis: room for the longest names without eating the line
     widths = [min(max([len(head[c])] + [len(r[c]) for r in rows]), fixed_caps[c]) for c in range(3)]
     gap = 2
