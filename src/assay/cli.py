@@ -91,22 +91,39 @@ def _target_kwargs(a) -> dict[str, Any]:
     return kw
 
 
-HTTP_OPTION_TYPES = {"timeout": float, "retries": int, "backoff": float, "max_retry_wait": float, "batch_size": int,
-                     "input_key": str, "output_path": str, "output": str, "encoding": str, "batch": bool,
-                     "cache": bool, "headers": dict, "request_template": dict}
+# HttpTarget arguments that have CLI options of their own (or come from the data) are not --http keys.
+HTTP_OWN_OPTIONS = ("self", "url", "input_shape", "num_classes", "seed", "query_budget", "bounds", "name")
+
+
+def http_option_types() -> dict[str, type]:
+    """The ``--http`` keys and their value types, read from HttpTarget's signature so the two cannot
+    drift apart: ``{"timeout": float, ..., "headers": dict}``."""
+    import inspect
+    import typing
+
+    from assay.targets.http import HttpTarget
+
+    hints = typing.get_type_hints(HttpTarget.__init__)
+    out = {}
+    for name in inspect.signature(HttpTarget.__init__).parameters:
+        if name not in HTTP_OWN_OPTIONS:
+            kinds = [t for t in typing.get_args(hints[name]) if t is not type(None)] or [hints[name]]
+            out[name] = typing.get_origin(kinds[0]) or kinds[0]  # dict[str, str] | None -> dict
+    return out
 
 
 def _http_options(items: list[str]) -> dict[str, Any]:
     """``--http timeout=30 --http 'headers={"Authorization": "Bearer T"}'`` -> HttpTarget keyword arguments."""
     import json
 
+    types = http_option_types()
     out: dict[str, Any] = {}
     for it in items:
         key, sep, raw = it.partition("=")
         key = key.strip()
-        kind = HTTP_OPTION_TYPES.get(key)
+        kind = types.get(key)
         if not sep or kind is None:
-            raise InputError(f"--http {it!r} must be KEY=VALUE with KEY one of {', '.join(HTTP_OPTION_TYPES)}")
+            raise InputError(f"--http {it!r} must be KEY=VALUE with KEY one of {', '.join(types)}")
         try:
             if kind is bool:
                 if raw.lower() not in ("true", "false", "1", "0"):

@@ -26,6 +26,7 @@ def test_runner_resumes_units_and_findings(tmp_path, demo_target, demo):
     q = demo_target.queries
     r2 = Runner(demo_target, data, plan, out_dir=tmp_path, seed=3).run()
     assert r2.findings[0].accounting.get("resumed") is True
+    assert r1.accounting["resumed_findings"] == 0 and r2.accounting["resumed_findings"] == 1
     assert demo_target.queries == q
     assert [m.value for m in r2.findings[0].metrics] == [m.value for m in f1.metrics]
     # a different seed is a different audit: nothing is reused

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from assay.cli import main
+from assay.errors import InputError
 
 PY = sys.executable
 
@@ -214,3 +215,17 @@ def test_a_policy_rule_naming_no_metric_makes_the_finding_an_error(demo_files, t
     p.write_text('["reliability.calibration"]\nece = { fail_above = 0.0 }\n')  # fixed: a real failing gate
     r = run_cli(*args, "--policy", str(p))
     assert r.returncode == 1 and "resumed from checkpoint" in r.stderr
+
+
+def test_http_options_follow_the_http_target_signature():
+    from assay.cli import _http_options, http_option_types
+
+    types = http_option_types()
+    assert types["timeout"] is float and types["retries"] is int and types["batch"] is bool
+    assert types["headers"] is dict and types["request_template"] is dict and types["output"] is str
+    assert not {"url", "input_shape", "num_classes", "query_budget", "seed"} & set(types)
+    got = _http_options(["timeout=2.5", "retries=0", "cache=false", 'headers={"Authorization": "Bearer T"}'])
+    assert got == {"timeout": 2.5, "retries": 0, "cache": False, "headers": {"Authorization": "Bearer T"}}
+    for bad in ("retries=two", "cache=maybe", "headers=[1]", "query_budget=5", "timeout"):
+        with pytest.raises(InputError):
+            _http_options([bad])

@@ -114,7 +114,7 @@ class Runner:
         if any(p.requires or p.requires_any for p in probes):
             clean.labels()
         findings: list[Finding] = []
-        resumed_units = 0
+        resumed_units = resumed_findings = 0
         for i, (planned, probe) in enumerate(zip(self.plan.probes, probes)):
             key = f"{probe.name}-" + hashlib.sha256(
                 json.dumps(planned.params, sort_keys=True, default=str).encode()
@@ -124,6 +124,7 @@ class Runner:
             if done is not None:
                 f = Finding.from_dict(done)
                 f.accounting["resumed"] = True
+                resumed_findings += 1
                 f.apply_policy(rules)
                 self._check_policy_names(f)
                 findings.append(f)
@@ -184,6 +185,7 @@ class Runner:
                 "queries": self.target.queries,
                 "versions": versions(),
                 "resumed_units": resumed_units,
+                "resumed_findings": resumed_findings,
                 "audit_fingerprint": ns,
                 "executor": self.executor.name,
             },
