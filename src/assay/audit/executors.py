@@ -7,6 +7,7 @@ inputs shipped once through ``shared``.
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable
@@ -64,8 +65,9 @@ class RayExecutor(Executor):
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
+            # WARNING: Ray's INFO start-up lines would interleave with the audit's own progress
             ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                     log_to_driver=False, ignore_reinit_error=True)
+                     log_to_driver=False, ignore_reinit_error=True, logging_level=logging.WARNING)
             self._started = True
         self._remote = ray.remote(num_cpus=num_cpus_per_task)(_ray_call)
 
