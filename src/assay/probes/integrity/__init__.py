@@ -1,0 +1,1 @@
+"""Integrity probes: backdoors and poisoning."""
