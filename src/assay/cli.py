@@ -182,6 +182,9 @@ def cmd_audit(a) -> int:
     from assay.audit.plan import load_policy, load_suite, plan_from_names
     from assay.audit.runner import Runner
 
+    if a.quiet:  # read when transformers / huggingface_hub are first imported, i.e. later
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     data = _load_data(a)
     kw = _target_kwargs(a)
     if a.model.startswith(("http://", "https://")) and "num_classes" not in kw:

@@ -25,8 +25,19 @@ def test_calibration_probe(demo, demo_target):
     m = f.metric("ece")
     assert 0 <= m.low <= m.value <= m.high < 0.1
     assert f.metric("temperature").value > 0
+    assert f.warnings == []  # enough rows per bin: every interval holds its estimate
     curve = next(e for e in f.evidence if e.kind == "curve")
     assert curve.data["series"][0]["name"] == "model" and len(curve.data["series"]) == 3
+
+
+def test_calibration_warns_when_an_interval_misses_its_estimate():
+    from assay.probes.base import Metric
+
+    ok = Metric("ece", 0.05, 0.03, 0.08)
+    biased = Metric("adaptive_ece", 0.198, 0.212, 0.388)
+    assert Calibration._biased_intervals([ok, Metric("temperature", 1.3)], 40, 15) == []
+    (w,) = Calibration._biased_intervals([ok, biased], 40, 15)
+    assert "adaptive_ece = 0.198 not in [0.212, 0.388]" in w and "2.7 per bin" in w and not w.startswith("ece ")
 
 
 def test_selective_probe(demo, demo_target):

@@ -76,4 +76,17 @@ class Calibration(Probe):
             Evidence("bars", "Rows per confidence bin", {"ylabel": "rows", "categories": [f"{c:.2f}" for c in diag["bin_centre"]],
                                                           "series": [{"name": "count", "values": diag["count"]}]}),
         ]
-        return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting=accounting)
+        return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting=accounting,
+                            warnings=self._biased_intervals(metrics, len(y), p.n_bins))
+
+    @staticmethod
+    def _biased_intervals(metrics, n: int, n_bins: int) -> list[str]:
+        """A binned ECE is biased upward under resampling (|a sum| grows with its noise), badly so with
+        few rows per bin: the whole bootstrap distribution can then lie above the estimate. Say so
+        rather than let an interval that excludes its own point pass silently."""
+        outside = [m for m in metrics if m.low is not None and m.high is not None and not m.low <= m.value <= m.high]
+        if not outside:
+            return []
+        names = ", ".join(f"{m.name} = {m.value:.3g} not in [{m.low:.3g}, {m.high:.3g}]" for m in outside)
+        return [f"{names}: with {n} rows in {n_bins} bins ({n / n_bins:.1f} per bin) the binned ECE is biased "
+                "upward under resampling, so its interval is unreliable; audit more rows or set a smaller n_bins"]
