@@ -109,3 +109,17 @@ def test_bug_in_a_probe_does_not_lose_other_findings(demo_target, demo, monkeypa
     report = Runner(demo_target, _data(demo, 20), plan).run()
     assert report.findings[0].verdict == "error" and "boom" in report.findings[0].error
     assert report.findings[1].verdict in ("pass", "warn", "fail")
+
+
+def test_interval_that_misses_its_estimate_is_a_warning(demo_target, demo, monkeypatch):
+    from assay.probes.base import Metric
+    from assay.probes.reliability.selective import Selective
+
+    def run(self, ctx):
+        return self.finding(metrics=[Metric("good", 0.5, 0.4, 0.6), Metric("edge", 0.4, 0.4, 0.6),
+                                     Metric("bad", 0.1, 0.2, 0.3, method="bootstrap"), Metric("bare", 0.9)])
+
+    monkeypatch.setattr(Selective, "run", run)
+    f = Runner(demo_target, _data(demo, 20), plan_from_names(["reliability.selective"])).run().findings[0]
+    assert f.warnings == ["bad = 0.1 lies outside its own 95% interval [0.2, 0.3] (bootstrap); do not rely on that interval"]
+    assert f.verdict == "warn"

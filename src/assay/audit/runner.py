@@ -163,6 +163,7 @@ class Runner:
                 units_resumed=ctx.units_resumed,
             )
             resumed_units += ctx.units_resumed
+            f.warnings += _intervals_missing_their_estimate(f)
             f.apply_policy(rules)
             findings.append(f)
             if f.error is None:
@@ -220,3 +221,19 @@ def _make_progress(progress):
             bars.pop(desc, None)
 
     return update
+
+
+def _intervals_missing_their_estimate(f: Finding) -> list[str]:
+    """An interval that does not hold its own point estimate (a biased statistic under the
+    bootstrap, a bug) must not pass silently: one warning per such metric the probe has not
+    already explained in a warning of its own."""
+    said = " ".join(f.warnings)
+    out = []
+    for m in f.metrics:
+        if m.low is None or m.high is None or m.value != m.value or m.name in said:
+            continue
+        slack = 1e-9 * max(1.0, abs(m.value))
+        if not m.low - slack <= m.value <= m.high + slack:
+            out.append(f"{m.name} = {m.value:.4g} lies outside its own {m.level:.0%} interval "
+                       f"[{m.low:.4g}, {m.high:.4g}] ({m.method or 'no method given'}); do not rely on that interval")
+    return out

@@ -109,7 +109,9 @@ class GroupFairness(Probe):
                     Metric(f"{crit}_ratio{q}", r, r_lo, r_hi, higher_is_better=True, level=p.level,
                            method="bootstrap (multinomial confusion cells)",
                            description=f"smallest between-group ratio of {', '.join(CRITERIA[crit])}"),
-                    Metric(f"significant_{crit}_difference{q}", d if gap["significant"] else 0.0, d_lo, d_hi,
+                    # the difference's interval goes with it only when it is reported; a 0 has none
+                    Metric(f"significant_{crit}_difference{q}", d if gap["significant"] else 0.0,
+                           *((d_lo, d_hi) if gap["significant"] else (None, None)),
                            higher_is_better=False, level=p.level, method=f"{gap['test']} test, Holm-corrected over pairs",
                            description="the gap when it is statistically significant at alpha, else 0"),
                 ]
