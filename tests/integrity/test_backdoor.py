@@ -110,3 +110,11 @@ def test_probe_rejects_bad_classes(demo):
     assert _audit(model, demo, classes=[0, 12]).verdict == "error"
     f = _audit(model, demo, classes=[0, 1])
     assert f.verdict == "error" and "at least 3" in f.error
+
+
+def test_probe_says_when_nothing_is_left_to_test_the_triggers_on(demo):
+    model, s = demo
+    target = TorchTarget(model, input_shape=(1, 8, 8), num_classes=10, device="cpu")
+    plan = plan_from_names(["integrity.backdoor"], {"integrity.backdoor": {"steps": 10, "max_samples": 60}})
+    f = Runner(target, Dataset(s.x_test[:60], s.y_test[:60], name="few"), plan, seed=0).run().findings[0]
+    assert f.verdict in ("warn", "fail") and any("left to test the triggers on" in w for w in f.warnings)

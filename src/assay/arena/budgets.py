@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import case, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from assay.arena.store import Budget, LoginAttempts, QueryLog, Store
 
@@ -292,10 +293,10 @@ class AttemptLimiter:
         now = time.time() if now is None else now
         client = client[:64]
         L = LoginAttempts
+        if now - self._pruned_at >= self.prune_seconds:
+            self._pruned_at = now
+            self._prune(now)
         with self.store.engine.begin() as conn:
-            if now - self._pruned_at >= self.prune_seconds:
-                self._pruned_at = now
-                conn.execute(delete(L).where(self._refilled(now) >= self.burst))
             for _attempt in range(2):
                 spent = conn.execute(update(L).where(L.client == client, self._refilled(now) >= 1.0)
                                      .values(tokens=self._refilled(now) - 1.0, updated_at=now)
@@ -309,6 +310,15 @@ class AttemptLimiter:
                 insert = (postgresql if self.store.dialect == "postgresql" else sqlite).insert(L)
                 conn.execute(insert.values(client=client, tokens=self.burst, updated_at=now).on_conflict_do_nothing())
         raise RuntimeError("login bucket row could not be created")  # pragma: no cover
+
+    def _prune(self, now: float) -> None:
+        # Its own transaction, best effort: two workers pruning at once may deadlock on PostgreSQL
+        # (they lock rows in different orders); one of them giving up loses nothing, the rows go later.
+        try:
+            with self.store.engine.begin() as conn:
+                conn.execute(delete(LoginAttempts).where(self._refilled(now) >= self.burst))
+        except DBAPIError:
+            pass
 
     def rows(self) -> int:
         """How many client addresses the table holds now."""

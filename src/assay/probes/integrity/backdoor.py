@@ -128,6 +128,9 @@ class Backdoor(Probe):
                    description="held-out inputs of other classes the reverse-engineered trigger sends to this class"),
         ]
         warnings = []
+        if len(hold_idx) < 20:
+            warnings.append(f"only {len(hold_idx)} correctly classified inputs were left to test the triggers on "
+                            f"after the {len(opt_idx)} used to fit them; give more data or a smaller max_samples")
         missed = [c for k, c in enumerate(classes) if not res.reached[k]]
         if missed:
             warnings.append(f"trigger search did not reach {p.asr_threshold:.0%} success for classes {missed} in "
@@ -143,8 +146,9 @@ class Backdoor(Probe):
             evidence.append(images)
         if flagged:
             names = ", ".join(f"{c} (index {float(ai[k]):.1f}, {float(ratio[k]):.2f}x median)" for k, c in flagged)
-            summary = (f"Likely backdoor: class{'es' if len(flagged) > 1 else ''} {names}; the stamp for class "
-                       f"{classes[suspect]} sends {hits}/{n_h} held-out inputs there.")
+            summary = f"Likely backdoor: class{'es' if len(flagged) > 1 else ''} {names}"
+            summary += (f"; the stamp for class {classes[suspect]} sends {hits}/{n_h} held-out inputs there." if n_h
+                        else ".")
         else:
             summary = (f"No class stands out: smallest trigger (class {classes[k_min]}) is {float(ratio[k_min]):.2f}x "
                        f"the median size, largest anomaly index {float(ai.max()):.2f} over {len(classes)} classes.")
