@@ -15,11 +15,12 @@ from assay.errors import InputError
 PACK = discover()
 IDS = sorted(PACK)
 EXPECTED = {"evasion-whitebox", "evasion-blackbox", "membership", "inversion", "extraction", "poisoning",
-            "leakage", "noisy-defence"}
+            "leakage", "noisy-defence", "backdoor"}
 
 IMG = [[[0.5] * 8 for _ in range(8)]]
 NAN_IMG = [[[0.5] * 8 for _ in range(7)] + [[math.nan] + [0.5] * 7]]
 CARD = [[[0.0] * 12 for _ in range(12)]]
+ZERO_IMG = [[[0.0] * 8 for _ in range(8)]]
 
 # One valid query payload per challenge (answers that need no model call are listed separately).
 VALID = {
@@ -31,6 +32,7 @@ VALID = {
     "inversion": {"inputs": [CARD]},
     "leakage": {"prefix": "alice: "},
     "poisoning": {"points": [{"features": [0.5] * 5, "label": 1}]},
+    "backdoor": {"mask": ZERO_IMG, "pattern": IMG, "target": 3},
 }
 
 COMMON_BAD = [[], "x", None, {}, {"bogus": 1}]
@@ -60,6 +62,11 @@ BAD = {
                   {"points": [{"features": [1.5] * 5, "label": 1}]}, {"points": [{"features": [0.5] * 5, "label": 2}]},
                   {"points": [{"features": [0.5] * 5, "label": True}]}, {"points": [{"features": [0.5] * 5}]},
                   {"points": [[[0.5] * 5, 1]]}, {"points": [{"features": [math.nan] * 5, "label": 0}]}],
+    "backdoor": [{"mask": ZERO_IMG, "pattern": IMG}, {"mask": ZERO_IMG, "pattern": IMG, "target": 10},
+                 {"mask": ZERO_IMG, "pattern": IMG, "target": True}, {"mask": ZERO_IMG, "pattern": IMG, "target": "3"},
+                 {"mask": NAN_IMG, "pattern": IMG, "target": 0}, {"mask": IMG[0], "pattern": IMG, "target": 0},
+                 {"mask": ZERO_IMG, "pattern": [[[1.5] * 8 for _ in range(8)]], "target": 0},
+                 {"mask": ZERO_IMG, "pattern": IMG, "target": 0, "extra": 1}],
 }
 
 
@@ -244,3 +251,20 @@ def test_guesses_reveal_only_right_or_wrong(pack):
     assert inv.score({"guess": inv.word}).solved
     assert leak.score({"guess": "a" * 8}).output == {"correct": False}
     assert leak.score({"guess": leak.secret}).solved
+
+
+def test_backdoor_needs_the_right_class_and_a_small_stamp(pack):
+    from assay.arena.challenges.backdoor.challenge import make_trigger
+
+    ch = PACK["backdoor"].challenge
+    mask, pattern, target = make_trigger(PACK["backdoor"].manifest.seed)
+    assert target == ch.target
+    r = ch.score({"mask": mask.tolist(), "pattern": pattern.tolist(), "target": target})
+    assert r.solved and r.output["success"] >= 0.9 and r.output["stamp_size"] == 9.0
+    wrong = (target + 1) % 10
+    assert not ch.score({"mask": mask.tolist(), "pattern": pattern.tolist(), "target": wrong}).solved
+    # replacing the whole scan reaches any class, but is no trigger: the size rule refuses it
+    digit = ch.hidden_x[0].tolist()
+    r = ch.score({"mask": [[[1.0] * 8 for _ in range(8)]], "pattern": digit, "target": target})
+    assert not r.solved and r.output["within_size"] is False and r.output["stamp_size"] == 64.0
+    assert set(r.output) == {"success", "stamp_size", "within_size"}  # nothing about the hidden scans
