@@ -250,3 +250,38 @@ def test_verify_with_record_is_a_submission_on_the_players_behalf(arena_app):
     assert [(x["correct"], x["suspected_sharing"], x["flag_owner"]) for x in reversed(subs)] == [
         (False, True, "bob"), (True, False, None), (True, False, None)]
     assert [(p.name, p.score) for p in arena.scoreboard()[0]][0] == ("alice", 100)
+
+
+def test_reference_solutions_only_after_the_operator_publishes_a_closed_event(arena_app):
+    client, arena = arena_app
+    h = register(client, "alice")
+    url = "/api/challenges/linear/solution"
+    assert client.get(url).status_code == 401  # not public
+    r = client.get(url, headers=hdr(h))
+    assert r.status_code == 403 and "after the event closes" in r.json()["detail"]
+    admin = client.post("/api/login", json={"name": "admin", "password": "operator-pass"}).json()["csrf_token"]
+    ops = {"X-CSRF-Token": admin}
+    assert client.get(url).status_code == 200  # the operator may always read them
+    # publishing during the event is refused: it would hand out the answers
+    r = client.post("/api/admin/event", json={"solutions": True}, headers=ops)
+    assert r.status_code == 409 and "close the event" in r.json()["detail"]
+    assert client.post("/api/admin/event", json={"open": False}, headers=ops).json()["solutions_published"] is False
+    assert client.get(url.replace("linear", "nope")).status_code == 404
+    client.cookies.clear()
+    assert client.get(url, headers=hdr(h)).status_code == 403  # closed, not yet published
+    admin = client.post("/api/login", json={"name": "admin", "password": "operator-pass"}).json()["csrf_token"]
+    r = client.post("/api/admin/event", json={"solutions": True}, headers={"X-CSRF-Token": admin})
+    assert r.json()["solutions_published"] is True
+    client.cookies.clear()
+    sol = client.get(url, headers=hdr(h))
+    assert sol.status_code == 200
+    body = sol.json()
+    assert body["solver"].startswith("def solve(client)") and body["naive_attempt"].startswith("def naive(client)")
+    assert arena.settings.secret not in sol.text and flag_for(arena.settings.secret, h["_id"], "linear") not in sol.text
+    # the web page shows them too (cookie session), and reopening the event hides them again
+    client.post("/api/login", json={"name": "alice", "password": "password123"})
+    page = client.get("/challenges/linear").text
+    assert 'id="solution"' in page and "def solve(client)" in page
+    arena.set_event(open=True)
+    assert client.get(url, headers=hdr(h)).status_code == 403
+    assert 'id="solution"' not in client.get("/challenges/linear").text

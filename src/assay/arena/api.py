@@ -107,6 +107,7 @@ class EventUpdate(BaseModel):
     open: bool | None = None
     frozen: bool | None = None
     recompute_values: bool | None = None
+    solutions: bool | None = None  # publish (True) or withdraw (False) the reference solutions
 
 
 def board_json(standings, frozen_at: float | None, by: str) -> dict[str, Any]:
@@ -171,6 +172,15 @@ def make_router() -> APIRouter:
         return Response(content, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{safe}"'})
 
+    @r.get("/challenges/{cid}/solution")
+    def solution(cid: str, request: Request, player: Player = Depends(current_player)):
+        arena = arena_of(request)
+        if cid not in arena.specs:
+            raise HTTPException(404, f"no challenge {cid!r}")
+        if not (player.is_operator or arena.solutions_visible()):
+            raise HTTPException(403, "reference solutions are published by the operator after the event closes")
+        return arena.solution(cid)
+
     @r.post("/challenges/{cid}/score")
     async def score(cid: str, request: Request, player: Player = Depends(current_player)):
         arena = arena_of(request)
@@ -211,15 +221,24 @@ def make_router() -> APIRouter:
         return {"team_id": team.id, "name": team.name}
 
     # ------------------------------------------------------------ operator
+    def event_json(arena) -> dict[str, Any]:
+        st = arena.event()
+        return {"open": st.open, "frozen_at": st.frozen_at, "recompute_values": st.recompute_values,
+                "solutions_published": arena.solutions_visible()}
+
     @r.get("/admin/event")
     def get_event(request: Request, _: Player = Depends(operator)):
-        st = arena_of(request).event()
-        return {"open": st.open, "frozen_at": st.frozen_at, "recompute_values": st.recompute_values}
+        return event_json(arena_of(request))
 
     @r.post("/admin/event")
     def set_event(update: EventUpdate, request: Request, _: Player = Depends(operator)):
-        st = arena_of(request).set_event(open=update.open, frozen=update.frozen, recompute_values=update.recompute_values)
-        return {"open": st.open, "frozen_at": st.frozen_at, "recompute_values": st.recompute_values}
+        arena = arena_of(request)
+        try:
+            arena.set_event(open=update.open, frozen=update.frozen, recompute_values=update.recompute_values,
+                            solutions=update.solutions)
+        except InputError as e:
+            raise HTTPException(409, str(e)) from None
+        return event_json(arena)
 
     @r.get("/admin/submissions")
     def submissions(request: Request, _: Player = Depends(operator)):

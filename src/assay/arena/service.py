@@ -8,6 +8,7 @@ import asyncio
 import functools
 import hashlib
 import hmac
+import inspect
 import logging
 import re
 import secrets
@@ -24,7 +25,7 @@ from assay.arena.challenge import ChallengeSpec, ScoreResult, discover
 from assay.arena.flags import check_flag, flag_for, flag_owner
 from assay.arena.scoring import Standing, dynamic_value, rank
 from assay.arena.settings import Settings
-from assay.arena.store import Budget, EventState, Player, QueryLog, Solve, Store, Submission, Team
+from assay.arena.store import Budget, EventState, Player, QueryLog, SolutionRelease, Solve, Store, Submission, Team
 from assay.errors import InputError
 
 log = logging.getLogger("assay.arena")
@@ -147,6 +148,7 @@ class Arena:
         self.key_cache_seconds = 300.0  # a bound even if the database is edited by hand
         self._key_cache: dict[str, tuple[float, Player | None]] = {}
         self._event_cache: tuple[float, EventState] | None = None
+        self._published_at: float | None = None
         self._epoch: int | None = None
         if settings.admin_password:
             self.ensure_operator("admin", settings.admin_password)
@@ -250,17 +252,38 @@ class Arena:
         """The event state, re-read at most every ``cache_seconds``; the account epoch with it."""
         now = time.monotonic()
         if fresh or self._event_cache is None or self._event_cache[0] <= now:
-            state, epoch = self.store.state()
+            state, epoch, published_at = self.store.state()
             if epoch != self._epoch:
                 self._key_cache.clear()
                 self._epoch = epoch
             self._event_cache = (now + self.cache_seconds, state)
+            self._published_at = published_at
         return self._event_cache[1]
 
+    def solutions_visible(self) -> bool:
+        """Reference solutions are shown once the operator has published them AND the event is
+        closed: reopening the event hides them again."""
+        state = self.event()
+        return self._published_at is not None and not state.open
+
+    def solution(self, cid: str) -> dict[str, str] | None:
+        """The challenge's teaching material: its reference solver and the naive attempt that fails,
+        as source code (they hold no secrets: flags and hidden data live only in the built files)."""
+        spec = self.specs.get(cid)
+        if spec is None:
+            return None
+        return {"challenge": cid, "name": spec.manifest.name, "solver": inspect.getsource(spec.solve),
+                "naive_attempt": inspect.getsource(spec.naive)}
+
     def set_event(self, *, open: bool | None = None, frozen: bool | None = None,
-                  recompute_values: bool | None = None) -> EventState:
+                  recompute_values: bool | None = None, solutions: bool | None = None) -> EventState:
         with self.store.session() as s:
             st = s.get(EventState, 1)
+            if solutions and (st.open if open is None else open):
+                raise InputError("close the event before publishing the reference solutions")
+            if solutions is not None:
+                s.execute(update(SolutionRelease).where(SolutionRelease.id == 1)
+                          .values(published_at=time.time() if solutions else None))
             if open is not None:
                 st.open = open
             if frozen is not None:

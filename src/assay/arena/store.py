@@ -135,6 +135,15 @@ class AccountEpoch(Base):
     counter: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class SolutionRelease(Base):
+    """A single row (id 1): when the operator published the reference solutions (None: not).
+    Its own table, so that databases created before it existed gain it from ``create_all``."""
+
+    __tablename__ = "solution_release"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    published_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, ``synchronous=NORMAL`` (a committed transaction
     survives a killed process) and a 30 s busy timeout so that worker processes wait, not fail."""
@@ -172,6 +181,8 @@ class Store:
                 s.add(EventState(id=1, open=True))
             if s.get(AccountEpoch, 1) is None:
                 s.add(AccountEpoch(id=1, counter=0))
+            if s.get(SolutionRelease, 1) is None:
+                s.add(SolutionRelease(id=1, published_at=None))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -192,12 +203,14 @@ class Store:
             assert state is not None, "schema not initialised: run `assay arena init`"
             return state
 
-    def state(self) -> tuple[EventState, int]:
-        """The event state and the account epoch, read together (one session)."""
+    def state(self) -> tuple[EventState, int, float | None]:
+        """The event state, the account epoch and when the solutions were published, read together
+        (one session)."""
         with self.session() as s:
             state = s.get(EventState, 1)
             assert state is not None, "schema not initialised: run `assay arena init`"
-            return state, s.scalar(select(AccountEpoch.counter).where(AccountEpoch.id == 1)) or 0
+            epoch = s.scalar(select(AccountEpoch.counter).where(AccountEpoch.id == 1)) or 0
+            return state, epoch, s.scalar(select(SolutionRelease.published_at).where(SolutionRelease.id == 1))
 
     @staticmethod
     def bump_epoch(session: Session) -> None:

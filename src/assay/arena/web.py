@@ -162,10 +162,12 @@ def make_web_router() -> APIRouter:
         player = logged_in(request)
         if player is None:
             return redirect("/login")
-        ch = next((c for c in arena_of(request).challenge_list(player.id) if c["id"] == cid), None)
+        arena = arena_of(request)
+        ch = next((c for c in arena.challenge_list(player.id) if c["id"] == cid), None)
         if ch is None:
             raise HTTPException(404, f"no challenge {cid!r}")
-        return render(request, "challenge.html", status=status, ch=ch, **ctx)
+        solution = arena.solution(cid) if arena.solutions_visible() else None
+        return render(request, "challenge.html", status=status, ch=ch, solution=solution, **ctx)
 
     @r.get("/challenges/{cid}", response_class=HTMLResponse)
     def challenge(cid: str, request: Request):
@@ -246,7 +248,8 @@ def make_web_router() -> APIRouter:
     def admin(request: Request):
         require_operator(request)
         standings, _ = arena_of(request).scoreboard(live=True)
-        return render(request, "admin.html", standings=standings)
+        return render(request, "admin.html", standings=standings,
+                      solutions_published=arena_of(request).solutions_visible())
 
     @r.post("/admin/event")
     async def admin_event(request: Request):
@@ -255,10 +258,16 @@ def make_web_router() -> APIRouter:
         action = f.get("action", "")
         changes = {"open": dict(open=True), "close": dict(open=False), "freeze": dict(frozen=True),
                    "unfreeze": dict(frozen=False), "recompute": dict(recompute_values=True),
-                   "frozen_values": dict(recompute_values=False)}.get(action)
+                   "frozen_values": dict(recompute_values=False), "publish_solutions": dict(solutions=True),
+                   "withdraw_solutions": dict(solutions=False)}.get(action)
         if changes is None:
             raise HTTPException(422, f"unknown action {action!r}")
-        arena_of(request).set_event(**changes)
+        try:
+            arena_of(request).set_event(**changes)
+        except InputError as e:
+            standings, _ = arena_of(request).scoreboard(live=True)
+            return render(request, "admin.html", status=409, standings=standings, error=str(e),
+                          solutions_published=arena_of(request).solutions_visible())
         return redirect("/admin")
 
     @r.get("/admin/submissions", response_class=HTMLResponse)
