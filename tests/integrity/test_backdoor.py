@@ -105,6 +105,16 @@ def test_probe_flags_the_backdoored_model_and_passes_the_clean_one(backdoored, d
     assert good.metric("trigger_size_ratio").value > 0.5
 
 
+def test_many_classes_are_screened_then_refined(backdoored, demo):
+    # as for a 1000-class model: every class gets a short search, the smallest stamps the full one
+    f = _audit(backdoored, demo, max_classes=5, screen_steps=50)
+    assert f.accounting["screened_classes"] == 10 and f.accounting["searched_classes"] == 5
+    assert f.verdict == "fail" and f.accounting["flagged"] == [TARGET_CLASS] and "screened" in f.summary
+    assert len(f.evidence[0].data["rows"]) == 5
+    clean_model, _ = demo  # the refined few have a smaller median; the size rule still keeps a clean model clean
+    assert _audit(clean_model, demo, max_classes=5, screen_steps=50).verdict == "pass"
+
+
 def test_probe_rejects_bad_classes(demo):
     model, _ = demo
     assert _audit(model, demo, classes=[0, 12]).verdict == "error"

@@ -41,6 +41,8 @@ class Backdoor(Probe):
         anomaly_threshold: float = 2.0  # Neural Cleanse's MAD threshold
         size_ratio: float = 0.5  # and the trigger must be under this fraction of the median size
         max_rows: int = 8192  # stamped inputs per forward pass
+        max_classes: int = 100  # with more candidate classes, screen all briefly and refine this many
+        screen_steps: int = 50
         level: float = 0.95
         examples: int = 3
 
@@ -55,15 +57,19 @@ class Backdoor(Probe):
     def cost(self, target, data):
         p = self.params
         k = len(p.classes) if p.classes is not None else (target.num_classes if target is not None else 10)
-        return {"queries": k * (p.steps * p.max_samples + p.holdout),
-                "note": f"{p.steps} gradient steps on {p.max_samples} inputs per candidate class"}
+        refined = min(k, p.max_classes)
+        screen = k * p.screen_steps * p.max_samples if k > p.max_classes else 0
+        return {"queries": screen + refined * (p.steps * p.max_samples + p.holdout),
+                "note": f"{p.steps} gradient steps on {p.max_samples} inputs per candidate class"
+                        + (f" ({refined} of {k} refined after a {p.screen_steps}-step screen)" if screen else "")}
 
     def run(self, ctx):
         p = self.params
         t, data = ctx.target, ctx.data
         classes = self._classes(t.num_classes)
-        if len(classes) < 3:
-            raise InputError("a backdoor scan compares classes with each other: give at least 3 candidate classes")
+        if len(classes) < 3 or p.max_classes < 3:
+            raise InputError("a backdoor scan compares classes with each other: give at least 3 candidate classes "
+                             "(classes and max_classes)")
         correct = torch.nonzero(ctx.clean.correct()).flatten()
         order = correct[torch.randperm(len(correct), generator=ctx.generator(salt=17))]
         opt_idx, hold_idx = order[: p.max_samples], order[p.max_samples: p.max_samples + p.holdout]
@@ -71,23 +77,16 @@ class Backdoor(Probe):
             raise InputError(f"only {len(opt_idx)} correctly classified inputs to optimise triggers on; "
                              "give at least 10 labelled inputs the model gets right")
         x, y = data.x[opt_idx], data.y[opt_idx]
-        per_unit = max(1, p.max_rows // len(x))
-        parts = []
-        for i in range(0, len(classes), per_unit):
-            chunk = classes[i:i + per_unit]
-
-            def compute(chunk=chunk, i=i):
-                r = reverse_engineer_triggers(
-                    t.module, x, y, classes=chunk, bounds=t.bounds, steps=p.steps, lr=p.lr, init_cost=p.init_cost,
-                    asr_threshold=p.asr_threshold, patience=p.patience, check_every=p.check_every,
-                    max_rows=p.max_rows, seed=ctx.seed + i)
-                return {"mask": r.mask, "pattern": r.pattern, "l1": r.l1, "success": r.success, "reached": r.reached}
-
-            parts.append(ctx.unit(f"classes-{chunk[0]}-{chunk[-1]}", compute))
-            ctx.progress("trigger search", min(i + per_unit, len(classes)), len(classes))
-        res = TriggerResult(torch.tensor(classes), *(torch.cat([torch.as_tensor(u[k]) for u in parts])
-                                                     for k in ("mask", "pattern", "l1", "success", "reached")))
-        res.reached = res.reached.bool()
+        screened = None
+        if len(classes) > p.max_classes:
+            # Many classes (e.g. ImageNet): a short search for every class, then the full search for
+            # the max_classes with the smallest stamps (a backdoored class is among them). The
+            # statistics below compare the refined classes only, which is conservative: their median
+            # is smaller than the whole set's.
+            short = self._search(ctx, x, y, classes, p.screen_steps, "screen")
+            keep = torch.argsort(short.l1)[: p.max_classes].tolist()
+            screened, classes = len(classes), sorted(classes[k] for k in keep)
+        res = self._search(ctx, x, y, classes, p.steps, "search")
 
         # held-out success of each trigger: inputs of other classes only
         xh, yh = data.x[hold_idx], data.y[hold_idx]
@@ -152,9 +151,35 @@ class Backdoor(Probe):
         else:
             summary = (f"No class stands out: smallest trigger (class {classes[k_min]}) is {float(ratio[k_min]):.2f}x "
                        f"the median size, largest anomaly index {float(ai.max()):.2f} over {len(classes)} classes.")
+        if screened is not None:
+            summary += (f" ({screened} classes screened with {p.screen_steps} steps; the {len(classes)} with the "
+                        "smallest stamps searched fully and compared.)")
         return self.finding(metrics=metrics, evidence=evidence, summary=summary, warnings=warnings,
                             accounting={"optimised_on": len(opt_idx), "held_out": len(hold_idx),
-                                        "flagged": [c for _, c in flagged]})
+                                        "flagged": [c for _, c in flagged], "screened_classes": screened,
+                                        "searched_classes": len(classes)})
+
+    def _search(self, ctx, x, y, classes: list[int], steps: int, tag: str) -> TriggerResult:
+        """The trigger search over ``classes`` in checkpointed chunks of at most ``max_rows`` rows."""
+        p, t = self.params, ctx.target
+        per_unit = max(1, p.max_rows // len(x))
+        parts = []
+        for i in range(0, len(classes), per_unit):
+            chunk = classes[i:i + per_unit]
+
+            def compute(chunk=chunk, i=i):
+                r = reverse_engineer_triggers(
+                    t.module, x, y, classes=chunk, bounds=t.bounds, steps=steps, lr=p.lr, init_cost=p.init_cost,
+                    asr_threshold=p.asr_threshold, patience=p.patience, check_every=p.check_every,
+                    max_rows=p.max_rows, seed=ctx.seed + i)
+                return {"mask": r.mask, "pattern": r.pattern, "l1": r.l1, "success": r.success, "reached": r.reached}
+
+            parts.append(ctx.unit(f"{tag}-{steps}-classes-{chunk[0]}-{chunk[-1]}", compute))
+            ctx.progress(f"trigger {tag}", min(i + per_unit, len(classes)), len(classes))
+        res = TriggerResult(torch.tensor(classes), *(torch.cat([torch.as_tensor(u[k]) for u in parts])
+                                                     for k in ("mask", "pattern", "l1", "success", "reached")))
+        res.reached = res.reached.bool()
+        return res
 
     @staticmethod
     def _trigger_images(res, classes, l1, ai, held, xh, yh, bounds, count) -> Evidence | None:
