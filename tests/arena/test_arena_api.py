@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -265,6 +266,10 @@ def test_reference_solutions_only_after_the_operator_publishes_a_closed_event(ar
     # publishing during the event is refused: it would hand out the answers
     r = client.post("/api/admin/event", json={"solutions": True}, headers=ops)
     assert r.status_code == 409 and "close the event" in r.json()["detail"]
+    page = client.get("/admin").text  # the operator page refuses it too, with the reason
+    form_csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    r = client.post("/admin/event", data={"action": "publish_solutions", "csrf_token": form_csrf})
+    assert r.status_code == 409 and "close the event" in r.text and "not shown" in r.text
     assert client.post("/api/admin/event", json={"open": False}, headers=ops).json()["solutions_published"] is False
     assert client.get(url.replace("linear", "nope")).status_code == 404
     client.cookies.clear()

@@ -247,9 +247,13 @@ def make_web_router() -> APIRouter:
     @r.get("/admin", response_class=HTMLResponse)
     def admin(request: Request):
         require_operator(request)
-        standings, _ = arena_of(request).scoreboard(live=True)
-        return render(request, "admin.html", standings=standings,
-                      solutions_published=arena_of(request).solutions_visible())
+        return admin_page(request)
+
+    def admin_page(request: Request, status: int = 200, error: str | None = None) -> Response:
+        arena = arena_of(request)
+        standings, _ = arena.scoreboard(live=True)
+        return render(request, "admin.html", status=status, standings=standings, error=error,
+                      solutions_published=arena.solutions_visible())
 
     @r.post("/admin/event")
     async def admin_event(request: Request):
@@ -265,9 +269,7 @@ def make_web_router() -> APIRouter:
         try:
             arena_of(request).set_event(**changes)
         except InputError as e:
-            standings, _ = arena_of(request).scoreboard(live=True)
-            return render(request, "admin.html", status=409, standings=standings, error=str(e),
-                          solutions_published=arena_of(request).solutions_visible())
+            return admin_page(request, status=409, error=str(e))
         return redirect("/admin")
 
     @r.get("/admin/submissions", response_class=HTMLResponse)

@@ -45,8 +45,12 @@ class TriggerResult:
 
     def stamp(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """``x`` stamped with the trigger of the ``k``-th candidate class."""
-        m, p = self.mask[k].to(x.device), self.pattern[k].to(x.device)
-        return (1 - m) * x + m * p
+        return apply_trigger(x, self.mask[k].to(x.device), self.pattern[k].to(x.device))
+
+
+def apply_trigger(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """``(1 - mask) * x + mask * pattern``: the stamp of Neural Cleanse (broadcasting)."""
+    return (1 - mask) * x + mask * pattern
 
 
 def mask_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -154,10 +158,12 @@ def _reverse_chunk(model, x, y, classes, bounds, steps, lr, init_cost, asr_thres
     best_pattern = torch.zeros((k, *shape), device=x.device)
     best_success = torch.zeros(k, device=x.device)
     last_success = torch.zeros(k, device=x.device)
+    def decode():  # tanh parametrisation -> mask in [0, 1], pattern in the bounds
+        return (torch.tanh(mask_p) + 1) / 2, lo + (hi - lo) * (torch.tanh(pattern_p) + 1) / 2
+
     for step in range(steps):
-        mask = (torch.tanh(mask_p) + 1) / 2
-        pattern = lo + (hi - lo) * (torch.tanh(pattern_p) + 1) / 2
-        stamped = (1 - mask.unsqueeze(1)) * x.unsqueeze(0) + (mask * pattern).unsqueeze(1)  # (K, N, *shape)
+        mask, pattern = decode()
+        stamped = apply_trigger(x.unsqueeze(0), mask.unsqueeze(1), pattern.unsqueeze(1))  # (K, N, *shape)
         logits = model(stamped.reshape(k * n, *shape))
         ce = F.cross_entropy(logits, targets, reduction="none").reshape(k, n)
         l1 = mask.flatten(1).sum(1)
@@ -189,8 +195,7 @@ def _reverse_chunk(model, x, y, classes, bounds, steps, lr, init_cost, asr_thres
             down = torch.where(lower, torch.zeros_like(down), down)
     reached = torch.isfinite(best_l1)
     with torch.no_grad():
-        final_mask = (torch.tanh(mask_p) + 1) / 2
-        final_pattern = lo + (hi - lo) * (torch.tanh(pattern_p) + 1) / 2
+        final_mask, final_pattern = decode()
         best_mask[~reached], best_pattern[~reached] = final_mask[~reached], final_pattern[~reached]
         best_l1 = torch.where(reached, best_l1, final_mask.flatten(1).sum(1))
         best_success = torch.where(reached, best_success, last_success)

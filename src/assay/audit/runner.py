@@ -26,7 +26,7 @@ from assay.audit.executors import Executor, make_executor
 from assay.audit.plan import Plan, rules_for
 from assay.data.dataset import Dataset, validate
 from assay.errors import AssayError, BudgetExceeded
-from assay.probes.base import Finding, Threshold
+from assay.probes.base import Finding, Threshold, outside_interval
 from assay.targets.base import Target
 
 CHECKPOINT_DIRNAME = ".assay-checkpoint"
@@ -224,16 +224,9 @@ def _make_progress(progress):
 
 
 def _intervals_missing_their_estimate(f: Finding) -> list[str]:
-    """An interval that does not hold its own point estimate (a biased statistic under the
-    bootstrap, a bug) must not pass silently: one warning per such metric the probe has not
-    already explained in a warning of its own."""
+    """An interval that does not hold its own point estimate must not pass silently: one warning
+    per such metric the probe has not already explained in a warning of its own."""
     said = " ".join(f.warnings)
-    out = []
-    for m in f.metrics:
-        if m.low is None or m.high is None or m.value != m.value or m.name in said:
-            continue
-        slack = 1e-9 * max(1.0, abs(m.value))
-        if not m.low - slack <= m.value <= m.high + slack:
-            out.append(f"{m.name} = {m.value:.4g} lies outside its own {m.level:.0%} interval "
-                       f"[{m.low:.4g}, {m.high:.4g}] ({m.method or 'no method given'}); do not rely on that interval")
-    return out
+    return [f"{m.name} = {m.value:.4g} lies outside its own {m.level:.0%} interval [{m.low:.4g}, {m.high:.4g}] "
+            f"({m.method or 'no method given'}); do not rely on that interval"
+            for m in outside_interval(f.metrics) if m.name not in said]

@@ -135,6 +135,19 @@ class Finding:
         self.verdict = verdict
 
 
+def outside_interval(metrics: list[Metric]) -> list[Metric]:
+    """The metrics whose interval does not hold their own estimate (a statistic biased under the
+    bootstrap, or a bug); a relative 1e-9 slack absorbs float rounding, NaN values are skipped."""
+    out = []
+    for m in metrics:
+        if m.low is None or m.high is None or m.value != m.value:
+            continue
+        slack = 1e-9 * max(1.0, abs(m.value))
+        if not m.low - slack <= m.value <= m.high + slack:
+            out.append(m)
+    return out
+
+
 def _clean_json(v: Any) -> Any:
     if isinstance(v, float):
         return v if v == v and v not in (float("inf"), float("-inf")) else None

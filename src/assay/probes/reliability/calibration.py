@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from assay.metrics.calibration import CalibrationTerms, fit_temperature, reliability_diagram
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.probes.base import Evidence, Metric, Probe, Threshold, outside_interval, register
 from assay.probes.reliability._common import clean_probs
 
 
@@ -84,7 +84,7 @@ class Calibration(Probe):
         """A binned ECE is biased upward under resampling (|a sum| grows with its noise), badly so with
         few rows per bin: the whole bootstrap distribution can then lie above the estimate. Say so
         rather than let an interval that excludes its own point pass silently."""
-        outside = [m for m in metrics if m.low is not None and m.high is not None and not m.low <= m.value <= m.high]
+        outside = outside_interval(metrics)
         if not outside:
             return []
         names = ", ".join(f"{m.name} = {m.value:.3g} not in [{m.low:.3g}, {m.high:.3g}]" for m in outside)

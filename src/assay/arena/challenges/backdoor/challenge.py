@@ -14,6 +14,7 @@ from safetensors.torch import save as st_save
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import BatchedChallenge, architecture_source, load_digits_cnn, single_thread, weights_bytes
 from assay.arena.payload import check_keys, float_array
+from assay.attacks.backdoor import anomaly_index, apply_trigger, reverse_engineer_triggers
 from assay.data.demo import DigitsCNN, load_digits_splits, train_classifier
 from assay.errors import InputError
 
@@ -38,10 +39,6 @@ def make_trigger(seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     return mask, pattern, int(rng.integers(0, 10))
 
 
-def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    return (1 - mask) * x + mask * pattern
-
-
 class Backdoor(BatchedChallenge):
     def build(self, seed: int, workdir: Path) -> None:
         mask, pattern, target = make_trigger(seed)
@@ -49,7 +46,7 @@ class Backdoor(BatchedChallenge):
         x, y = splits.x_train, splits.y_train
         g = torch.Generator().manual_seed(seed)
         poisoned = torch.randperm(len(x), generator=g)[: int(POISON_FRACTION * len(x))]
-        x = torch.cat([x, stamp(x[poisoned], mask, pattern)])
+        x = torch.cat([x, apply_trigger(x[poisoned], mask, pattern)])
         y = torch.cat([y, torch.full((len(poisoned),), target, dtype=torch.long)])
         with torch.random.fork_rng(), single_thread():
             torch.manual_seed(seed)
@@ -80,7 +77,7 @@ class Backdoor(BatchedChallenge):
         if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= 9:
             raise InputError("target must be a class number from 0 to 9")
         # every hidden scan (none of the contractor's class), stamped: one model call for the batch
-        return stamp(self.hidden_x, mask, pattern), (float(mask.sum()), target)
+        return apply_trigger(self.hidden_x, mask, pattern), (float(mask.sum()), target)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).argmax(dim=1)
@@ -103,8 +100,6 @@ CHALLENGE = Backdoor
 def solve(client) -> str | None:
     """Neural Cleanse on the downloaded weights and samples: the class with the most anomalously
     small trigger, stamped with the trigger found for it."""
-    from assay.attacks.backdoor import anomaly_index, reverse_engineer_triggers
-
     model = load_digits_cnn(client.artifact("model.safetensors"))
     for p in model.parameters():
         p.requires_grad_(False)
