@@ -146,6 +146,11 @@ class HuggingFaceTextTarget(Target):
         enc = {k: v.to(self._device) for k, v in enc.items()}
         return self.model(**enc).logits.float().cpu()
 
+    def content_digest(self) -> str:
+        from assay.targets.identity import module_digest
+
+        return module_digest(self.model) + "|" + str(getattr(self.tokenizer, "name_or_path", ""))
+
     def describe(self):
         d = super().describe()
         d.update(source=self.source, class_names=self.class_names, input="text")

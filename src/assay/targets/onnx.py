@@ -84,6 +84,11 @@ class OnnxTarget(Target):
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TargetError(f"onnxruntime cannot load the model ({first}); check it is a valid .onnx file") from e
+        import hashlib
+
+        from assay.targets.identity import file_digest
+
+        self._digest = hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else file_digest(src)
         inputs = self.session.get_inputs()
         names = [i.name for i in inputs]
         self.input_name = input_name or names[0]
@@ -169,6 +174,9 @@ class OnnxTarget(Target):
                 f"the model returned shape {s.shape}, expected ({len(a)}, {self.num_classes}); check output_index"
             )
         return torch.from_numpy(s)
+
+    def content_digest(self) -> str:
+        return self._digest
 
     def describe(self):
         d = super().describe()

@@ -138,6 +138,11 @@ class SklearnTarget(Target):
                 raise TargetError(f"{self.name} predicted a class outside its classes_; refit the estimator")
         return torch.from_numpy(idx.astype(np.int64))
 
+    def content_digest(self) -> str:
+        from assay.targets.identity import estimator_digest
+
+        return estimator_digest(self.estimator)
+
     def describe(self):
         d = super().describe()
         d["estimator"] = type(self.estimator).__name__

@@ -181,6 +181,7 @@ class TorchTarget(Target):
         )
         self.mean, self.std = mean, std
         self._module = _Counted(self.net, self)
+        self._digest: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -195,14 +196,12 @@ class TorchTarget(Target):
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.to(self._device)).float().cpu()
 
-    def fingerprint(self) -> str:
-        import hashlib
+    def content_digest(self) -> str:
+        if self._digest is None:  # the weights are frozen for the audit: compute once
+            from assay.targets.identity import module_digest
 
-        h = hashlib.sha256(super().fingerprint().encode())
-        for k, v in self.net.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+            self._digest = module_digest(self.net)
+        return self._digest
 
     def describe(self):
         d = super().describe()
