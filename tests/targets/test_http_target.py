@@ -48,6 +48,7 @@ class ModelServer:
     def reset(self):
         self.hits = 0
         self.samples = 0
+        self.received = 0  # samples in every request body, failed ones included
         self.fail_first = 0
         self.fail_status = 503
         self.retry_after = None
@@ -59,6 +60,11 @@ class ModelServer:
     def respond(self, body, headers):
         self.hits += 1
         self.last_body, self.last_headers = body, headers
+        raw_in = body.get("inputs")
+        if isinstance(raw_in, dict):
+            self.received += int(raw_in["shape"][0]) if len(raw_in["shape"]) == 4 else 1
+        elif isinstance(raw_in, list):
+            self.received += len(raw_in) if np.asarray(raw_in).ndim == 4 else 1
         if self.delay:
             time.sleep(self.delay)
         if self.hits <= self.fail_first:
@@ -180,7 +186,8 @@ def test_retries_server_errors_with_growing_seeded_backoff(srv):
     x = inputs(4)
     with torch.no_grad():
         assert torch.allclose(t.scores(x), srv.model(x), atol=1e-6)
-    assert srv.hits == 3 and t.requests_sent == 3 and t.queries == 4
+    # every attempt carried the 4 samples to the server, so every attempt is charged
+    assert srv.hits == 3 and t.requests_sent == 3 and t.queries == 12 == srv.received
     assert len(waits) == 2
     assert 0.01 <= waits[0] <= 0.015 and 0.02 <= waits[1] <= 0.03  # backoff * 2**k * (1 + U[0, .5))
     srv.reset()
@@ -190,6 +197,38 @@ def test_retries_server_errors_with_growing_seeded_backoff(srv):
     t2.sleep = again.append
     t2.scores(x)
     assert again == waits  # the jitter is seeded
+
+
+def test_budget_counts_failed_attempts_on_the_wire(srv):
+    """A server that always fails must never receive more samples than the budget, retries included."""
+    srv.fail_first, srv.fail_status = 10**9, 500
+    t = make(srv, retries=3, backoff=0.0, query_budget=100, batch_size=16)
+    t.sleep = lambda s: None
+    with pytest.raises((TargetError, BudgetExceeded)):
+        t.scores(inputs(40))
+    sent_first = srv.received
+    for _ in range(20):  # an attack would keep asking; the budget must still hold
+        with pytest.raises((TargetError, BudgetExceeded)):
+            t.scores(inputs(3))
+    assert srv.received <= 100 and t.queries == srv.received and sent_first == 16 * 4
+
+
+def test_answers_persist_across_targets_in_a_store(srv, tmp_path):
+    x = inputs(6)
+    t = make(srv, query_budget=6)
+    t.attach_store(tmp_path)
+    first = t.scores(x)
+    assert srv.samples == 6
+    srv.reset()
+    again = make(srv, query_budget=6)
+    again.attach_store(tmp_path)
+    with open(next(tmp_path.glob("http-answers-*.jsonl")), "a") as f:
+        f.write('{"k": "torn')  # a write cut by kill -9 must not break the next run
+    assert torch.equal(again.scores(x), first) and srv.hits == 0 and again.queries == 0
+    other = make(srv, query_budget=6, request_template={"model": "v2"})
+    other.attach_store(tmp_path)  # other settings: another identity, another file
+    other.scores(x[:2])
+    assert srv.samples == 2
 
 
 def test_retry_after_is_honoured_up_to_a_cap(srv):
@@ -319,4 +358,6 @@ def test_blackbox_probe_spends_budget_only_on_queries_that_reach_the_server(srv)
     m2 = {m.name: m.value for m in second.findings[0].metrics}
     assert t.queries == spent  # nothing new reached the server
     assert m2["robust_accuracy[linf,eps=0.05]"] == m1["robust_accuracy[linf,eps=0.05]"]
-    assert m2["queries_used"] == m1["queries_used"] and not second.findings[0].warnings
+    # queries_used is what reached the server (never above the budget); the attack still asked as many
+    assert m2["queries_used"] == 0 and m2["queries_issued"] == m1.get("queries_issued", m1["queries_used"])
+    assert not second.findings[0].warnings

@@ -12,14 +12,16 @@ its capabilities so that probes can check their requirements before running:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from assay.errors import BudgetExceeded, TargetError
+from assay.errors import BudgetExceeded, InputError, TargetError
 
 SCORES = "scores"
 LABELS = "labels"
@@ -32,19 +34,30 @@ class QueryBudget:
     """A hard limit on the number of samples a target may be queried on. Thread-safe.
 
     ``charge(n)`` reserves ``n`` queries or raises :class:`BudgetExceeded` without reserving any:
-    a budget is never exceeded, not even by one batch.
+    a budget is never exceeded, not even by one batch. Within :meth:`share` a part of the work (one
+    probe of an audit) may spend at most its allowance, so one probe cannot starve the others.
+    ``on_charge(used)`` (if set) is called after every charge, under the lock: the audit uses it
+    to write the spent budget to its checkpoint before a request goes out, so an audit killed and
+    resumed continues from what was really spent.
     """
 
     def __init__(self, limit: int | None = None):
         if limit is not None and limit < 0:
-            raise ValueError("query budget must be >= 0 or None")
+            raise InputError(f"query budget {limit} is negative; give a number of queries >= 0 (--query-budget)")
         self.limit = limit
         self.used = 0
+        self.on_charge: Callable[[int], None] | None = None
+        self._share: tuple[int, int, str] | None = None  # (used at start, allowance, who)
         self._lock = threading.Lock()
 
     @property
     def remaining(self) -> int | None:
-        return None if self.limit is None else self.limit - self.used
+        left = None if self.limit is None else self.limit - self.used
+        if self._share is not None:
+            start, allowance, _ = self._share
+            mine = start + allowance - self.used
+            left = mine if left is None else min(left, mine)
+        return left
 
     def charge(self, n: int) -> None:
         with self._lock:
@@ -53,11 +66,33 @@ class QueryBudget:
                     f"query budget exhausted: {self.used} of {self.limit} queries used, {n} more "
                     "requested; raise the budget (--query-budget) or lower the attack's queries"
                 )
+            if self._share is not None:
+                start, allowance, who = self._share
+                if self.used + n > start + allowance:
+                    raise BudgetExceeded(
+                        f"{who}'s share of the query budget is spent: {self.used - start} of {allowance} "
+                        f"queries used, {n} more requested; raise --query-budget or give it a larger share "
+                        "(--budget-split)"
+                    )
             self.used += n
+            if self.on_charge is not None:
+                self.on_charge(self.used)
 
     def can_afford(self, n: int) -> bool:
         r = self.remaining
         return r is None or n <= r
+
+    @contextlib.contextmanager
+    def share(self, allowance: int | None, who: str):
+        """Within the block, at most ``allowance`` more queries (None: no extra limit)."""
+        if allowance is None:
+            yield
+            return
+        prev, self._share = self._share, (self.used, int(allowance), who)
+        try:
+            yield
+        finally:
+            self._share = prev
 
 
 class Target(ABC):
@@ -76,6 +111,7 @@ class Target(ABC):
 
     kind: str = "target"
     output: str = "logits"
+    remote: bool = False  # queried over a network: every charge is written down before it is sent
 
     def __init__(
         self,
@@ -97,6 +133,7 @@ class Target(ABC):
         self.budget = QueryBudget(query_budget)
         self.batch_size = int(batch_size)
         self.name = name or self.kind
+        self.source_sha256: str | None = None  # set by the loader: the model file's bytes
 
     # ----------------------------------------------------------------- queries
     @property
@@ -149,7 +186,7 @@ class Target(ABC):
         self.budget.charge(n)
         outs = [fn(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
         if not outs:
-            return torch.empty((0, self.num_classes) if fn is self._scores else (0,))
+            return torch.empty((0, self.num_classes) if fn == self._scores else (0,))
         return self._check_output(torch.cat(outs))
 
     def _check_input(self, x) -> torch.Tensor:
@@ -167,13 +204,28 @@ class Target(ABC):
             raise TargetError(f"{self.name} returned NaN or inf scores; check the model and input range")
         return out
 
+    # describe() keys that change while the audit runs, not what the model is
+    _VOLATILE = ("queries", "requests_sent", "cache_hits")
+
+    def attach_store(self, directory) -> None:
+        """Keep answers across runs in ``directory`` (remote targets: a resumed audit replays its
+        queries from there, at no budget, instead of sending them again). No-op by default."""
+
+    def content_digest(self) -> str:
+        """Identity of the model's function (weights, code, file bytes); "" where it cannot be seen
+        (a remote API). Subclasses override it; see :mod:`assay.targets.identity`."""
+        return ""
+
     def fingerprint(self) -> str:
-        """Identity of the model for checkpoints: subclasses hash the weights where they can."""
+        """Identity of the target for checkpoints and caches: what it is (its description, the
+        bytes of the file it was loaded from) and what it computes (:meth:`content_digest`)."""
         import hashlib
         import json
 
-        d = {k: v for k, v in self.describe().items() if k != "queries"}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        d = {k: v for k, v in self.describe().items() if k not in self._VOLATILE}
+        h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode())
+        h.update(self.content_digest().encode())
+        return h.hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
         """What the report records about the target."""
@@ -188,4 +240,5 @@ class Target(ABC):
             "capabilities": sorted(self.capabilities),
             "query_budget": self.budget.limit,
             "queries": self.queries,
+            **({"source_sha256": self.source_sha256} if self.source_sha256 else {}),
         }

@@ -7,10 +7,12 @@ import copy
 import email.utils
 import hashlib
 import json
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,11 +87,13 @@ class HttpTarget(Target):
     list: ``"predictions.*.probs"``) must be ``(n, num_classes)`` scores, or ``(n,)`` integer labels
     when ``output="labels"`` (then the target is label-only).
 
-    Budget and cache: every distinct input (sha256 of its float32 bytes) is charged once; a
-    repeated input, within a batch or across calls, is answered from the cache without a request
-    and without budget (``cache=False`` turns this off). The budget is checked before anything is
-    sent: a call that would exceed it raises :class:`~assay.errors.BudgetExceeded` and sends
-    nothing. A retried request is charged once.
+    Budget and cache: the budget counts samples on the wire. Every attempt to send a request,
+    retries included, is charged for the samples it carries before it goes out; a call that cannot
+    afford its first attempt raises :class:`~assay.errors.BudgetExceeded` and sends nothing, and a
+    retry that the budget cannot afford is not sent. A repeated input (sha256 of its float32
+    bytes), within a batch or across calls, is answered from the cache without a request and
+    without budget (``cache=False`` turns this off). With :meth:`attach_store` the answers are also
+    appended to a file, so a resumed audit replays its queries from there instead of paying again.
 
     Failures: connection errors, timeouts, HTTP 429 and 5xx are retried ``retries`` times with
     exponential back-off ``backoff * 2**attempt`` plus up to 50% jitter from a seeded RNG; a
@@ -104,6 +108,7 @@ class HttpTarget(Target):
     """
 
     kind = "http"
+    remote = True
 
     def __init__(
         self,
@@ -154,6 +159,7 @@ class HttpTarget(Target):
         self.max_retry_wait = float(max_retry_wait)
         self.use_cache = bool(cache)
         self._cache: dict[str, torch.Tensor] = {}
+        self._store: Path | None = None  # append-only answers file (attach_store)
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._httpx = httpx
@@ -206,26 +212,60 @@ class HttpTarget(Target):
             with self._lock:
                 for k, out in zip(todo, fresh):
                     self._cache[k] = out
+                self._append_to_store(list(todo), fresh, labels=fn != self._scores)
         self.cache_hits += n - len(todo)
         with self._lock:
             outs = [self._cache[k] for k in keys]
         if not outs:
-            return torch.empty((0, self.num_classes) if fn is self._scores else (0,))
+            return torch.empty((0, self.num_classes) if fn == self._scores else (0,))
         return torch.stack(outs)
 
     def _send_all(self, x: torch.Tensor, fn) -> torch.Tensor:
         outs = []
         for i in range(0, len(x), self.batch_size):
-            chunk = x[i : i + self.batch_size]
-            self.budget.charge(len(chunk))  # charged right before it is sent
-            outs.append(fn(chunk))
+            outs.append(fn(x[i : i + self.batch_size]))  # each attempt is charged in _post
         if not outs:
-            return torch.empty((0, self.num_classes) if fn is self._scores else (0,))
+            return torch.empty((0, self.num_classes) if fn == self._scores else (0,))
         return torch.cat(outs)
 
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    # ---------------------------------------------------------- answer store
+    def attach_store(self, directory) -> None:
+        """Load the answers kept in ``directory`` by an earlier run and keep new ones there.
+
+        One JSON line per answered input: ``{"k": sha256, "t": "s"|"l", "v": [...]}``, appended and
+        fsynced after each request; a torn last line (the process was killed mid-write) is ignored.
+        The file is keyed by the target's identity (URL and request settings), so answers of one
+        endpoint never serve another."""
+        if not self.use_cache:
+            return
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self._store = d / f"http-answers-{self.fingerprint()}.jsonl"
+        if not self._store.exists():
+            return
+        with open(self._store, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    dtype = torch.int64 if rec["t"] == "l" else torch.float32
+                    value = torch.tensor(rec["v"], dtype=dtype)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn write: that answer is simply asked again
+                self._cache[rec["k"]] = value
+
+    def _append_to_store(self, keys: list[str], values: torch.Tensor, labels: bool) -> None:
+        if self._store is None:
+            return
+        kind = "l" if labels else "s"
+        lines = "".join(json.dumps({"k": k, "t": kind, "v": v.tolist()}) + "\n" for k, v in zip(keys, values))
+        with open(self._store, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
 
     # ---------------------------------------------------------------- queries
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,8 +277,8 @@ class HttpTarget(Target):
     def _query(self, x: torch.Tensor, labels: bool) -> torch.Tensor:
         a = x.numpy()
         if self.batch:
-            return self._parse(self._post(self._body(a)), len(a), labels)
-        return torch.cat([self._parse(self._post(self._body(row)), None, labels) for row in a])
+            return self._parse(self._post(self._body(a), len(a)), len(a), labels)
+        return torch.cat([self._parse(self._post(self._body(row), 1), None, labels) for row in a])
 
     def _body(self, a: np.ndarray) -> dict:
         body = copy.deepcopy(self.request_template)
@@ -284,11 +324,14 @@ class HttpTarget(Target):
             return torch.from_numpy(arr.astype(np.int64))
         return torch.from_numpy(arr.astype(np.float32))
 
-    def _post(self, body: dict) -> Any:
+    def _post(self, body: dict, n_samples: int) -> Any:
+        """Send ``body`` (carrying ``n_samples`` inputs) with retries; every attempt is charged."""
         httpx = self._httpx
         last = ""
         for attempt in range(self.retries + 1):
             wait = self.backoff * (2**attempt) * (1.0 + 0.5 * self._rng.random())
+            # charged before it goes out, retries too: the budget counts what the server receives
+            self.budget.charge(n_samples)
             try:
                 self.requests_sent += 1
                 r = self._client.post(self.url, json=body)
@@ -321,6 +364,13 @@ class HttpTarget(Target):
             f"{self.url} failed after {self.retries + 1} attempts (last: {last}); check the URL and that "
             "the server is up, or raise the timeout / retries (CLI: --http timeout=30 --http retries=5)"
         )
+
+    def content_digest(self) -> str:
+        """What shapes the answers: the request and response settings (header values hashed here,
+        never written to a report: they may hold API keys). The remote model itself is unseen."""
+        spec = {"template": self.request_template, "input_key": self.input_key, "output_path": self.output_path,
+                "encoding": self.encoding, "batch": self.batch, "headers": dict(self._client.headers)}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
     def describe(self):
         d = super().describe()
