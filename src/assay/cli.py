@@ -47,7 +47,10 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
                    "unbounded for scikit-learn models)")
     g.add_argument("--mean", help="per-channel normalization mean applied inside the model, e.g. 0.49,0.48,0.45")
     g.add_argument("--std", help="per-channel normalization std")
-    g.add_argument("--query-budget", type=int, help="hard limit on queries to the model")
+    g.add_argument("--query-budget", type=int, help="hard limit on queries to the model, retries included; "
+                   "split across probes by their needs (see --budget-split)")
+    g.add_argument("--budget-split", action="append", metavar="PROBE=QUERIES",
+                   help="fix a probe's share of --query-budget (repeatable); the rest is shared by need")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--http", action="append", metavar="KEY=VALUE",
                    help="URL targets: timeout, retries, backoff, output_path, output (logits|probs|labels), "
@@ -59,6 +62,8 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--sensitive", help="comma-separated sensitive-attribute columns (fairness)")
     d.add_argument("--member", help="membership column: 1 if the row was in the training set (privacy)")
     d.add_argument("--ood", help="an out-of-distribution data file (reliability)")
+    d.add_argument("--population", help="a labelled data file of records NOT used in training, from the same "
+                   "distribution (privacy: the membership attacks' population)")
     d.add_argument("--image-size", help="resize image-folder images to H,W (one number: a square)")
 
 
@@ -68,11 +73,20 @@ def _target_kwargs(a) -> dict[str, Any]:
         kw["bounds"] = tuple(_floats(a.bounds, "--bounds"))
         if len(kw["bounds"]) != 2:
             raise InputError("--bounds must be LOW,HIGH")
+        if not kw["bounds"][0] < kw["bounds"][1]:
+            raise InputError(f"--bounds {a.bounds}: LOW must be below HIGH (e.g. 0,1 or -inf,inf)")
     if a.input_shape:
-        kw["input_shape"] = tuple(int(v) for v in _floats(a.input_shape, "--input-shape"))
+        shape = _floats(a.input_shape, "--input-shape")
+        if not shape or any(v != int(v) or v < 1 for v in shape):
+            raise InputError(f"--input-shape {a.input_shape} must be positive whole numbers, e.g. 3,32,32")
+        kw["input_shape"] = tuple(int(v) for v in shape)
     for name in ("num_classes", "query_budget", "factory"):
         if getattr(a, name) is not None:
             kw[name] = getattr(a, name)
+    if a.num_classes is not None and a.num_classes < 2:
+        raise InputError(f"--num-classes {a.num_classes}: a classifier has at least 2 classes")
+    if a.query_budget is not None and a.query_budget < 0:
+        raise InputError(f"--query-budget {a.query_budget} is negative; give a number of queries >= 0")
     if a.mean or a.std:
         if not (a.mean and a.std):
             raise InputError("give both --mean and --std, or neither")
@@ -156,10 +170,29 @@ def _load_data(a):
         opts["member"] = a.member
     if a.ood:
         opts["ood"] = a.ood
+    if a.population:
+        opts["population"] = a.population
     if a.image_size:
         size = tuple(int(v) for v in _floats(a.image_size, "--image-size"))
         opts["image_size"] = size[0] if len(size) == 1 else size  # one number: a square
     return load_dataset(a.data, **opts)
+
+
+def _budget_split(items: list[str] | None) -> dict[str, int]:
+    """``--budget-split robustness.blackbox=3000`` (repeatable, or comma-separated) -> {probe: queries}."""
+    out: dict[str, int] = {}
+    for it in items or []:
+        for part in filter(None, (p.strip() for p in it.split(","))):
+            name, sep, value = part.partition("=")
+            try:
+                n = int(value)
+            except ValueError:
+                n = -1
+            if not sep or n < 0:
+                raise InputError(f"--budget-split {part!r} must be PROBE=QUERIES with a whole number >= 0, "
+                                 "e.g. robustness.blackbox=3000")
+            out[name.strip()] = n
+    return out
 
 
 def _write_and_summarise(report, out: Path, quiet: bool = False) -> int:
@@ -170,8 +203,17 @@ def _write_and_summarise(report, out: Path, quiet: bool = False) -> int:
         print(summary_table(report))
         print("\n" + "  ".join(f"{k}: {v}" for k, v in paths.items()))
     verdicts = {f.verdict for f in report.findings}
+    gate = report.policy.get("gate") or {"passed": True, "unmet": []}
+    if report.findings and verdicts == {"skipped"}:
+        print("assay: error: every probe was skipped, so nothing was checked; see each probe's reason above "
+              "(e.g. give labels, --sensitive or --member, or choose probes this model supports)", file=sys.stderr)
+        return EXIT_INPUT
     if "error" in verdicts:
         return EXIT_INPUT
+    if not gate["passed"]:
+        for u in gate["unmet"]:
+            print(f"assay: policy: {u['probe']}: {u['why']}", file=sys.stderr)
+        return EXIT_POLICY_FAILED
     if "fail" in verdicts:
         return EXIT_POLICY_FAILED
     return 0
@@ -186,6 +228,9 @@ def cmd_audit(a) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     data = _load_data(a)
+    if not a.quiet:
+        for w in data.warnings:
+            print(f"assay: warning: {w}", file=sys.stderr)
     kw = _target_kwargs(a)
     if a.model.startswith(("http://", "https://")) and "num_classes" not in kw:
         raise InputError("auditing a URL needs --num-classes (and --input-shape if the data does not imply it)")
@@ -200,7 +245,7 @@ def cmd_audit(a) -> int:
     out = Path(a.out)
     runner = Runner(target, data, plan, out_dir=out, seed=a.seed, policy=load_policy(a.policy),
                     policy_source=a.policy, executor=a.executor, resume=not a.no_resume,
-                    progress=sys.stderr.isatty() and not a.quiet,
+                    progress=not a.quiet, budget_split=_budget_split(a.budget_split),
                     log=None if a.quiet else (lambda m: print(m, file=sys.stderr)), debug=a.debug)
     report = runner.run()
     return _write_and_summarise(report, out, a.quiet)
@@ -342,9 +387,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# options whose values may start with "-" (a negative bound, "-inf"): argparse would read those as
+# options, so "--bounds -inf,inf" becomes "--bounds=-inf,inf" before parsing
+_SIGNED_VALUE_OPTIONS = ("--bounds", "--mean", "--std")
+
+
+def _join_signed_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _SIGNED_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_signed_values(list(sys.argv[1:] if argv is None else argv)))
     debug = getattr(args, "debug", False) or os.environ.get("ASSAY_DEBUG") == "1"
     try:
         return int(args.fn(args) or 0)

@@ -21,6 +21,11 @@ class TargetError(AssayError):
     """The model under test could not be loaded or queried (unreachable URL, bad response)."""
 
 
+class NotApplicable(AssayError):
+    """A probe cannot answer its question for this model or data (two classes for a test that
+    compares classes, too few members). The audit reports the probe as skipped with this reason."""
+
+
 class BudgetExceeded(AssayError):
     """A query would exceed the target's hard query budget. Nothing was sent."""
 

@@ -58,7 +58,9 @@ def test_audit_end_to_end_writes_all_reports(demo_files, tmp_path):
                                   "out_of_range", "pickle", "unreachable_url", "bad_suite", "not_a_report",
                                   "param_for_probe_not_run", "param_for_misspelled_probe", "policy_unknown_probe",
                                   "missing_required_option", "factory_needs_arguments", "bad_device",
-                                  "bad_http_option"])
+                                  "bad_http_option", "bounds_empty", "out_is_a_file", "negative_budget",
+                                  "policy_string_value", "feature_count_mismatch", "zero_samples", "attack_version_typo",
+                                  "npz_missing_sensitive_key"])
 def test_bad_input_one_line(case, demo_files, tmp_path):
     out, model, data = demo_files
     base = [str(model), "--factory", "assay.data.demo:build_demo_model", "--out", str(tmp_path / "o")]
@@ -134,6 +136,48 @@ def test_bad_input_one_line(case, demo_files, tmp_path):
         r = run_cli("audit", "http://127.0.0.1:9/score", "--data", str(data), "--num-classes", "10",
                     "--http", "timeout=soon")
         assert "timeout" in _one_line_error(r, 2)
+    elif case == "bounds_empty":
+        r = run_cli("audit", *base, "--data", str(data), "--bounds", "1,0", "--probe", "reliability.calibration")
+        assert "--bounds" in _one_line_error(r, 2)
+    elif case == "out_is_a_file":
+        f = tmp_path / "taken"
+        f.write_text("x")
+        r = run_cli("audit", str(model), "--factory", "assay.data.demo:build_demo_model", "--data", str(data),
+                    "--probe", "reliability.calibration", "--out", str(f))
+        assert "--out" in _one_line_error(r, 2)
+    elif case == "negative_budget":
+        r = run_cli("audit", *base, "--data", str(data), "--query-budget", "-5", "--probe", "reliability.calibration")
+        assert "negative" in _one_line_error(r, 2)
+    elif case == "policy_string_value":
+        p = tmp_path / "policy.toml"
+        p.write_text('["reliability.calibration"]\nece = { fail_above = "0.1" }\n')
+        r = run_cli("audit", *base, "--data", str(data), "--probe", "reliability.calibration", "--policy", str(p))
+        assert "must be a number" in _one_line_error(r, 2)
+    elif case == "feature_count_mismatch":  # a scikit-learn model on a table with a column too many
+        import skops.io as sio
+        from sklearn.linear_model import LogisticRegression
+
+        m = tmp_path / "m.skops"
+        sio.dump(LogisticRegression().fit(np.random.rand(20, 3), np.arange(20) % 2), m)
+        t = tmp_path / "t.csv"
+        t.write_text("a,b,c,d,label\n" + "\n".join(f"{i},{i},{i},{i},{i % 2}" for i in range(20)) + "\n")
+        r = run_cli("audit", str(m), "--data", str(t), "--probe", "reliability.calibration", "--out", str(tmp_path / "o"))
+        msg = _one_line_error(r, 2)
+        assert "--features" in msg and "3" in msg and "4" in msg and "--input-shape" not in msg
+    elif case == "zero_samples":
+        r = run_cli("audit", *base, "--data", str(data), "--probe", "robustness.corruption",
+                    "--param", "robustness.corruption.max_samples=0")
+        assert "at least 1" in _one_line_error(r, 2)
+    elif case == "attack_version_typo":  # a typo must not silently run a weaker ensemble
+        r = run_cli("audit", *base, "--data", str(data), "--probe", "robustness.evasion",
+                    "--param", "robustness.evasion.version=standrd")
+        assert "standard" in _one_line_error(r, 2)
+    elif case == "npz_missing_sensitive_key":
+        p = tmp_path / "d.npz"
+        np.savez(p, x=np.zeros((4, 1, 8, 8), np.float32), y=np.zeros(4, np.int64), sex=np.zeros(4))
+        r = run_cli("audit", *base, "--data", str(p), "--sensitive", "gender", "--probe", "fairness.groups")
+        msg = _one_line_error(r, 2)
+        assert "gender" in msg and "sex" in msg  # names the flag's value and lists the keys there are
 
 
 def test_budget_exhausted_is_reported(demo_files, tmp_path):

@@ -16,9 +16,9 @@ def as_target(model: Any, data: Dataset | None = None, **target_options: Any) ->
     """A Target from a Target, an nn.Module, a scikit-learn estimator, a model file or a URL."""
     if isinstance(model, Target):
         return model
-    input_shape = target_options.pop("input_shape", None)
-    if input_shape is None and data is not None:
-        input_shape = tuple(data.x.shape[1:])
+    given = target_options.pop("input_shape", None)
+    hint = tuple(data.x.shape[1:]) if data is not None else None
+    input_shape = given if given is not None else hint
     try:
         import torch
 
@@ -39,7 +39,7 @@ def as_target(model: Any, data: Dataset | None = None, **target_options: Any) ->
     if isinstance(model, (str, Path)):
         from assay.targets.loading import load_target
 
-        return load_target(str(model), input_shape=input_shape, **target_options)
+        return load_target(str(model), input_shape=given, input_shape_hint=hint, **target_options)
     raise InputError(f"cannot audit a {type(model).__name__}; give a Target, nn.Module, sklearn estimator or model path")
 
 
@@ -69,6 +69,7 @@ def audit(
     resume: bool = True,
     progress: bool = False,
     log=None,
+    budget_split: dict[str, int] | None = None,
     **target_options: Any,
 ):
     """Audit ``model`` on ``data`` and return the :class:`assay.report.schema.AuditReport`.
@@ -95,7 +96,7 @@ def audit(
     runner = Runner(
         target, dataset, plan, out_dir=out, seed=seed, policy=load_policy(policy),
         policy_source=str(policy) if policy else None, executor=executor, resume=resume,
-        progress=progress, log=log,
+        progress=progress, log=log, budget_split=budget_split,
     )
     report = runner.run()
     if out is not None:

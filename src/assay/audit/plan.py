@@ -125,30 +125,62 @@ def validate_plan(plan: Plan) -> None:
         seen.add(key)
 
 
-def load_policy(path: str | Path | None) -> dict[str, dict[str, Threshold]]:
-    """Probe name -> metric name -> Threshold, from a policy TOML (or {} for none)."""
+class Policy(dict):
+    """Probe name -> metric name -> :class:`Threshold`, plus ``optional``: the probes whose rules may
+    go unchecked (the probe skipped or failed to run) without failing the gate."""
+
+    def __init__(self, *args, optional: set[str] | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.optional: set[str] = set(optional or ())
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    """A :class:`Policy` from a policy TOML (an empty one for none).
+
+    A probe's table holds metric rules and, optionally, ``optional = true``: by default a rule on a
+    probe that was skipped or errored fails the gate, so a CI gate cannot pass on a check that
+    never ran."""
     if path is None:
-        return {}
+        return Policy()
     raw = _read_toml(Path(path), "policy")
-    out: dict[str, dict[str, Threshold]] = {}
+    out = Policy()
     registry = all_probes()
     for probe, rules in raw.items():
         if probe not in registry:
-            raise InputError(f"policy section [{probe!r}] names no probe; `assay probes` lists the probe names")
+            raise InputError(f"policy section [{probe!r}] names no probe{_did_you_mean(probe, registry)}; "
+                             "`assay probes` lists the probe names")
         if not isinstance(rules, dict):
             raise InputError(f"policy entry {probe!r} must be a table of metric thresholds")
+        rules = dict(rules)
+        optional = rules.pop("optional", False)
+        if not isinstance(optional, bool):
+            raise InputError(f"policy [{probe}] optional = {optional!r} must be true or false")
+        if optional:
+            out.optional.add(probe)
         out[probe] = {}
         for metric, rule in rules.items():
             if not isinstance(rule, dict):
                 raise InputError(f"policy rule {probe}.{metric} must be a table like {{ fail_below = 0.5 }}")
+            bad = {k: v for k, v in rule.items() if k != "on" and (not isinstance(v, (int, float)) or isinstance(v, bool))}
+            if bad:
+                k, v = next(iter(bad.items()))
+                raise InputError(f"policy rule {probe}.{metric}: {k} = {v!r} must be a number (write {k} = 0.5, "
+                                 "without quotes)")
             try:
                 out[probe][metric] = Threshold(**rule)
             except TypeError:
                 raise InputError(
                     f"policy rule {probe}.{metric} has unknown keys {sorted(rule)}; use fail_below, "
-                    "warn_below, fail_above, warn_above"
+                    "warn_below, fail_above, warn_above (and on = \"interval\" to judge the whole interval)"
                 ) from None
     return out
+
+
+def _did_you_mean(name: str, choices) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def rules_for(probe: Probe, policy: dict[str, dict[str, Threshold]]) -> dict[str, Threshold]:

@@ -3,6 +3,8 @@
 ``groups``   sensitive attributes per row (fairness), name -> array of values
 ``member``   bool per row: True if the row was in the model's training set (privacy)
 ``x_ood``    an out-of-distribution set (reliability)
+``population``  further records from the same distribution that were NOT used in training
+             (privacy: the membership attacks' knowledge of the population)
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Dataset:
     feature_names: list[str] | None = None
     class_names: list[str] | None = None
     kind: str = "auto"  # "image", "tabular", "auto"
+    population: Dataset | None = None
+    warnings: list[str] = field(default_factory=list)  # what loading noticed (unused keys), for the report
 
     def __post_init__(self):
         self.x = _as_float_tensor(self.x, "inputs")
@@ -53,6 +57,9 @@ class Dataset:
                 )
         if self.kind == "auto":
             self.kind = "image" if self.x.dim() == 4 else "tabular" if self.x.dim() == 2 else "other"
+        if self.population is not None and tuple(self.population.x.shape[1:]) != tuple(self.x.shape[1:]):
+            raise InputError(f"population records have per-sample shape {tuple(self.population.x.shape[1:])} but the "
+                             f"data has {tuple(self.x.shape[1:])}; give population data of the same shape")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -79,16 +86,21 @@ class Dataset:
         )
 
     def fingerprint(self) -> str:
-        """Content hash, so checkpoints are never reused for different data."""
-        h = hashlib.sha256()
+        """Content hash of everything a probe may read, so checkpoints are never reused for other data."""
+        h = hashlib.sha256(f"{self.kind}|{tuple(self.x.shape)}|{self.x.dtype}".encode())
         h.update(self.x.contiguous().numpy().tobytes())
-        if self.y is not None:
-            h.update(self.y.numpy().tobytes())
-        if self.member is not None:
-            h.update(self.member.numpy().tobytes())
+        for label, t in (("y", self.y), ("member", self.member), ("ood", self.x_ood)):
+            if t is not None:
+                h.update(f"|{label}|{tuple(t.shape)}".encode())
+                h.update(t.contiguous().numpy().tobytes())
         for k in sorted(self.groups):
-            h.update(k.encode())
+            h.update(f"|group|{k}".encode())
             h.update(np.asarray(self.groups[k]).astype(str).tobytes())
+        for label, names in (("features", self.feature_names), ("classes", self.class_names)):
+            if names:
+                h.update(f"|{label}|{chr(31).join(names)}".encode())
+        if self.population is not None:
+            h.update(f"|population|{self.population.fingerprint()}".encode())
         return h.hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
@@ -107,6 +119,10 @@ class Dataset:
             d["members"] = int(self.member.sum())
         if self.x_ood is not None:
             d["ood"] = int(self.x_ood.shape[0])
+        if self.population is not None:
+            d["population"] = len(self.population)
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
         return d
 
 
@@ -131,10 +147,17 @@ def validate(data: Dataset, target) -> None:
     if len(data) == 0:
         raise InputError(f"dataset {data.name!r} is empty; give at least one sample")
     if tuple(data.x.shape[1:]) != tuple(target.input_shape):
-        raise InputError(
-            f"inputs have per-sample shape {tuple(data.x.shape[1:])} but the model expects "
-            f"{tuple(target.input_shape)}; reshape the data (e.g. NCHW for images) or fix --input-shape"
-        )
+        have, want = tuple(data.x.shape[1:]), tuple(target.input_shape)
+        source = getattr(target, "input_shape_source", "flag")
+        if source == "flag":  # the user said what the model takes: that is what to check
+            fix = "fix --input-shape"
+        elif len(have) == 1 and len(want) == 1:  # a table with other columns than the model was trained on
+            fix = (f"the data has {have[0]} feature columns but the model was trained on {want[0]}; choose the "
+                   f"model's columns with --features")
+            raise InputError(f"{fix} (in the order used in training)")
+        else:
+            fix = "reshape the data to the model's input (e.g. NCHW for images)"
+        raise InputError(f"inputs have per-sample shape {have} but the model expects {want}; {fix}")
     bad = ~torch.isfinite(data.x)
     if bad.any():
         rows = bad.reshape(len(data), -1).any(dim=1).nonzero().flatten()[:5].tolist()

@@ -3,8 +3,10 @@
 =====================  =========================================================================
 source                 what is read
 =====================  =========================================================================
-``*.npz``              ``x`` (or ``X``); optional ``y``, ``member``, ``x_ood``,
-                       ``group_<name>`` (sensitive attributes), ``feature_names``, ``class_names``
+``*.npz``              ``x`` (or ``X``); optional ``y`` (or the key ``label`` names), ``member`` (or
+                       the key ``member`` names), ``x_ood``, ``group_<name>`` or the keys
+                       ``sensitive`` names (sensitive attributes), ``feature_names``,
+                       ``class_names``; any other key is reported as unused
 ``*.npy``              inputs only; labels from another ``.npy`` (``labels=``)
 ``*.csv``/``.parquet`` a table with a column spec: ``label``, ``features``, ``sensitive``, ``member``
 a directory            an image folder ``root/<class_name>/*.png|jpg``: classes in sorted order
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,7 @@ def load_dataset(
     ood: str | os.PathLike | None = None,
     name: str | None = None,
     labels: str | os.PathLike | None = None,
+    population: str | os.PathLike | None = None,
 ) -> Dataset:
     """Load a dataset from ``path`` (see the module doc for the formats).
 
@@ -59,6 +63,9 @@ def load_dataset(
     ood : another data file whose inputs become the out-of-distribution set ``x_ood``.
     name : dataset name in reports; default the file name without extension.
     labels : ``.npy`` inputs: a ``.npy`` file of labels.
+    population : another labelled data file of records from the same distribution that were not
+        used in training (membership attacks train their reference models and draw RMIA's
+        population from them as well).
 
     Returns
     -------
@@ -79,7 +86,7 @@ def load_dataset(
     if p.is_dir():
         data = _load_image_folder(p, image_size, dataset_name)
     elif suffix == ".npz":
-        data = _load_npz(p, label, dataset_name)
+        data = _load_npz(p, label, dataset_name, _columns(sensitive), member, features)
     elif suffix == ".npy":
         data = _load_npy(p, labels, dataset_name)
     elif suffix in TABLE_SUFFIXES:
@@ -88,12 +95,17 @@ def load_dataset(
         raise InputError(f"{p} has an unknown data format {suffix or '(no extension)'!r}; use {SUPPORTED}")
     if len(data) == 0:
         raise InputError(f"{p} holds no samples; give a non-empty dataset")
+    if suffix != ".npz" and suffix not in TABLE_SUFFIXES and not p.is_dir() and (sensitive or member):
+        raise InputError(f"--sensitive / --member need a table or an .npz file; {p.name} carries inputs only")
     if ood is not None:
         ood_data = load_dataset(ood, image_size=image_size, features=features)
-        data = Dataset(
-            x=data.x, y=data.y, name=data.name, groups=data.groups, member=data.member, x_ood=ood_data.x,
-            feature_names=data.feature_names, class_names=data.class_names,
-        )
+        data = replace(data, x_ood=ood_data.x)
+    if population is not None:
+        pop = load_dataset(population, label=label, features=features, image_size=image_size)
+        if pop.y is None:
+            raise InputError(f"population file {population} has no labels; membership attacks need the label of "
+                             "every population record (a label column / y array)")
+        data = replace(data, population=pop)
     return data
 
 
@@ -117,30 +129,51 @@ def _numeric(a: np.ndarray, what: str, p: Path) -> np.ndarray:
     return a
 
 
-def _load_npz(p: Path, label: str | None, name: str) -> Dataset:
+def _load_npz(p: Path, label: str | None, name: str, sensitive: list[str], member: str | None,
+              features) -> Dataset:
+    """``x``/``X``, ``y``/``Y`` (or ``label``), sensitive attributes as ``group_<name>`` or the keys
+    named by ``sensitive``, membership as ``member`` or the key named by ``member``; every other
+    key is reported as unused rather than silently dropped."""
     z = _np_load(p)
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise InputError(f"{p} is a single array, not an .npz archive; rename it to .npy or save with np.savez(x=..., y=...)")
     with z:
         keys = set(z.files)
         arrays = {k: _read(z, k, p) for k in keys}
+    listing = ", ".join(sorted(keys)) or "none"
+    if features:
+        raise InputError(f"--features selects table columns; {p.name} is an .npz archive whose inputs are the "
+                         f"'x' array (keys: {listing})")
     x_key = next((k for k in ("x", "X") if k in keys), None)
     if x_key is None:
-        raise InputError(f"{p} has no 'x' array (keys: {', '.join(sorted(keys)) or 'none'}); save inputs under 'x'")
+        raise InputError(f"{p} has no 'x' array (keys: {listing}); save inputs under 'x'")
     if label is not None and label not in keys:
-        raise InputError(f"{p} has no {label!r} array (keys: {', '.join(sorted(keys))}); check label=")
+        raise InputError(f"{p} has no {label!r} array (keys: {listing}); check --label")
     y_key = label or next((k for k in ("y", "Y") if k in keys), None)
     x = _numeric(arrays[x_key], "inputs", p)
     y = None if y_key is None else _labels_array(arrays[y_key], p, y_key)
-    groups = {k[len("group_"):]: arrays[k] for k in sorted(keys) if k.startswith("group_")}
-    member = arrays.get("member")
-    if member is not None:
-        member = _as_bool(member, f"{p}:member")
-    x_ood = arrays.get("x_ood")
-    feature_names = _names(arrays.get("feature_names"))
-    class_names = _names(arrays.get("class_names"))
-    return Dataset(x=x, y=y, name=name, groups=groups, member=member, x_ood=x_ood,
-                   feature_names=feature_names, class_names=class_names)
+    group_keys = {k[len("group_"):]: k for k in sorted(keys) if k.startswith("group_")}
+    for name_ in sensitive:  # --sensitive sex reads 'sex' or 'group_sex'
+        key = name_ if name_ in keys else f"group_{name_}" if f"group_{name_}" in keys else None
+        if key is None:
+            raise InputError(f"{p} has no sensitive attribute {name_!r} (neither '{name_}' nor 'group_{name_}'; "
+                             f"keys: {listing}); check --sensitive")
+        group_keys[name_] = key
+    if sensitive:  # the named attributes only, as for tables
+        group_keys = {k: v for k, v in group_keys.items() if k in sensitive}
+    groups = {g: arrays[k] for g, k in group_keys.items()}
+    member_key = member or ("member" if "member" in keys else None)
+    if member_key is not None and member_key not in keys:
+        raise InputError(f"{p} has no membership array {member_key!r} (keys: {listing}); check --member")
+    member_mask = None if member_key is None else _as_bool(arrays[member_key], f"{p}:{member_key}")
+    used = {x_key, y_key, member_key, "x_ood", "feature_names", "class_names", *group_keys.values()}
+    unused = sorted(k for k in keys if k not in used and not k.startswith("group_"))
+    data = Dataset(x=x, y=y, name=name, groups=groups, member=member_mask, x_ood=arrays.get("x_ood"),
+                   feature_names=_names(arrays.get("feature_names")), class_names=_names(arrays.get("class_names")))
+    if unused:
+        data.warnings.append(f"{p.name}: array(s) {', '.join(unused)} are not used (inputs '{x_key}', labels "
+                             f"'{y_key}'); name them with --label / --sensitive / --member if they should be")
+    return data
 
 
 def _read(z, key: str, p: Path) -> np.ndarray:

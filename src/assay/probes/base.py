@@ -55,27 +55,40 @@ class Evidence:
 
 @dataclass
 class Threshold:
-    """A policy rule on one metric: fail / warn when the value crosses a bound."""
+    """A policy rule on one metric: fail / warn when the value crosses a bound.
+
+    ``on="interval"`` judges the metric's confidence interval instead of its point value: an
+    ``*_above`` bound is crossed only when the whole interval lies above it (its low end), a
+    ``*_below`` bound only when the whole interval lies below it: "significantly above / below".
+    A metric without an interval is judged on its value."""
 
     fail_below: float | None = None
     warn_below: float | None = None
     fail_above: float | None = None
     warn_above: float | None = None
+    on: str = "value"
 
-    def verdict(self, value: float) -> str:
-        if self.fail_below is not None and value < self.fail_below:
+    def __post_init__(self):
+        if self.on not in ("value", "interval"):
+            raise InputError(f"a policy rule's on = {self.on!r} must be \"value\" or \"interval\"")
+
+    def verdict(self, value: float, low: float | None = None, high: float | None = None) -> str:
+        above = value if self.on == "value" or low is None else low
+        below = value if self.on == "value" or high is None else high
+        if self.fail_below is not None and below < self.fail_below:
             return "fail"
-        if self.fail_above is not None and value > self.fail_above:
+        if self.fail_above is not None and above > self.fail_above:
             return "fail"
-        if self.warn_below is not None and value < self.warn_below:
+        if self.warn_below is not None and below < self.warn_below:
             return "warn"
-        if self.warn_above is not None and value > self.warn_above:
+        if self.warn_above is not None and above > self.warn_above:
             return "warn"
         return "pass"
 
     def describe(self) -> str:
-        parts = [f"{k.replace('_', ' ')} {v:g}" for k, v in dataclasses.asdict(self).items() if v is not None]
-        return ", ".join(parts)
+        parts = [f"{k.replace('_', ' ')} {v:g}" for k, v in dataclasses.asdict(self).items()
+                 if v is not None and k != "on"]
+        return ", ".join(parts) + (" (whole interval)" if self.on == "interval" else "")
 
 
 @dataclass
@@ -126,7 +139,7 @@ class Finding:
             rule = rules.get(m.name) or rules.get(m.base_name)
             if rule is None or m.value != m.value:  # NaN: nothing to judge
                 continue
-            v = rule.verdict(m.value)
+            v = rule.verdict(m.value, m.low, m.high)
             self.checks.append({"metric": m.name, "value": m.value, "rule": rule.describe(), "verdict": v})
             if _VERDICT_RANK[v] > _VERDICT_RANK[verdict]:
                 verdict = v
@@ -173,6 +186,9 @@ class Probe:
     requires_any: ClassVar[tuple[frozenset[str], ...]] = ()  # alternatives: satisfied if one is
     needs: ClassVar[frozenset[str]] = frozenset({"labels"})  # dataset fields: labels, groups, members, ood
     default_policy: ClassVar[dict[str, Threshold]] = {}
+    # execution order within an audit (lower first); the report keeps the plan's order. Probes whose
+    # findings other probes read (robustness finds gradient masking) run early.
+    order: ClassVar[int] = 0
 
     @dataclass
     class Params:
@@ -223,13 +239,33 @@ def _build_params(cls, given: dict[str, Any], probe: str):
     coerced = {}
     for k, v in given.items():
         coerced[k] = _coerce(v, hints.get(k), probe, k)
+        _check_range(k, coerced[k], probe)
     return cls(**coerced)
+
+
+# counts that must be at least 1 (a zero or negative sample count, step count or batch is a mistake)
+_COUNT_SUFFIXES = ("samples", "steps", "_boot", "draws", "queries", "queries_per_sample", "restarts", "copies",
+                   "epochs", "batch_size", "bins", "n_reference", "n_canaries", "n_models")
+
+
+def _check_range(key: str, v: Any, probe: str) -> None:
+    if isinstance(v, bool) or v is None:
+        return
+    if isinstance(v, int) and (key in ("n", "n0") or key.startswith("max_") or key.endswith(_COUNT_SUFFIXES)) and v < 1:
+        raise InputError(f"parameter {key}={v} of probe {probe} must be at least 1")
+    if isinstance(v, float) and key in ("level", "alpha", "confidence") and not 0 < v < 1:
+        raise InputError(f"parameter {key}={v} of probe {probe} must lie strictly between 0 and 1")
 
 
 def _coerce(v, hint, probe, key):
     """Coerce CLI strings / TOML values to the declared type, with a clear error."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is typing.Literal:  # a choice: checked now, so a typo fails before any work
+        text = v.strip().lower() if isinstance(v, str) else v
+        if text not in args:
+            raise InputError(f"parameter {key}={v!r} of probe {probe} is not one of {', '.join(map(str, args))}")
+        return text
     try:
         if hint in (int, float, str):
             if hint is int and isinstance(v, float) and not v.is_integer():
@@ -301,6 +337,9 @@ def get_probe(name: str) -> type[Probe]:
     if name in probes:
         return probes[name]
     # an axis name selects nothing by itself here; the plan expands axes
-    close = [p for p in probes if name.split(".")[-1] in p]
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(probes) + list(AXES), n=3, cutoff=0.6)
+    close += [p for p in probes if name.split(".")[-1] in p and p not in close]
+    hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
     raise InputError(f"unknown probe {name!r}{hint}; run `assay probes` to list them")

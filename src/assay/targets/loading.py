@@ -149,6 +149,7 @@ def load_target(
     device: str | torch.device | None = "auto",
     http_options: Mapping[str, Any] | None = None,
     task: str | None = None,
+    input_shape_hint: Sequence[int] | None = None,
 ) -> Target:
     """Load the model at ``source`` as a :class:`Target` (see the module doc for each kind).
 
@@ -167,6 +168,9 @@ def load_target(
     device : for PyTorch targets (``"auto"`` picks CUDA, then MPS, then CPU).
     http_options : extra keyword arguments for :class:`~assay.targets.http.HttpTarget`.
     task : for Hugging Face directories, overrides the task read from the config.
+    input_shape_hint : the data's per-sample shape, used only where neither ``input_shape`` nor the
+        model says what it takes (torch modules, HTTP, dynamic ONNX): a scikit-learn or static ONNX
+        model keeps its own, so a mismatch with the data is reported against the data.
 
     Returns
     -------
@@ -187,15 +191,34 @@ def load_target(
     if text.startswith(("http://", "https://")):
         from assay.targets.http import HttpTarget
 
-        if input_shape is None or num_classes is None:
+        shape = input_shape or input_shape_hint
+        if shape is None or num_classes is None:
             raise InputError("an HTTP model needs --input-shape and --num-classes (they cannot be asked from the API)")
-        return HttpTarget(
-            text, input_shape=input_shape, num_classes=num_classes, bounds=bounds or (0.0, 1.0),
+        target = HttpTarget(
+            text, input_shape=shape, num_classes=num_classes, bounds=bounds or (0.0, 1.0),
             query_budget=query_budget, **dict(http_options or {}),
         )
+        target.input_shape_source = "flag" if input_shape else "data"
+        return target
     path = Path(text).expanduser()
     if not path.exists():
         raise InputError(f"model file {path} does not exist; check the path")
+    target = _load_path(path, factory, trust_pickle, input_shape, num_classes, bounds, mean, std, query_budget,
+                        device, task, input_shape_hint)
+    if input_shape:
+        target.input_shape_source = "flag"
+    elif not hasattr(target, "input_shape_source"):
+        target.input_shape_source = "model"
+    from assay.targets.identity import file_digest
+
+    target.source_sha256 = file_digest(path)  # the file's bytes are part of the model's identity
+    if factory is not None and hasattr(target, "net"):
+        target.factory = factory  # the architecture's code: privacy probes train reference copies from it
+    return target
+
+
+def _load_path(path: Path, factory, trust_pickle, input_shape, num_classes, bounds, mean, std, query_budget,
+               device, task, hint=None) -> Target:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"{path} is a directory without config.json; point at a model file or a Hugging Face model directory")
@@ -209,8 +232,16 @@ def load_target(
     if suffix == ".onnx":
         from assay.targets.onnx import OnnxTarget
 
-        return OnnxTarget(path, input_shape=input_shape, num_classes=num_classes, bounds=bounds or (0.0, 1.0),
-                          query_budget=query_budget, output="auto")
+        try:
+            return OnnxTarget(path, input_shape=input_shape, num_classes=num_classes, bounds=bounds or (0.0, 1.0),
+                              query_budget=query_budget, output="auto")
+        except TargetError as e:
+            if input_shape is not None or hint is None or "dynamic shape" not in str(e):
+                raise
+            target = OnnxTarget(path, input_shape=hint, num_classes=num_classes, bounds=bounds or (0.0, 1.0),
+                                query_budget=query_budget, output="auto")
+            target.input_shape_source = "data"
+            return target
     if suffix == ".safetensors":
         if factory is None:
             raise InputError(f"{path} holds weights only; pass --factory package.module:function that builds the model")
@@ -222,11 +253,12 @@ def load_target(
         except (SafetensorError, OSError, ValueError) as e:
             raise TargetError(f"{path} is not a readable safetensors file ({e}); re-export it with safetensors.torch.save_file") from e
         model = load_state_dict_strict(build_from_factory(factory), state, path, factory)
-        return _torch_target(model, path, input_shape, torch_kw)
+        return _torch_target(model, path, input_shape, torch_kw, hint)
     if suffix in TORCH_SUFFIXES:
-        return _load_torch_file(path, factory, trust_pickle, input_shape, torch_kw)
+        return _load_torch_file(path, factory, trust_pickle, input_shape, torch_kw, hint)
     if suffix == ".skops":
-        return _sklearn_or_torch(_load_skops(path, trust_pickle), path, input_shape, num_classes, bounds, torch_kw, query_budget)
+        return _sklearn_or_torch(_load_skops(path, trust_pickle), path, input_shape, num_classes, bounds, torch_kw,
+                                 query_budget, hint)
     if suffix in PICKLE_SUFFIXES:
         if not trust_pickle:
             raise _pickle_refusal(path)
@@ -236,23 +268,27 @@ def load_target(
             obj = joblib.load(path)
         except Exception as e:
             raise TargetError(f"cannot unpickle {path} ({type(e).__name__}: {e}); check the file and its Python packages") from e
-        return _sklearn_or_torch(obj, path, input_shape, num_classes, bounds, torch_kw, query_budget)
+        return _sklearn_or_torch(obj, path, input_shape, num_classes, bounds, torch_kw, query_budget, hint)
     raise InputError(f"{path} has an unknown model kind {suffix or '(no extension)'!r}; use {SUPPORTED}")
 
 
-def _torch_target(model: nn.Module, path: Path, input_shape, torch_kw) -> Target:
+def _torch_target(model: nn.Module, path: Path, input_shape, torch_kw, hint=None) -> Target:
     from assay.targets.torch import TorchTarget
 
-    shape = input_shape or getattr(model, "input_shape", None)
+    own = getattr(model, "input_shape", None)
+    shape = input_shape or own or hint
     if shape is None:
         raise InputError(f"cannot infer the input shape of {path}; pass --input-shape (per sample, e.g. 1,28,28)")
     try:
-        return TorchTarget(model, input_shape=tuple(shape), name=path.name, **torch_kw)
+        target = TorchTarget(model, input_shape=tuple(shape), name=path.name, **torch_kw)
     except RuntimeError as e:  # the shape-probing forward pass failed
-        raise TargetError(f"the model in {path} fails on inputs of shape {tuple(shape)} ({str(e).splitlines()[0]}); fix --input-shape") from e
+        fix = "fix --input-shape" if input_shape else ("reshape the data or pass --input-shape" if not own else "fix the data")
+        raise TargetError(f"the model in {path} fails on inputs of shape {tuple(shape)} ({str(e).splitlines()[0]}); {fix}") from e
+    target.input_shape_source = "flag" if input_shape else "model" if own else "data"
+    return target
 
 
-def _load_torch_file(path: Path, factory, trust_pickle: bool, input_shape, torch_kw) -> Target:
+def _load_torch_file(path: Path, factory, trust_pickle: bool, input_shape, torch_kw, hint=None) -> Target:
     try:
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; it is still the safe format here
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -260,7 +296,7 @@ def _load_torch_file(path: Path, factory, trust_pickle: bool, input_shape, torch
     except Exception:  # not a TorchScript archive
         module = None
     if module is not None:
-        return _torch_target(module, path, input_shape, torch_kw)
+        return _torch_target(module, path, input_shape, torch_kw, hint)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -275,14 +311,14 @@ def _load_torch_file(path: Path, factory, trust_pickle: bool, input_shape, torch
     except Exception as e:
         raise TargetError(f"{path} is not a PyTorch file torch.load can read ({type(e).__name__}); check the file") from e
     if isinstance(obj, nn.Module):
-        return _torch_target(obj.eval(), path, input_shape, torch_kw)
+        return _torch_target(obj.eval(), path, input_shape, torch_kw, hint)
     state = _find_state_dict(obj)
     if state is None:
         raise TargetError(f"{path} holds a {type(obj).__name__}, neither a model nor a state_dict; save the model or its state_dict")
     if factory is None:
         raise InputError(f"{path} holds a state_dict (weights only); pass --factory package.module:function that builds the model")
     model = load_state_dict_strict(build_from_factory(factory), state, path, factory)
-    return _torch_target(model, path, input_shape, torch_kw)
+    return _torch_target(model, path, input_shape, torch_kw, hint)
 
 
 def _load_skops(path: Path, trust_pickle: bool):
@@ -294,11 +330,12 @@ def _load_skops(path: Path, trust_pickle: bool):
         untrusted = sio.get_untrusted_types(file=path)
     except Exception as e:
         raise TargetError(f"{path} is not a readable skops file ({type(e).__name__}); re-save it with skops.io.dump") from e
-    if untrusted and not trust_pickle:
-        shown = ", ".join(untrusted[:3]) + (f" and {len(untrusted) - 3} more" if len(untrusted) > 3 else "")
+    unknown = [t for t in untrusted if not _standard_type(t)]
+    if unknown and not trust_pickle:
+        shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
         raise UnsafeModelFile(
-            f"{path} contains types skops does not trust ({shown}) whose loading can run code; "
-            "pass --trust-pickle if you trust its source"
+            f"{path} contains types outside scikit-learn, numpy and scipy ({shown}) whose loading or use can "
+            "run code; pass --trust-pickle if you trust its source"
         )
     try:
         return sio.load(path, trusted=untrusted or None)
@@ -307,12 +344,35 @@ def _load_skops(path: Path, trust_pickle: bool):
                           "package that defines the model's custom types") from None
 
 
-def _sklearn_or_torch(obj, path: Path, input_shape, num_classes, bounds, torch_kw, query_budget) -> Target:
+_STANDARD_PACKAGES = ("sklearn", "numpy", "scipy")
+
+
+def _standard_type(name: str) -> bool:
+    """A class (not a function: a stored function may be called on the data later) defined in
+    scikit-learn, numpy or scipy. skops trusts only a short list by default, which refuses every tree
+    ensemble; these packages' classes hold data and load without running anything of the file's."""
+    module, _, attr = name.rpartition(".")
+    if not module or module.split(".")[0] not in _STANDARD_PACKAGES:
+        return False
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(obj, type)
+
+
+def _sklearn_or_torch(obj, path: Path, input_shape, num_classes, bounds, torch_kw, query_budget, hint=None) -> Target:
     if isinstance(obj, nn.Module):
-        return _torch_target(obj.eval(), path, input_shape, torch_kw)
+        return _torch_target(obj.eval(), path, input_shape, torch_kw, hint)
     if hasattr(obj, "predict"):
         from assay.targets.sklearn import SklearnTarget
 
-        return SklearnTarget(obj, input_shape=input_shape, num_classes=num_classes, bounds=bounds,
-                             query_budget=query_budget, name=path.name)
+        own = getattr(obj, "n_features_in_", None) is not None
+        target = SklearnTarget(obj, input_shape=input_shape or (None if own else hint), num_classes=num_classes,
+                               bounds=bounds, query_budget=query_budget, name=path.name)
+        if not input_shape:
+            target.input_shape_source = "model" if own else "data"
+        return target
     raise TargetError(f"{path} holds a {type(obj).__name__}, not a model (no predict(), not an nn.Module)")
