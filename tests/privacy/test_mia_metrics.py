@@ -210,3 +210,18 @@ def test_lira_rejects_inconsistent_shapes_and_missing_models():
         lira_scores(target, ref, torch.zeros_like(in_mask))
     with pytest.raises(InputError, match="unknown LiRA variant"):
         lira_scores(target, ref, in_mask, variant="both")
+
+
+def test_baseline_scores_survive_a_saturated_softmax():
+    """Logit margins of 40-80: log p_y rounds to exactly 0 in float64 for all of them, the margin does not."""
+    import torch
+
+    from assay.attacks.privacy import membership as mia
+
+    margins = torch.linspace(40, 80, 50, dtype=torch.float32)
+    logits = torch.stack([margins, torch.zeros(50)], dim=1)
+    y = torch.zeros(50, dtype=torch.long)
+    lp = mia.as_log_probs(logits, "logits")
+    assert (mia.true_class_log_prob(lp, y) == 0).all()  # what the old baseline ranked: all tied
+    scores = mia.logit_confidence(lp, y, "log_probs")
+    assert torch.allclose(scores.float(), margins, rtol=1e-5)  # every record keeps its own rank

@@ -43,7 +43,7 @@ from assay.attacks.gradient import (
     untargeted_success,
     value_and_grad,
 )
-from assay.attacks.losses import LossFn, dlr_targeted_loss, make_loss
+from assay.attacks.losses import LossFn, make_loss
 from assay.errors import InputError
 
 MOMENTUM = 0.75
@@ -189,7 +189,8 @@ def apgd(
     model: callable returning logits for inputs in ``bounds`` (e.g. ``TorchTarget(...).module``).
     x, y: inputs (N, ...) in ``bounds`` and int64 labels (N,).
     eps: radius of the ``norm`` ball ("linf" or "l2").
-    loss: "ce" (APGD-CE) or "dlr" (APGD-DLR; needs at least 3 classes).
+    loss: "ce" (APGD-CE), "dlr" (APGD-DLR; needs at least 3 classes) or "margin" (the DLR numerator,
+        for two-class models).
     steps: iterations per restart (100 as in AutoAttack). rho: the oscillation threshold (0.75).
     restarts: runs from fresh random starts, each only on points still unbroken.
     seed: seeds the random starts; results do not depend on ``batch_size``.
@@ -244,13 +245,15 @@ def apgd_targeted(
     bounds: tuple[float, float] = (0.0, 1.0),
     seed: int | None = 0,
     batch_size: int | None = None,
+    loss: str = "dlr",
 ) -> AttackResult:
     """APGD-T (Croce & Hein, 2020): APGD on the targeted DLR loss, one run per target class.
 
     The targets are the classes ranked 2nd, 3rd, ... ``n_target_classes + 1``-th by clean logit
     (``n_target_classes`` is clamped to ``num_classes - 1``); each target runs ``restarts`` times,
     only on the points not yet misclassified. Success is untargeted: any wrong prediction counts.
-    Needs at least 4 classes (the targeted DLR denominator uses the 4th-largest logit).
+    The targeted DLR loss needs at least 4 classes (its denominator uses the 4th-largest logit);
+    ``loss="ce"`` runs the same search on the targeted cross-entropy, for 3-class models.
 
     Returns
     -------
@@ -269,7 +272,7 @@ def apgd_targeted(
     y = y.to(x.device).long()
     clean = logits_of(model, x, 1, batch_size)
     num_classes = clean.shape[1]
-    make_loss("dlr", targeted=True, num_classes=num_classes)  # checks the class count
+    loss_fn = make_loss(loss, targeted=True, num_classes=num_classes)  # checks the class count
     n_targets = min(int(n_target_classes), num_classes - 1)
     ranked = clean.argsort(dim=1, descending=True)
     tracker = Tracker(x, untargeted_success(clean, y, y), queries_per_sample=1)
@@ -281,13 +284,13 @@ def apgd_targeted(
             for idx in tracker.chunks(tracker.todo(), batch_size):
                 run = _apgd_chunk(
                     model, x[idx], y[idx], y_target[idx], start[idx], eps=eps, norm=norm,
-                    steps=int(steps), rho=0.75, loss_fn=dlr_targeted_loss,
+                    steps=int(steps), rho=0.75, loss_fn=loss_fn,
                     success_fn=untargeted_success, bounds=bounds, eot_samples=1,
                 )
                 tracker.absorb(idx, run)
     return finalize(
         x, tracker.x_adv, tracker.success, tracker.queries, norm, eps, "apgd-t",
-        steps=int(steps), restarts=int(restarts), n_target_classes=n_targets, seed=seed,
+        steps=int(steps), restarts=int(restarts), n_target_classes=n_targets, seed=seed, loss=loss,
     )
 
 

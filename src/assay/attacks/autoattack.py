@@ -59,6 +59,8 @@ def autoattack(
     eps, norm : the threat model (``linf`` or ``l2``).
     version : ``standard`` or ``rand`` (randomized models).
     attacks : override the ensemble, a subset of ``apgd-ce, apgd-t, fmn-t, square, apgd-dlr``.
+        With fewer than 4 classes APGD-T runs on the targeted cross-entropy; with 2 classes it is
+        replaced by APGD on the logit margin (``apgd-margin``), and APGD-DLR runs on the margin.
     unit : ``unit(key, fn)`` runs ``fn`` once and may checkpoint its result (the audit passes
         ``ProbeContext.unit``); each stage is one unit.
 
@@ -78,7 +80,16 @@ def autoattack(
         attacks = ("apgd-ce", "apgd-t", "fmn-t", "square") if version == "standard" else ("apgd-ce", "apgd-dlr")
     eot = 20 if version == "rand" else 1
     with torch.no_grad():
-        clean_pred = torch.cat([model(x[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
+        clean_logits = torch.cat([model(x[i : i + 512]) for i in range(0, len(x), 512)])
+    num_classes = clean_logits.shape[1]
+    clean_pred = clean_logits.argmax(1)
+    # DLR needs 3 classes (APGD-DLR) or 4 (APGD-T): with fewer, the same stages run on the closest
+    # losses that exist, and info["losses"] says which
+    dlr_loss = "dlr" if num_classes >= 3 else "margin"
+    targeted_loss = "dlr" if num_classes >= 4 else "ce"
+    if num_classes == 2 and "apgd-t" in attacks:  # one wrong class: targeted = untargeted, so use the margin
+        attacks = tuple("apgd-margin" if a == "apgd-t" else a for a in attacks)
+    losses = {"apgd-dlr": dlr_loss, "apgd-t": targeted_loss, "apgd-margin": "margin"}
     success = clean_pred != y
     x_adv = x.clone()
     queries = torch.zeros(len(x), dtype=torch.long)
@@ -96,13 +107,13 @@ def autoattack(
             if stage == "apgd-ce":
                 r = apgd(model, xs, ys, eps=eps, norm=norm, loss="ce", steps=steps, bounds=bounds,
                          seed=seed, batch_size=batch_size, eot_samples=eot)
-            elif stage == "apgd-dlr":
-                r = apgd(model, xs, ys, eps=eps, norm=norm, loss="dlr", steps=steps, bounds=bounds,
+            elif stage in ("apgd-dlr", "apgd-margin"):
+                r = apgd(model, xs, ys, eps=eps, norm=norm, loss=losses[stage], steps=steps, bounds=bounds,
                          seed=seed, batch_size=batch_size, eot_samples=eot)
             elif stage == "apgd-t":
                 r = apgd_targeted(model, xs, ys, eps=eps, norm=norm, steps=steps,
                                   n_target_classes=n_target_classes, bounds=bounds, seed=seed,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, loss=targeted_loss)
             elif stage == "fmn-t":
                 r = fmn_targeted(model, xs, ys, norm=norm, steps=steps, n_target_classes=n_target_classes,
                                  bounds=bounds, seed=seed, batch_size=batch_size)
@@ -113,12 +124,18 @@ def autoattack(
                 # (same function; its successes are re-verified on ``model`` below anyway).
                 fast = fast_inference(model, xs) if isinstance(model, torch.nn.Module) and eot == 1 else model
 
+                shape = tuple(xs.shape[1:])
+
                 def fast_scores(z):
                     with torch.no_grad():
-                        return fast(z)
+                        return fast(z.reshape(len(z), *shape))
 
-                r = square(fast_scores, xs, ys, eps=eps, norm=norm, n_queries=square_queries,
+                # Square searches square windows of images; other inputs (tabular rows, signals)
+                # are searched as 1 x d "images", where its squares become runs of coordinates
+                as_image = xs if xs.dim() == 4 else xs.reshape(len(xs), 1, 1, -1)
+                r = square(fast_scores, as_image, ys, eps=eps, norm=norm, n_queries=square_queries,
                            p_init=0.8, bounds=bounds, seed=seed)
+                r.x_adv = r.x_adv.reshape(len(xs), *shape)
             else:
                 raise ValueError(f"unknown AutoAttack stage {stage!r}")
             return {"x_adv": r.x_adv, "success": r.success, "queries": r.queries}
@@ -154,5 +171,6 @@ def autoattack(
         norm=norm,
         eps=eps,
         attack=f"autoattack-{version}",
-        info={"broken_by": broken_by, "robust_after": robust_after},
+        info={"broken_by": broken_by, "robust_after": robust_after,
+              "losses": {a: losses[a] for a in attacks if a in losses}, "num_classes": num_classes},
     )

@@ -6,6 +6,8 @@
   scale-invariant in the logits, so it is not fooled by saturated softmax outputs:
   ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)`` with ``z_pi`` the logits sorted in decreasing order.
 - ``dlr_targeted_loss``: targeted DLR (eq. 5): ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``.
+- ``margin_loss``: the DLR numerator alone, ``-(z_y - max_{i != y} z_i)``: what DLR becomes where its
+  denominator is undefined (fewer than 3 classes); like DLR it is not flattened by a saturated softmax.
 
 Every loss takes ``(logits, y, y_target)`` and returns a float tensor (N,).
 """
@@ -47,10 +49,17 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, y_target: torch.Ten
     return -(z_y - z_t) / (top4[:, 0] - 0.5 * (top4[:, 2] + top4[:, 3]) + _DLR_DENOM_EPS)
 
 
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, y_target: torch.Tensor | None = None) -> torch.Tensor:
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    return -(z_y - logits.scatter(1, y[:, None], float("-inf")).amax(dim=1))
+
+
 def make_loss(name: str, *, targeted: bool, num_classes: int) -> LossFn:
-    """The loss named ``name`` ("ce" or "dlr") in its untargeted or targeted form."""
+    """The loss named ``name`` ("ce", "dlr" or "margin") in its untargeted or targeted form."""
+    if name == "margin" and not targeted:
+        return margin_loss
     if name not in ("ce", "dlr"):
-        raise InputError(f"unknown loss {name!r}; use 'ce' or 'dlr'")
+        raise InputError(f"unknown loss {name!r}; use 'ce', 'dlr' or (untargeted) 'margin'")
     if name == "dlr":
         needed = 4 if targeted else 3
         if num_classes < needed:

@@ -303,7 +303,8 @@ def randomization_check(
         for name, _ in reversed(layers):
             if mode == "independent":
                 randomized = copy.deepcopy(model)
-            layer = randomized.get_submodule(name)
+            # looked up by name, not get_submodule: TorchScript modules do not support the latter
+            layer = dict(randomized.named_modules())[name]
             _reinit(layer)
             rho = spearman_rows(ref.abs(), attribute(randomized, x, t).abs())
             out.append({"layer": name, "rho": rho, "mean": float(rho.mean())})
@@ -311,12 +312,16 @@ def randomization_check(
 
 
 def _reinit(layer: nn.Module) -> None:
-    if hasattr(layer, "reset_parameters"):
+    """Re-initialise one layer: its own initializer where it has one (Python modules), else fresh
+    Gaussian values at the scale of the trained ones (TorchScript layers have no reset_parameters),
+    so the randomized model's outputs neither vanish nor explode."""
+    if hasattr(layer, "reset_parameters") and not isinstance(layer, torch.jit.ScriptModule):
         layer.reset_parameters()
         return
     with torch.no_grad():
         for p in layer.parameters(recurse=False):
-            p.normal_(0.0, 0.02)
+            scale = float(p.std()) if p.numel() > 1 else 0.0
+            p.normal_(0.0, scale if scale > 0 else 0.02)
 
 
 def deletion_insertion(
@@ -326,11 +331,12 @@ def deletion_insertion(
     attributions: torch.Tensor,
     *,
     steps: int = 20,
-    baseline: float = 0.0,
+    baseline: float | torch.Tensor = 0.0,
 ) -> dict[str, np.ndarray]:
     """Faithfulness curves (Petsiuk et al. 2018): the target-class probability as the most important
     features (by attribution) are deleted (set to ``baseline``) or inserted into a baseline input,
-    in ``steps`` equal fractions. Costs ``2 * (steps + 1) * n`` queries through ``target.probs``.
+    in ``steps`` equal fractions. ``baseline`` is a number or one input (e.g. the data's mean, for
+    unbounded tabular features). Costs ``2 * (steps + 1) * n`` queries through ``target.probs``.
 
     Returns
     -------
@@ -346,7 +352,8 @@ def deletion_insertion(
     rank.scatter_(1, order, torch.arange(d).expand(n, d))
     frac = torch.linspace(0, 1, steps + 1)
     removed = rank[None] < (frac * d).round().long()[:, None, None]  # (S, n, d): feature is in the top share
-    base = torch.full_like(flat, baseline)
+    base = torch.as_tensor(baseline, dtype=flat.dtype).reshape(1, -1).expand(n, d) if torch.is_tensor(baseline) \
+        else torch.full_like(flat, baseline)
     deleted = torch.where(removed, base[None], flat[None]).reshape(-1, *x.shape[1:])
     inserted = torch.where(removed, flat[None], base[None]).reshape(-1, *x.shape[1:])
 

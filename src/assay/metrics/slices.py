@@ -7,6 +7,12 @@ when an expected cell count is below 5, else the pooled two-proportion z-test. P
 Benjamini-Hochberg adjusted over every slice tested, and the significant slices are ranked by effect
 size (complement metric minus slice metric). Counting is vectorised: each feature is coded once,
 and all slices of a feature pair come from one ``bincount`` of combined codes.
+
+With ``strata`` (usually the true label) a slice is compared with its complement *within* each
+stratum: the one-sided Cochran-Mantel-Haenszel test, and the effect is the slice's expected metric
+(the complement's metric in each stratum, weighted by the slice's own stratum mix) minus its
+observed metric. A slice that merely holds more hard examples (more of a hard class) is then not
+flagged; a slice where the model does worse on the same kind of example is.
 """
 
 from __future__ import annotations
@@ -70,7 +76,8 @@ class SliceReport:
              float(f"{s.p_value:.3g}"), float(f"{s.p_adjusted:.3g}"), s.test]
             for s in self.slices[:limit]
         ]
-        return {"columns": ["slice", "n", self.metric, f"{self.metric} (rest)", "gap", "p", "p (BH)", "test"], "rows": rows}
+        rest = f"{self.metric} of the rest" + (" on the same classes" if self.slices and self.slices[0].test == "cmh" else "")
+        return {"columns": ["slice", "n", self.metric, rest, "gap", "p", "p (BH)", "test"], "rows": rows}
 
 
 def _code_feature(col: np.ndarray, bins: int) -> tuple[np.ndarray, list[str]]:
@@ -105,6 +112,7 @@ def find_slices(
     bins: int = 4,
     min_size: int = 30,
     alpha: float = 0.05,
+    strata=None,
 ) -> SliceReport:
     """Search single features and pairs of features for subgroups that do significantly worse.
 
@@ -117,6 +125,7 @@ def find_slices(
     bins : quantile bins for numeric features with more than ``bins`` distinct values.
     min_size : slices with fewer rows (where the metric is defined) are not tested.
     alpha : false-discovery rate for the Benjamini-Hochberg procedure.
+    strata : optional stratum per row (e.g. the true label): compare within strata (see module doc).
 
     Returns
     -------
@@ -161,13 +170,28 @@ def find_slices(
     if n_dom == 0:
         raise InputError(f"no rows where {metric} is defined (e.g. no positives for tpr); pick another metric")
 
+    if strata is None:
+        s_code, n_strata = np.zeros(n, dtype=np.int64), 1
+    else:
+        strata = np.asarray(strata).reshape(-1)
+        if len(strata) != n:
+            raise InputError(f"strata has {len(strata)} rows for {n} samples; give one stratum per row")
+        _, s_code = np.unique(strata.astype(str), return_inverse=True)
+        n_strata = int(s_code.max()) + 1
+
+    def counts(code: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+        """(levels, strata) rows and successes per level and stratum, in one bincount each."""
+        key = code * n_strata + s_code
+        nn = np.bincount(key, weights=domain, minlength=levels * n_strata).reshape(levels, n_strata)
+        kk = np.bincount(key, weights=success, minlength=levels * n_strata).reshape(levels, n_strata)
+        return nn, kk
+
     coded = [_code_feature(c, bins) for c in cols]
     cand_conds, cand_n, cand_k = [], [], []
     # order 1: one bincount per feature
     for j, (code, desc) in enumerate(coded):
         L = len(desc)
-        nn = np.bincount(code, weights=domain, minlength=L)
-        kk = np.bincount(code, weights=success, minlength=L)
+        nn, kk = counts(code, L)
         for lvl in range(L):
             cand_conds.append(((names[j], desc[lvl]),))
         cand_n.append(nn)
@@ -177,17 +201,17 @@ def find_slices(
         for a, b in itertools.combinations(range(len(coded)), 2):
             (ca, da), (cb, db) = coded[a], coded[b]
             la, lb = len(da), len(db)
-            combo = ca * lb + cb
-            nn = np.bincount(combo, weights=domain, minlength=la * lb)
-            kk = np.bincount(combo, weights=success, minlength=la * lb)
-            keep = nn >= min_size  # describe only testable pair slices, to keep the list small
+            nn, kk = counts(ca * lb + cb, la * lb)
+            total = nn.sum(1)
+            keep = total >= min_size  # describe only testable pair slices, to keep the list small
             for idx in np.flatnonzero(keep):
                 cand_conds.append(((names[a], da[idx // lb]), (names[b], db[idx % lb])))
             cand_n.append(nn[keep])
             cand_k.append(kk[keep])
-            pair_too_small += int(((nn > 0) & ~keep).sum())
-    ns = np.concatenate(cand_n)
-    ks = np.concatenate(cand_k)
+            pair_too_small += int(((total > 0) & ~keep).sum())
+    ns_s = np.concatenate(cand_n)  # (candidates, strata)
+    ks_s = np.concatenate(cand_k)
+    ns, ks = ns_s.sum(1), ks_s.sum(1)
     testable = (ns >= min_size) & (ns < n_dom)
     n_too_small = int(((ns < min_size) & (ns > 0)).sum()) + pair_too_small
     idx = np.flatnonzero(testable)
@@ -195,22 +219,39 @@ def find_slices(
     n2, k2 = n_dom - n1, k_dom - k1
     p_slice, p_rest = k1 / n1, k2 / n2
 
-    # one-sided: the slice has fewer successes than its complement
-    pooled = (k1 + k2) / (n1 + n2)
-    expected_small = np.minimum.reduce([n1 * pooled, n1 * (1 - pooled), n2 * pooled, n2 * (1 - pooled)]) < 5
-    with np.errstate(all="ignore"):
-        se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-        z = np.where(se > 0, (p_slice - p_rest) / se, 0.0)
-    p_z = _st.norm.cdf(z)
-    # Fisher's one-sided exact test: P(K <= k1) for K ~ Hypergeom(N=n_dom, K=k_dom, draws=n1)
-    p_fisher = _st.hypergeom.cdf(k1, n_dom, k_dom, n1)
-    p = np.where(expected_small, p_fisher, p_z)
+    if strata is None:
+        # one-sided: the slice has fewer successes than its complement
+        pooled = (k1 + k2) / (n1 + n2)
+        expected_small = np.minimum.reduce([n1 * pooled, n1 * (1 - pooled), n2 * pooled, n2 * (1 - pooled)]) < 5
+        with np.errstate(all="ignore"):
+            se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+            z = np.where(se > 0, (p_slice - p_rest) / se, 0.0)
+        p_z = _st.norm.cdf(z)
+        # Fisher's one-sided exact test: P(K <= k1) for K ~ Hypergeom(N=n_dom, K=k_dom, draws=n1)
+        p_fisher = _st.hypergeom.cdf(k1, n_dom, k_dom, n1)
+        p = np.where(expected_small, p_fisher, p_z)
+        reference, tests = p_rest, np.where(expected_small, "fisher", "z")
+    else:
+        # Cochran-Mantel-Haenszel, one-sided: fewer successes than expected stratum by stratum
+        N_s = np.bincount(s_code, weights=domain, minlength=n_strata)[None]  # (1, strata)
+        K_s = np.bincount(s_code, weights=success, minlength=n_strata)[None]
+        a, n1s = ks_s[idx], ns_s[idx]
+        n2s = N_s - n1s
+        with np.errstate(all="ignore"):
+            expected = np.where(N_s > 0, n1s * K_s / N_s, 0.0)
+            var = np.where(N_s > 1, n1s * n2s * K_s * (N_s - K_s) / (N_s**2 * (N_s - 1)), 0.0)
+            rest_rate = np.where(n2s > 0, (K_s - a) / n2s, np.where(N_s > 0, K_s / N_s, 0.0))
+            reference = (n1s * rest_rate).sum(1) / n1  # the slice's metric had it done as the rest
+            v = var.sum(1)
+            z = np.where(v > 0, (a.sum(1) - expected.sum(1)) / np.sqrt(v), 0.0)
+        p = _st.norm.cdf(z)
+        tests = np.full(len(idx), "cmh")
     p_adj = benjamini_hochberg(p)
 
     slices = [
         Slice(cand_conds[i], int(ns[i]), int(n_dom - ns[i]), float(a), float(b), float(b - a), float(pv), float(pa),
-              "fisher" if small else "z")
-        for i, a, b, pv, pa, small in zip(idx, p_slice, p_rest, p, p_adj, expected_small)
+              str(t))
+        for i, a, b, pv, pa, t in zip(idx, p_slice, reference, p, p_adj, tests)
     ]
     slices.sort(key=lambda s: (not s.p_adjusted < alpha, -s.effect))
     return SliceReport(metric, k_dom / n_dom, slices, len(slices), n_too_small, alpha)

@@ -78,6 +78,17 @@ def _chart(ev) -> Markup | None:
         return None  # malformed evidence must not sink the whole report; the page says so
 
 
+def _curve_table(ev) -> dict[str, Any] | None:
+    """A curve whose every series has at most one point draws as a lone dot: show it as a table."""
+    if ev.kind != "curve" or not isinstance(ev.data, dict):
+        return None
+    series = [s for s in ev.data.get("series") or [] if isinstance(s, dict)]
+    if not series or any(len(s.get("x") or []) > 1 for s in series):
+        return None
+    rows = [[s.get("name", ""), (s.get("x") or [None])[0], (s.get("y") or [None])[0]] for s in series if s.get("x")]
+    return {"columns": ["series", ev.data.get("xlabel", "x"), ev.data.get("ylabel", "y")], "rows": rows} if rows else None
+
+
 def _image_src(img: Any) -> dict[str, Any] | None:
     """``{"src", "width", "height"}`` for an image entry given as ``png`` (base64) or raw ``array``."""
     if not isinstance(img, dict):
@@ -135,7 +146,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters.update(fmt=fmt, cell=_cell, counts_line=_counts_line, headline=_headline)
-    env.globals.update(fmt_ci=fmt_ci, numeric_columns=_numeric_columns, reason=finding_reason, policy_rows=policy_rows, chart=_chart, image_src=_image_src, axis_title=lambda a: AXIS_TITLES.get(a, a.title()),
+    env.globals.update(fmt_ci=fmt_ci, numeric_columns=_numeric_columns, reason=finding_reason, policy_rows=policy_rows, chart=_chart, curve_table=_curve_table, image_src=_image_src, axis_title=lambda a: AXIS_TITLES.get(a, a.title()),
                        evidence_kinds=EVIDENCE_KINDS, max_metrics=MAX_METRICS_SHOWN, max_rows=MAX_TABLE_ROWS,
                        to_json=lambda v: json.dumps(v, ensure_ascii=False, default=str))
     return env

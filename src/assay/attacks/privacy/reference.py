@@ -187,13 +187,43 @@ def recipe_for_target(target, recipe: str | Recipe | None = None, **train_kwargs
     est = getattr(target, "estimator", None)
     if est is not None and hasattr(est, "get_params"):
         return SklearnRecipe(est)
+    factory = getattr(target, "factory", None)
+    if factory is not None:  # the architecture's code, given with --factory: build fresh copies from it
+        return TorchRecipe(_factory_in_input_space(factory, target), **train_kwargs)
     net = getattr(target, "net", None)
-    if isinstance(net, nn.Module):
+    if isinstance(net, nn.Module) and not _has_script(net):
         return TorchRecipe(net, **train_kwargs)
+    what = "a TorchScript model" if isinstance(net, nn.Module) else f"a {getattr(target, 'kind', type(target).__name__)} target"
     raise InputError(
-        f"cannot clone a {getattr(target, 'kind', type(target).__name__)} target to train reference "
-        f"models; give recipe='package.module:function' ({RECIPE_SIGNATURE})"
+        f"assay cannot retrain {what} from its file to get reference models; give --factory "
+        f"package.module:function that builds the architecture, recipe='package.module:function' "
+        f"({RECIPE_SIGNATURE}), or reference_models=DIR of trained reference model files"
     )
+
+
+def _has_script(net: nn.Module) -> bool:
+    return any(isinstance(m, torch.jit.ScriptModule) for m in net.modules())
+
+
+class _FactoryModel:
+    """A picklable zero-argument builder: the user's factory, behind the target's normalization."""
+
+    def __init__(self, spec, mean, std, ndim: int):
+        self.spec, self.mean, self.std, self.ndim = spec, mean, std, ndim
+        self.__module__, self.__qualname__ = "assay.factory", str(spec)  # names the recipe's identity
+
+    def __call__(self) -> nn.Module:
+        from assay.targets.loading import build_from_factory
+        from assay.targets.torch import Normalize
+
+        model = build_from_factory(self.spec)
+        if self.mean is not None:
+            model = nn.Sequential(Normalize(self.mean, self.std, self.ndim), model)
+        return model
+
+
+def _factory_in_input_space(factory, target) -> _FactoryModel:
+    return _FactoryModel(factory, getattr(target, "mean", None), getattr(target, "std", None), len(target.input_shape))
 
 
 # ------------------------------------------------------------- inference

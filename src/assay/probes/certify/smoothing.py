@@ -53,8 +53,9 @@ class SmoothingProbe(Probe):
         if p.sigma <= 0 or not (0 < p.alpha < 1) or p.n0 < 1 or p.n < 1:
             raise InputError("certify.smoothing needs sigma > 0, 0 < alpha < 1, n0 >= 1 and n >= 1")
         target, data = ctx.target, ctx.data
-        k = min(len(data), p.max_samples)
-        x, y = data.x[:k], data.y[:k]
+        idx = ctx.sample(p.max_samples)
+        k = len(idx)
+        x, y = data.x[idx], data.y[idx]
         white = GRADIENTS in target.capabilities
         base = target.module if white else target.labels
         sm = Smoothed(base, target.num_classes, p.sigma, max_batch=p.max_batch)

@@ -78,9 +78,9 @@ class Attributions(Probe):
         return {"queries": n * (p.n_steps + 2) + 2 * (p.curve_steps + 1) * n,
                 "note": "IG path points plus deletion/insertion curves"}
 
-    def _method(self, target, data) -> str:
+    def _method(self, target, data, masked: bool = False) -> str:
         m = self.params.method
-        white = GRADIENTS in target.capabilities
+        white = GRADIENTS in target.capabilities and not masked
         if m == "auto":
             return "integrated_gradients" if white else ("occlusion" if data.x.dim() == 4 else "permutation")
         if m in GRADIENT_METHODS and not white:
@@ -92,12 +92,18 @@ class Attributions(Probe):
     def run(self, ctx):
         p = self.params
         t, data = ctx.target, ctx.data
-        method = self._method(t, data)
-        n = min(p.n_samples, len(data))
-        idx = torch.randperm(len(data), generator=ctx.generator(11))[:n].sort().values
+        masking = ctx.facts.get("gradient_masking")
+        method = self._method(t, data, masked=bool(masking) and GRADIENTS in t.capabilities)
+        idx = ctx.sample(p.n_samples, salt=11)
+        n = len(idx)
         x, y = data.x[idx], data.y[idx]
         pred = ctx.clean_labels()[idx]
         metrics, evidence, warnings = [], [], []
+        if masking:
+            warnings.append(f"gradient masking was found on this model ({masking}): gradient-based attributions "
+                            "would not reflect what drives its decisions"
+                            + (f", so the black-box {method} method ran instead" if method in ("occlusion", "permutation")
+                               else f"; {method} was requested explicitly, treat it with care"))
         q0 = t.queries
 
         if method == "permutation":
@@ -132,7 +138,8 @@ class Attributions(Probe):
             self._randomization(ctx, method, x, pred, attr, metrics, evidence)
 
         # faithfulness: deletion / insertion by the attribution ranking vs a random ranking
-        baseline = float(t.bounds[0])
+        # deleted features take the low bound (black, for images); unbounded features take their mean
+        baseline = float(t.bounds[0]) if np.isfinite(t.bounds[0]) else data.x.mean(0)
         curves = deletion_insertion(t, x, pred, attr.abs(), steps=p.curve_steps, baseline=baseline)
         rand = torch.rand(attr.shape, generator=ctx.generator(13))
         curves_r = deletion_insertion(t, x, pred, rand, steps=p.curve_steps, baseline=baseline)

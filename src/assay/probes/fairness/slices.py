@@ -8,11 +8,13 @@ import numpy as np
 
 from assay.metrics.slices import find_slices
 from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.targets.base import SCORES
 
 
 def slice_features(data) -> tuple[np.ndarray | dict, list[str]]:
     """Columns to slice on: the tabular features (or, for images, ink mass and mean row/column of
-    ink), every sensitive attribute, and the true label."""
+    ink) and every sensitive attribute. Never the true label: a slice "label = hard class" would
+    flag every model with hard examples; the label instead stratifies the test (see find_slices)."""
     cols: dict[str, np.ndarray] = {}
     x = data.x.numpy()
     if data.kind == "tabular" and x.ndim == 2:
@@ -29,7 +31,6 @@ def slice_features(data) -> tuple[np.ndarray | dict, list[str]]:
             cols["ink_col"] = (img.sum(1) * np.arange(img.shape[2])).sum(1) / mass
     for k, v in data.groups.items():
         cols[f"group:{k}"] = np.asarray(v).astype(str)
-    cols["label"] = data.y.numpy().astype(str)
     return cols, list(cols)
 
 
@@ -39,8 +40,9 @@ class SliceFinding(Probe):
     axis = "fairness"
     title = "Underperforming slices"
     description = (
-        "Searches feature values, quantile bins and pairs of them for subgroups whose accuracy is "
-        "significantly below the rest (z / Fisher test, Benjamini-Hochberg), ranked by the gap."
+        "Searches feature values, quantile bins and pairs of them (inputs and sensitive attributes) for "
+        "subgroups whose accuracy is significantly below the rest on the same classes at the same model "
+        "confidence (Cochran-Mantel-Haenszel test, Benjamini-Hochberg), ranked by the gap."
     )
     needs = frozenset({"labels"})
     requires_any = (frozenset({"scores"}), frozenset({"labels"}))
@@ -54,6 +56,22 @@ class SliceFinding(Probe):
         min_size: int = 30
         alpha: float = 0.05
         top: int = 20
+        confidence_bins: int = 10  # 0: compare within true classes only
+
+    @staticmethod
+    def _strata(ctx, bins: int) -> np.ndarray:
+        """True class, crossed with the model's confidence decile when it gives scores: a slice is
+        compared with the rest on the same class AND at the same confidence. Regions that are simply
+        hard (the model is rightly unsure there) are then not flagged; regions where the model is
+        worse than it is elsewhere at the same confidence (confidently wrong for a group) are."""
+        y = ctx.data.y.numpy().astype(np.int64)
+        if bins <= 1 or SCORES not in ctx.target.capabilities:
+            return y
+        from assay.probes.reliability._common import clean_probs
+
+        conf = clean_probs(ctx).max(1).values.numpy()
+        edges = np.unique(np.quantile(conf, np.linspace(0, 1, bins + 1)[1:-1]))
+        return y * (len(edges) + 1) + np.searchsorted(edges, conf)
 
     def run(self, ctx):
         import pandas as pd
@@ -61,16 +79,19 @@ class SliceFinding(Probe):
         p = self.params
         cols, names = slice_features(ctx.data)
         rep = find_slices(pd.DataFrame(cols), ctx.data.y.numpy(), ctx.clean_labels().numpy(), metric=p.metric,
-                          max_order=p.max_order, bins=p.bins, min_size=p.min_size, alpha=p.alpha)
+                          max_order=p.max_order, bins=p.bins, min_size=p.min_size, alpha=p.alpha,
+                          strata=self._strata(ctx, p.confidence_bins))
         sig = rep.significant
         metrics = [Metric("significant_slices", float(len(sig)), unit="slices", higher_is_better=False,
                           description=f"slices with BH-adjusted p < {p.alpha} out of {rep.n_tested} tested")]
         if sig:
             s = sig[0]
-            # Wald interval of the difference of two proportions (slice vs rest)
+            # Wald interval of the gap between the slice and what it would have scored as the rest
             se = np.sqrt(s.metric * (1 - s.metric) / s.size + s.complement_metric * (1 - s.complement_metric) / max(1, s.complement_size))
             metrics.append(Metric("worst_slice_gap", s.effect, s.effect - 1.96 * se, s.effect + 1.96 * se, higher_is_better=False,
-                                  method="Wald difference of proportions", description=f"{p.metric} gap of '{s.description}'"))
+                                  method="Wald difference of proportions",
+                                  description=f"{p.metric} gap of '{s.description}' against the rest on the same classes "
+                                              "at the same confidence"))
         else:
             metrics.append(Metric("worst_slice_gap", 0.0, higher_is_better=False, description="no significant slice"))
         summary = (f"{len(sig)} significant slice(s) of {rep.n_tested}; worst: {sig[0].description} "

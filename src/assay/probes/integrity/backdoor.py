@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from assay.attacks.backdoor import TriggerResult, anomaly_index, mask_shape, median, reverse_engineer_triggers
-from assay.errors import InputError
+from assay.errors import InputError, NotApplicable
 from assay.probes.base import Evidence, Metric, Probe, Threshold, register
 from assay.stats import clopper_pearson
 from assay.targets.base import GRADIENTS
@@ -54,6 +54,13 @@ class Backdoor(Probe):
                              f"give classes in 0..{num_classes - 1}")
         return sorted(set(classes))
 
+    def check(self, target, data):
+        why = super().check(target, data)
+        if why is None and target.num_classes < 3:
+            why = (f"a backdoor scan compares the trigger size of each class with the others; a "
+                   f"{target.num_classes}-class model has too few classes to compare")
+        return why
+
     def cost(self, target, data):
         p = self.params
         k = len(p.classes) if p.classes is not None else (target.num_classes if target is not None else 10)
@@ -68,13 +75,13 @@ class Backdoor(Probe):
         t, data = ctx.target, ctx.data
         classes = self._classes(t.num_classes)
         if len(classes) < 3 or p.max_classes < 3:
-            raise InputError("a backdoor scan compares classes with each other: give at least 3 candidate classes "
+            raise NotApplicable("a backdoor scan compares classes with each other and needs at least 3 candidate classes "
                              "(classes and max_classes)")
-        correct = torch.nonzero(ctx.clean.correct()).flatten()
+        correct = torch.nonzero(ctx.clean_correct()).flatten()
         order = correct[torch.randperm(len(correct), generator=ctx.generator(salt=17))]
         opt_idx, hold_idx = order[: p.max_samples], order[p.max_samples: p.max_samples + p.holdout]
         if len(opt_idx) < 10:
-            raise InputError(f"only {len(opt_idx)} correctly classified inputs to optimise triggers on; "
+            raise NotApplicable(f"only {len(opt_idx)} correctly classified inputs to optimise triggers on; "
                              "give at least 10 labelled inputs the model gets right")
         x, y = data.x[opt_idx], data.y[opt_idx]
         screened = None

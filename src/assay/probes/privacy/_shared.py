@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +12,7 @@ import torch
 from assay.attacks.privacy import membership as mia
 from assay.attacks.privacy import metrics as mm
 from assay.attacks.privacy.reference import ReferenceSet, recipe_for_target, train_reference_models
-from assay.errors import InputError
+from assay.errors import InputError, NotApplicable
 from assay.probes.base import Evidence, Metric
 from assay.stats import clopper_pearson
 from assay.targets.base import LABELS, SCORES
@@ -45,34 +43,48 @@ def check_attacks(attacks, target, n_reference: int, lira_variant: str) -> list[
     return list(dict.fromkeys(attacks))
 
 
+def plan_attacks(p: "AttackParams", target) -> tuple[list[str], dict[str, str]]:
+    """The attacks that can run, and why the others cannot.
+
+    Reference-model attacks (LiRA, RMIA) need reference models: ``reference_models`` (a directory of
+    model files), a ``recipe``, or a target assay can clone and retrain (a Python torch model, a
+    scikit-learn estimator, or a TorchScript / weights file with ``--factory``). Without any of
+    them they are reported as not run, with the reason, and the attacks that need no reference
+    models still run: an audit never loses the baseline and label-only attacks to a missing recipe."""
+    attacks = check_attacks(p.attacks, target, p.n_reference, p.lira_variant)
+    not_run: dict[str, str] = {}
+    if any(a in REF_ATTACKS for a in attacks) and not p.reference_models:
+        if p.recipe is not None:  # the user's own recipe: a bad one is a mistake to fix, not a reason to skip
+            recipe_for_target(target, p.recipe, **train_settings(p))
+        else:
+            try:
+                recipe_for_target(target, None, **train_settings(p))
+            except InputError as e:
+                for a in attacks:
+                    if a in REF_ATTACKS:
+                        not_run[a] = str(e)
+    runnable = [a for a in attacks if a not in not_run]
+    if not runnable:
+        raise InputError(f"no requested membership attack can run: {next(iter(not_run.values()))}; "
+                         "or add attacks=baseline,label_only")
+    return runnable, not_run
+
+
+def train_settings(p: "AttackParams") -> dict[str, Any]:
+    return {"epochs": p.train_epochs, "lr": p.train_lr, "batch_size": p.train_batch_size,
+            "weight_decay": p.train_weight_decay}
+
+
 def check_fprs(fprs, n_nonmembers: int) -> list[float]:
     fprs = sorted({float(f) for f in fprs}, reverse=True)
     if not fprs or any(not 0 < f < 1 for f in fprs):
         raise InputError(f"fprs {fprs} must be rates in (0, 1), e.g. 0.01,0.001")
     if n_nonmembers < math.ceil(1 / fprs[0]):
-        raise InputError(
+        raise NotApplicable(
             f"only {n_nonmembers} non-members: no requested FPR is measurable (FPR {fprs[0]:g} needs at "
             f"least {math.ceil(1 / fprs[0])}); add non-member records or ask for a larger fpr"
         )
     return fprs
-
-
-def fingerprint_target(target) -> str:
-    """Content hash of a target's weights (torch / sklearn) or its description."""
-    h = hashlib.sha256()
-    net = getattr(target, "net", None)
-    if isinstance(net, torch.nn.Module):
-        for k, v in net.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    else:
-        desc = dict(target.describe())
-        desc.pop("queries", None)
-        h.update(json.dumps(desc, sort_keys=True, default=str).encode())
-        est = getattr(target, "estimator", None)
-        if est is not None:
-            h.update(repr(est.get_params()).encode())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -94,15 +106,15 @@ class AttackParams:
     train_lr: float = 2e-3
     train_batch_size: int = 64
     train_weight_decay: float = 0.0
-    seed: int = 0
+    reference_models: str | None = None  # a directory of reference model files (see docs/privacy.md)
+    seed: int | None = None  # None: the audit's --seed
 
 
-def settings_from(p: AttackParams, attacks: list[str]) -> "ScoreSettings":
+def settings_from(p: AttackParams, attacks: list[str], seed: int) -> "ScoreSettings":
     return ScoreSettings(
         attacks, p.n_reference, p.recipe, p.lira_variant, p.lira_fixed_variance, p.augment, p.rmia_a,
-        p.rmia_gamma, p.rmia_variant, p.label_only_copies, p.label_only_sigma, p.seed,
-        {"epochs": p.train_epochs, "lr": p.train_lr, "batch_size": p.train_batch_size,
-         "weight_decay": p.train_weight_decay},
+        p.rmia_gamma, p.rmia_variant, p.label_only_copies, p.label_only_sigma, seed if p.seed is None else p.seed,
+        train_settings(p), p.reference_models,
     )
 
 
@@ -121,6 +133,7 @@ class ScoreSettings:
     label_only_sigma: float
     seed: int
     train_kwargs: dict[str, Any] = field(default_factory=dict)
+    reference_models: str | None = None
 
 
 def query_views(x: torch.Tensor, augment: bool) -> torch.Tensor:
@@ -145,57 +158,108 @@ def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True,
     """Membership scores (one per record of ``ctx.data``, higher = member) for each attack.
 
     ``refs``: reference outputs to reuse (e.g. when scoring a second model on the same pool);
-    otherwise they are trained (or read from the cache). ``info["refs"]`` returns them.
-    """
+    otherwise they are read from ``s.reference_models`` or trained (or read from the cache).
+    ``info["refs"]`` returns them. With ``ctx.data.population``, the population records join the
+    pool the reference models train on and RMIA's population ``z`` (they are never scored)."""
     data = ctx.data
     x, y = data.x, data.y
+    n = len(x)
+    pop = data.population
+    if pop is not None and pop.y is None:
+        raise InputError("population records need labels; give the population file a label column / y array")
+    x_all = x if pop is None else torch.cat([x, pop.x])
+    y_all = y if pop is None else torch.cat([y, pop.y])
     info: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
     need_scores = any(a in SCORE_ATTACKS for a in s.attacks)
-    views = query_views(x, s.augment) if need_scores else None
-    lp_t = target_log_probs(ctx, target, views, shared_clean) if need_scores else None
+    views = query_views(x_all, s.augment) if need_scores else None
+    lp_t = None
+    if need_scores:
+        lp_t = target_log_probs(ctx, target, views[:, :n], shared_clean)
+        if pop is not None:
+            lp_t = torch.cat([lp_t, target_log_probs(ctx, target, views[:, n:], False)], dim=1)
     if "baseline" in s.attacks:
-        scores["baseline"] = mia.true_class_log_prob(lp_t[0], y).numpy()
+        # the logit margin log p_y - log(1 - p_y), formed without 1 - p_y: on a saturated model log p_y
+        # itself rounds to exactly 0 for many records and ties members with non-members
+        scores["baseline"] = mia.logit_confidence(lp_t[0, :n], y, "log_probs").numpy()
     if any(a in REF_ATTACKS for a in s.attacks) and refs is None:
-        recipe = recipe_for_target(target, s.recipe, **s.train_kwargs)
-        refs = train_reference_models(
-            recipe, x, y, n_models=s.n_reference, seed=s.seed, views=views, num_classes=target.num_classes,
-            executor=ctx.executor, cache_dir=ctx.cache_dir("membership-refs"),
-            cache_key=f"{fingerprint_target(target)}|{data.fingerprint()}",
-            progress=ctx.progress,
-        )
+        if s.reference_models:
+            refs = load_reference_models(s.reference_models, target, views, n_pool=len(x_all))
+        else:
+            recipe = recipe_for_target(target, s.recipe, **s.train_kwargs)
+            refs = train_reference_models(
+                recipe, x_all, y_all, n_models=s.n_reference, seed=s.seed, views=views, num_classes=target.num_classes,
+                executor=ctx.executor, cache_dir=ctx.cache_dir("membership-refs"),
+                cache_key=f"{target.fingerprint()}|{data.fingerprint()}",
+                progress=ctx.progress,
+            )
     if refs is not None:
         info["refs"] = refs
-        info.update(reference_models=s.n_reference, reference_trained=refs.trained, reference_cached=refs.cached,
-                    reference_seconds=round(refs.seconds, 3), recipe=refs.recipe, executor=ctx.executor.name,
-                    queries_per_record=int(views.shape[0]))
-        # (Q, N, C) -> (N, Q) statistics
-        y_t = y
+        offline_only = not bool(refs.in_mask.any())
+        info.update(reference_models=int(refs.log_probs.shape[0]), reference_trained=refs.trained,
+                    reference_cached=refs.cached, reference_seconds=round(refs.seconds, 3), recipe=refs.recipe,
+                    executor=ctx.executor.name, queries_per_record=int(views.shape[0]))
         if "lira" in s.attacks:
-            phi_t = mia.logit_confidence(lp_t.transpose(0, 1), y_t, "log_probs")  # (N, Q)
-            phi_r = mia.logit_confidence(refs.log_probs.transpose(1, 2), y_t, "log_probs")  # (R, N, Q)
-            fixed = s.lira_fixed_variance if s.lira_fixed_variance is not None else s.n_reference < 64
-            scores["lira"] = mia.lira_scores(phi_t, phi_r, refs.in_mask, variant=s.lira_variant,
+            variant = "offline" if offline_only else s.lira_variant
+            phi_t = mia.logit_confidence(lp_t[:, :n].transpose(0, 1), y, "log_probs")  # (N, Q)
+            phi_r = mia.logit_confidence(refs.log_probs[:, :, :n].transpose(1, 2), y, "log_probs")  # (R, N, Q)
+            fixed = s.lira_fixed_variance if s.lira_fixed_variance is not None else refs.log_probs.shape[0] < 64
+            scores["lira"] = mia.lira_scores(phi_t, phi_r, refs.in_mask[:, :n], variant=variant,
                                              fixed_variance=fixed).numpy()
-            info["lira"] = {"variant": s.lira_variant, "fixed_variance": fixed}
+            info["lira"] = {"variant": variant, "fixed_variance": fixed}
         if "rmia" in s.attacks:
-            variant = s.rmia_variant if s.rmia_variant != "auto" else ("online" if s.n_reference >= 2 else "offline")
-            p_t = mia.true_class_log_prob(lp_t.transpose(0, 1), y_t).exp()  # (N, Q)
-            p_r = mia.true_class_log_prob(refs.log_probs.transpose(1, 2), y_t).exp()  # (R, N, Q)
+            variant = s.rmia_variant if s.rmia_variant != "auto" else (
+                "online" if refs.log_probs.shape[0] >= 2 and not offline_only else "offline")
+            p_t = mia.true_class_log_prob(lp_t.transpose(0, 1), y_all).exp()  # (N_all, Q)
+            p_r = mia.true_class_log_prob(refs.log_probs.transpose(1, 2), y_all).exp()  # (R, N_all, Q)
             # population z: every record of the pool (the attacker does not know who is a member)
-            scores["rmia"] = mia.rmia_scores(p_t, p_r, p_t, p_r, a=s.rmia_a, gamma=s.rmia_gamma,
-                                             ref_in_mask=refs.in_mask, ref_in_mask_z=refs.in_mask,
+            scores["rmia"] = mia.rmia_scores(p_t[:n], p_r[:, :n], p_t, p_r, a=s.rmia_a, gamma=s.rmia_gamma,
+                                             ref_in_mask=refs.in_mask[:, :n], ref_in_mask_z=refs.in_mask,
                                              variant=variant).numpy()
-            info["rmia"] = {"variant": variant, "a": s.rmia_a, "gamma": s.rmia_gamma, "population": len(x)}
+            info["rmia"] = {"variant": variant, "a": s.rmia_a, "gamma": s.rmia_gamma, "population": len(x_all)}
     if "label_only" in s.attacks:
         lo, hi = target.bounds
-        sigma = s.label_only_sigma * (hi - lo)
+        sigma = s.label_only_sigma * (hi - lo) if math.isfinite(hi - lo) else s.label_only_sigma * float(x.std())
         scores["label_only"] = mia.label_only_scores(
             target.labels, x, y, n_augment=s.label_only_copies, noise_sigma=sigma, bounds=target.bounds,
             seed=s.seed,
         ).numpy()
         info["label_only"] = {"copies": s.label_only_copies, "noise_sigma": sigma}
     return scores, info
+
+
+def load_reference_models(directory: str, target, views: torch.Tensor, n_pool: int) -> ReferenceSet:
+    """Reference models given as files: every model file in ``directory`` (any format assay loads,
+    never unpickled), queried on the pool. ``in_mask.npy`` (bool, one row per model in file-name
+    order, one column per pool record) says which records each model trained on; without it every
+    model counts as trained on none of them (OUT), and LiRA and RMIA run their offline variants."""
+    from pathlib import Path
+
+    from assay.targets.loading import load_target
+
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise InputError(f"reference_models={directory} is not a directory; give a directory of model files")
+    files = sorted(f for f in root.iterdir() if f.name != "in_mask.npy" and not f.name.startswith("."))
+    if len(files) < 1:
+        raise InputError(f"{root} holds no reference model files")
+    outs = []
+    for f in files:
+        ref = load_target(f, input_shape=target.input_shape, num_classes=target.num_classes, bounds=target.bounds,
+                          factory=getattr(target, "factory", None), device="cpu")
+        if SCORES not in ref.capabilities:
+            raise InputError(f"reference model {f.name} returns labels only; reference models must return scores")
+        kind = "logits" if ref.output == "logits" else "probs"
+        outs.append(torch.stack([mia.as_log_probs(ref.scores(v), kind).float() for v in views]))
+    mask_file = root / "in_mask.npy"
+    if mask_file.exists():
+        in_mask = torch.from_numpy(np.load(mask_file, allow_pickle=False).astype(bool))
+        if tuple(in_mask.shape) != (len(files), n_pool):
+            raise InputError(f"{mask_file} has shape {tuple(in_mask.shape)}; it needs one row per model file "
+                             f"({len(files)}) and one column per pool record ({n_pool})")
+    else:
+        in_mask = torch.zeros(len(files), n_pool, dtype=torch.bool)
+    return ReferenceSet(torch.stack(outs), in_mask, recipe=f"files:{root}", cached=len(files))
 
 
 # ------------------------------------------------------------- summaries

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from assay.attacks.extraction import extract, transfer_attack
-from assay.errors import InputError
+from assay.errors import InputError, NotApplicable
 from assay.probes.base import Evidence, Metric, Probe, Threshold, register
 from assay.stats import clopper_pearson
 from assay.targets.base import LABELS, SCORES
@@ -31,16 +32,16 @@ class ExtractionProbe(Probe):
     class Params:
         query_budget: int = 500  # attacker's queries, extraction and transfer check together
         rounds: int = 4
-        strategy: str = "active"  # active | random
-        source: str = "pool"  # pool | uniform | gaussian | mixup
-        output: str = "auto"  # auto | scores | labels: what the attacker trains on
-        surrogate: str = "auto"  # auto | linear | mlp | cnn
+        strategy: Literal["active", "random"] = "active"
+        source: Literal["pool", "uniform", "gaussian", "mixup"] = "pool"
+        output: Literal["auto", "scores", "labels"] = "auto"  # what the attacker trains on
+        surrogate: Literal["auto", "linear", "mlp", "cnn"] = "auto"
         hidden: int = 64
         epochs: int = 40
         holdout_fraction: float = 0.3
         max_holdout: int = 500
-        transfer_eps: float = 8 / 255
-        transfer_norm: str = "linf"
+        transfer_eps: float | None = None  # None: the middle of robustness.evasion's data-scaled grid
+        transfer_norm: Literal["linf", "l2"] = "linf"
         transfer_samples: int = 100  # 0 skips the transfer check
         transfer_steps: int = 20
 
@@ -63,7 +64,7 @@ class ExtractionProbe(Probe):
         n = len(data)
         n_hold = min(int(round(p.holdout_fraction * n)), p.max_holdout)
         if n_hold < 1 or n - n_hold < 1:
-            raise InputError(f"{n} samples cannot be split into a query pool and a held-out set; give more data")
+            raise NotApplicable(f"{n} samples cannot be split into a query pool and a held-out set; give more data")
         # the evaluation's ground truth: the target's labels on the data (shared, computed once per audit);
         # fetched before the attacker's budget is set so that the budget arithmetic below is exact
         target_labels = ctx.clean_labels()
@@ -85,7 +86,9 @@ class ExtractionProbe(Probe):
             reserve = 2 * len(ok)
         extraction_budget = budget - reserve
         if extraction_budget < 2 * (p.rounds + 1):
-            raise InputError(
+            # the target's budget (its share of it) is what ran short: the probe cannot run here; else
+            # the probe's own query_budget parameter is too small, a mistake to fix
+            raise (NotApplicable if budget < int(p.query_budget) else InputError)(
                 f"query budget {budget} leaves {extraction_budget} queries for extraction after {reserve} for the "
                 f"transfer check, too few for {p.rounds + 1} rounds; raise query_budget, lower rounds or transfer_samples")
 
@@ -124,11 +127,12 @@ class ExtractionProbe(Probe):
         transfer_rows = []
         used = res.queries
         if transfer_x is not None and len(transfer_x):
-            tr = transfer_attack(surrogate, target.labels, transfer_x, transfer_y, eps=p.transfer_eps,
+            eps = p.transfer_eps if p.transfer_eps is not None else _default_transfer_eps(data, target, p.transfer_norm)
+            tr = transfer_attack(surrogate, target.labels, transfer_x, transfer_y, eps=eps,
                                  norm=p.transfer_norm, steps=p.transfer_steps, bounds=target.bounds, seed=ctx.seed)
             used += tr.queries
             m = len(transfer_x)
-            qual = f"[{p.transfer_norm},eps={p.transfer_eps:.4g}]"
+            qual = f"[{p.transfer_norm},eps={eps:.4g}]"
             for name, hits, what in (("transfer_success", tr.fooled, "PGD examples crafted on the surrogate"),
                                      ("noise_success", tr.noise_fooled, "random noise of the same norm (baseline)")):
                 iv = clopper_pearson(int(hits.sum()), m)
@@ -154,3 +158,16 @@ class ExtractionProbe(Probe):
         return self.finding(metrics=metrics, warnings=warnings, evidence=evidence, summary=summary + ".",
                             accounting={"pool": len(pool_idx), "holdout": n_hold, "output": output,
                                         "extraction_queries": res.queries})
+
+
+def _default_transfer_eps(data, target, norm: str) -> float:
+    """The middle of robustness.evasion's data-scaled grid, in input units (the transfer attack runs on
+    the inputs themselves: for tabular data, the standardized epsilon times the median feature spread)."""
+    from assay.probes.robustness._space import threat_space
+
+    space = threat_space(data, target.bounds)
+    eps = space.grid(norm)[1]
+    if space.kind == "standardized":
+        spread = space.std[space.std > 0]
+        eps *= float(spread.median()) if len(spread) else 1.0
+    return eps

@@ -9,7 +9,7 @@ import torch
 
 from assay.attacks.extraction import build_surrogate, fit_classifier
 from assay.attacks.inversion import identification, invert_blackbox, invert_whitebox
-from assay.errors import InputError
+from assay.errors import InputError, NotApplicable
 from assay.probes.base import Evidence, Metric, Probe, Threshold, register
 from assay.stats import bootstrap, clopper_pearson
 from assay.targets.base import GRADIENTS, SCORES
@@ -62,10 +62,12 @@ class InversionProbe(Probe):
             return {"queries": k * p.restarts * (p.steps + 1), "note": "gradient forward passes"}
         return {"queries": p.query_budget or 0, "note": "upper bound: the black-box query budget"}
 
-    def _mode(self, target) -> str:
+    def _mode(self, target, masked: bool = False) -> str:
         mode = self.params.mode
         if mode == "auto":
-            return "whitebox" if GRADIENTS in target.capabilities else "blackbox"
+            # gradients that are masked would make a white-box inversion fail where queries succeed
+            usable = GRADIENTS in target.capabilities and not (masked and SCORES in target.capabilities)
+            return "whitebox" if usable else "blackbox"
         if mode not in ("whitebox", "blackbox"):
             raise InputError(f"unknown inversion mode {mode!r}; use auto, whitebox or blackbox")
         if mode == "whitebox" and GRADIENTS not in target.capabilities:
@@ -77,13 +79,15 @@ class InversionProbe(Probe):
     def run(self, ctx):
         p = self.params
         target, data = ctx.target, ctx.data
-        mode = self._mode(target)
+        masking = ctx.facts.get("gradient_masking")
+        mode = self._mode(target, masked=bool(masking))
         k = target.num_classes
         if k > p.max_classes:
-            raise InputError(f"the target has {k} classes, more than max_classes={p.max_classes}; raise max_classes")
+            raise NotApplicable(f"the target has {k} classes, more than max_classes={p.max_classes}; raise max_classes "
+                                "(--param privacy.inversion.max_classes=N) to invert them all")
         present = torch.bincount(data.y, minlength=k) > 0
         if int(present.sum()) < 2:
-            raise InputError("inversion needs labelled data of at least two classes to score reconstructions")
+            raise NotApplicable("inversion needs labelled data of at least two classes to score reconstructions")
         classes = present.nonzero().flatten()
         x = data.x.float()
         class_means = torch.stack([x[data.y == c].mean(0) if present[c] else x.mean(0) for c in range(k)])
@@ -97,6 +101,10 @@ class InversionProbe(Probe):
         common = dict(classes=classes, steps=p.steps, step_size=step, tv_weight=p.tv_weight, l2_weight=p.l2_weight,
                       restarts=p.restarts, bounds=target.bounds, center=center, seed=ctx.seed)
         warnings: list[str] = []
+        if masking:
+            warnings.append(f"gradient masking was found on this model ({masking}): a white-box inversion would "
+                            "understate the leakage" + (", so the black-box (query-based) inversion ran instead"
+                                                        if mode == "blackbox" else "; whitebox was requested explicitly"))
         if mode == "whitebox":
             out = ctx.unit(f"whitebox-k{len(classes)}-r{p.restarts}-s{p.steps}", lambda: _as_unit(invert_whitebox(
                 target.module, k, target.input_shape, **common)))

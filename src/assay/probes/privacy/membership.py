@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from assay.errors import InputError
+from assay.errors import InputError, NotApplicable
 from assay.probes.base import Evidence, Finding, Probe, Threshold, register
 from assay.probes.privacy import _shared as sh
 from assay.targets.base import LABELS, SCORES
@@ -63,14 +63,15 @@ class MembershipProbe(Probe):
         is_member = data.member.numpy().astype(bool)
         n_mem, n_non = int(is_member.sum()), int((~is_member).sum())
         if n_mem < 10 or n_non < 10:
-            raise InputError(f"{n_mem} members and {n_non} non-members; give at least 10 of each (ideally thousands)")
+            raise NotApplicable(f"{n_mem} members and {n_non} non-members; give at least 10 of each (ideally thousands)")
         fprs = sh.check_fprs(p.fprs, n_non)
-        attacks = sh.check_attacks(p.attacks, target, p.n_reference, p.lira_variant)
-        settings = sh.settings_from(p, attacks)
+        attacks, not_run = sh.plan_attacks(p, target)
+        settings = sh.settings_from(p, attacks, ctx.seed)
+        seed = settings.seed
         queries0 = target.queries
         scores, info = sh.compute_scores(ctx, target, settings)
         info.pop("refs", None)
-        summaries = [sh.summarize(a, s, is_member, fprs, p.seed, p.delta) for a, s in scores.items()]
+        summaries = [sh.summarize(a, s, is_member, fprs, seed, p.delta) for a, s in scores.items()]
         metrics = [m for s in summaries for m in sh.attack_metrics(s)] + sh.max_metrics(summaries)
         best = sh.strongest(summaries)
         thr, thr_fpr = sh.breakdown_threshold(best)
@@ -90,14 +91,21 @@ class MembershipProbe(Probe):
                 f"TPR at FPR {', '.join(f'{f:g}' for f in not_est)} is not estimable with {n_non} non-members "
                 f"(FPR f needs at least 1/f); these metrics are NaN, not 0.")}))
         low = next((t for t in reversed(best.tprs) if t.estimable), best.tpr0)
+        warnings = []
+        if not_run:
+            names = ", ".join(sorted(not_run))
+            warnings.append(f"not run: {names} ({next(iter(not_run.values()))}); the figures come from "
+                            f"{', '.join(scores)} only and may understate the leakage")
         finding = self.finding(
+            warnings=warnings,
             metrics=metrics,
             evidence=evidence,
             summary=(f"{best.name} identifies {low.value:.1%} of members at FPR {low.fpr:g} "
                      f"(95% CI {low.low:.1%}-{low.high:.1%}; chance {low.fpr:.1%}), AUC {best.auc:.3f}, "
                      f"{n_mem} members / {n_non} non-members"),
             accounting={"queries": target.queries - queries0, "seconds": round(time.perf_counter() - t0, 3),
-                        "seed": p.seed, "members": n_mem, "non_members": n_non, "strongest": best.name, **info},
+                        "seed": seed, "members": n_mem, "non_members": n_non, "strongest": best.name,
+                        "attacks_not_run": not_run, **info},
         )
         finding.apply_policy(self.default_policy)
         return finding

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from assay.audit.context import ProbeContext
-from assay.errors import InputError
+from assay.errors import InputError, NotApplicable
 from assay.probes.base import Finding, Metric, Probe, Threshold, register
 from assay.probes.privacy import _shared as sh
 from assay.targets.base import LABELS, SCORES
@@ -99,10 +99,11 @@ class UnlearningProbe(Probe):
             raise InputError(f"{SPLIT_COLUMN} has values {bad}; use only forget, retain, heldout")
         forget, heldout = split == "forget", split == "heldout"
         if forget.sum() < 10 or heldout.sum() < 10:
-            raise InputError(f"{int(forget.sum())} forget and {int(heldout.sum())} heldout rows; give at least 10 of each")
+            raise NotApplicable(f"{int(forget.sum())} forget and {int(heldout.sum())} heldout rows; give at least 10 of each")
         fprs = sh.check_fprs(p.fprs, int(heldout.sum()))
-        attacks = sh.check_attacks(p.attacks, target, p.n_reference, p.lira_variant)
-        settings = sh.settings_from(p, attacks)
+        attacks, not_run = sh.plan_attacks(p, target)
+        settings = sh.settings_from(p, attacks, ctx.seed)
+        seed = settings.seed
         # reference models clone the unlearned target's architecture (or follow the recipe), so the
         # retrained model's scores reuse the same cached reference outputs
         queries0 = target.queries
@@ -110,7 +111,7 @@ class UnlearningProbe(Probe):
         refs = info.pop("refs", None)
         sel = forget | heldout
         is_forget = forget[sel]
-        summaries = [sh.summarize(a, s[sel], is_forget, fprs, p.seed) for a, s in scores.items()]
+        summaries = [sh.summarize(a, s[sel], is_forget, fprs, seed) for a, s in scores.items()]
         metrics = [m for s in summaries for m in sh.attack_metrics(s)]
         evidence = [sh.roc_evidence({a: s[sel] for a, s in scores.items()}, is_forget,
                                     "Forget vs heldout: ROC of each attack (log-log)")]
@@ -121,11 +122,11 @@ class UnlearningProbe(Probe):
             rctx = ProbeContext(retrained, data, seed=ctx.seed, probe_name=f"{self.name}/retrained",
                                 executor=ctx.executor, workdir=ctx.workdir)
             rscores, _ = sh.compute_scores(rctx, retrained, settings, refs=refs)
-            rsumm = {a: sh.summarize(a, s[sel], is_forget, fprs, p.seed) for a, s in rscores.items()}
+            rsumm = {a: sh.summarize(a, s[sel], is_forget, fprs, seed) for a, s in rscores.items()}
             gaps = []
             for s in summaries:
                 r = rsumm[s.name]
-                lo, hi = _auc_gap_interval(scores[s.name][sel], rscores[s.name][sel], is_forget, p.seed)
+                lo, hi = _auc_gap_interval(scores[s.name][sel], rscores[s.name][sel], is_forget, seed)
                 gaps.append(Metric(f"auc_gap[{s.name}]", s.auc - r.auc, lo, hi, higher_is_better=False,
                                    method="bootstrap", description="AUC(unlearned) - AUC(retrained without the forget set)"))
                 metrics.append(Metric(f"retrained_auc[{s.name}]", r.auc, r.auc_low, r.auc_high, higher_is_better=False,
@@ -143,7 +144,7 @@ class UnlearningProbe(Probe):
                      f"({int(forget.sum())} forget / {int(heldout.sum())} heldout)"
                      + ("" if retrained is None else f"; largest AUC gap to the retrained model {worst.value:+.3f}")),
             accounting={"queries": target.queries - queries0, "seconds": round(time.perf_counter() - t0, 3),
-                        "seed": p.seed, "forget": int(forget.sum()), "heldout": int(heldout.sum()),
+                        "seed": seed, "attacks_not_run": not_run, "forget": int(forget.sum()), "heldout": int(heldout.sum()),
                         "retain": int((split == "retain").sum()), "retrained_model": retrained is not None, **info},
         )
         finding.apply_policy(self.default_policy)

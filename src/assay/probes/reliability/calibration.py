@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from assay.metrics.calibration import CalibrationTerms, fit_temperature, reliability_diagram
+from assay.metrics.calibration import BINNED, CalibrationTerms, fit_temperature, reliability_diagram, temperature_interval
+from assay.metrics.resample import interval_of, row_bootstrap_weights
 from assay.probes.base import Evidence, Metric, Probe, Threshold, outside_interval, register
 from assay.probes.reliability._common import clean_probs
 
@@ -22,7 +23,14 @@ class Calibration(Probe):
         "intervals, a reliability diagram, and what temperature scaling fitted on half the data would gain on the other half."
     )
     requires = frozenset({"scores"})
-    default_policy = {"ece": Threshold(warn_above=0.05, fail_above=0.15)}
+    # ECE is capped by the error rate (an accurate model can be wildly overconfident with a small
+    # ECE), so overconfidence is also judged by the fitted temperature and by how much NLL it
+    # costs, each only when its whole interval crosses the bound
+    default_policy = {
+        "ece": Threshold(warn_above=0.05, fail_above=0.15),
+        "temperature": Threshold(warn_above=1.5, fail_above=3.0, on="interval"),
+        "overconfidence_nll_ratio": Threshold(warn_above=1.1, fail_above=1.5, on="interval"),
+    }
 
     @dataclass
     class Params:
@@ -42,7 +50,8 @@ class Calibration(Probe):
             "nll": ("negative log-likelihood", "nats"),
         }
         metrics = [Metric(k, point[k], *ci[k], unit=u, higher_is_better=False, level=p.level,
-                          method="bootstrap (multinomial row weights)", description=d) for k, (d, u) in desc.items()]
+                          method="bootstrap (multinomial row weights" + (", shifted by its bias)" if k in BINNED else ")"),
+                          description=d) for k, (d, u) in desc.items()]
         diag = reliability_diagram(probs, y, p.n_bins)
         series = [
             {"name": "model", "x": diag["confidence"], "y": diag["accuracy"]},
@@ -50,8 +59,14 @@ class Calibration(Probe):
         ]
         summary = f"ECE {point['ece']:.3f} [{ci['ece'][0]:.3f}, {ci['ece'][1]:.3f}], accuracy {point['accuracy']:.3f}"
         accounting = {"queries": 0, "n": len(y), "n_boot": p.n_boot}
-        if p.temperature_scaling and ctx.target.output == "logits" and len(y) >= 20:
-            logits = ctx.clean_scores().double()
+        correct = probs.argmax(1) == y
+        if p.temperature_scaling and len(y) >= 20 and bool(correct.all()):
+            summary += "; every row is classified correctly, so no temperature is identifiable (sharper is always better)"
+        elif p.temperature_scaling and len(y) >= 20:
+            # probabilities are scaled as log-probabilities: softmax(log p / T) is p ** (1/T), renormalised
+            logits = ctx.clean_scores().double() if ctx.target.output == "logits" else probs.clamp_min(1e-12).log()
+            t_all = fit_temperature(logits, y)
+            t_ci = temperature_interval(logits, y, p.n_boot, p.level, ctx.seed + 2)
             perm = torch.randperm(len(y), generator=ctx.generator(7))
             fit, held = perm[: len(y) // 2], perm[len(y) // 2 :]
             temp = fit_temperature(logits[fit], y[fit])
@@ -60,8 +75,18 @@ class Calibration(Probe):
             b_pt, a_pt = before.point()["ece"], after.point()["ece"]
             b_ci = before.bootstrap(p.n_boot, p.level, ctx.seed + 1)["ece"]
             a_ci = after.bootstrap(p.n_boot, p.level, ctx.seed + 1)["ece"]
+            # what softening costs the held-out half: only an overconfident model (T > 1) is softened; a
+            # sharper model is underconfident, which wastes confidence but misleads no one
+            ratio, ratio_ci = _nll_ratio(logits[held], y[held], max(temp, 1.0), p.n_boot, p.level, ctx.seed + 3)
             metrics += [
-                Metric("temperature", temp, description="temperature fitted by L-BFGS on the NLL of the fitting half"),
+                Metric("temperature", t_all, *t_ci, higher_is_better=None, level=p.level,
+                       method="bootstrap (rows resampled, each refitted)",
+                       description="temperature that minimises the NLL on all rows: above 1 the model is "
+                                   "overconfident, below 1 underconfident"),
+                Metric("overconfidence_nll_ratio", ratio, *ratio_ci, higher_is_better=False, level=p.level,
+                       method="bootstrap over held-out rows",
+                       description="held-out NLL as the model is / after softening it by the temperature fitted on "
+                                   "the other half (1 when that temperature is not above 1)"),
                 Metric("ece[held-out,before]", b_pt, *b_ci, higher_is_better=False, level=p.level, method="bootstrap",
                        description="ECE on the held-out half, as the model is"),
                 Metric("ece[held-out,temperature-scaled]", a_pt, *a_ci, higher_is_better=False, level=p.level, method="bootstrap",
@@ -69,7 +94,8 @@ class Calibration(Probe):
             ]
             diag_t = reliability_diagram(torch.softmax(logits / temp, 1), y, p.n_bins)
             series.insert(1, {"name": f"temperature-scaled (T={temp:.2f})", "x": diag_t["confidence"], "y": diag_t["accuracy"]})
-            summary += f"; temperature scaling (T={temp:.2f}) would move held-out ECE {b_pt:.3f} -> {a_pt:.3f}"
+            summary += (f"; fitted temperature {t_all:.2f} [{t_ci[0]:.2f}, {t_ci[1]:.2f}]; scaling would move held-out "
+                        f"ECE {b_pt:.3f} -> {a_pt:.3f} and cut an overconfident NLL by a factor {ratio:.2f}")
         evidence = [
             Evidence("curve", "Reliability diagram", {"xlabel": "confidence", "ylabel": "accuracy", "logx": False,
                                                       "logy": False, "series": series}),
@@ -90,3 +116,13 @@ class Calibration(Probe):
         names = ", ".join(f"{m.name} = {m.value:.3g} not in [{m.low:.3g}, {m.high:.3g}]" for m in outside)
         return [f"{names}: with {n} rows in {n_bins} bins ({n / n_bins:.1f} per bin) the binned ECE is biased "
                 "upward under resampling, so its interval is unreliable; audit more rows or set a smaller n_bins"]
+
+
+def _nll_ratio(logits, y, temp: float, n_boot: int, level: float, seed: int) -> tuple[float, tuple[float, float]]:
+    """NLL of the model over NLL after dividing its logits by ``temp``, with a row-bootstrap interval."""
+    before = torch.nn.functional.cross_entropy(logits, y, reduction="none").numpy()
+    after = torch.nn.functional.cross_entropy(logits / temp, y, reduction="none").numpy()
+    w = np.concatenate(list(row_bootstrap_weights(len(before), n_boot, np.random.default_rng(seed))))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iv = interval_of((w @ before) / (w @ after), level)
+    return float(before.mean() / after.mean()), (iv.low, iv.high)

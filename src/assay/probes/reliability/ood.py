@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,7 +29,8 @@ class OutOfDistribution(Probe):
 
     @dataclass
     class Params:
-        shift: str = "permute"  # used only when the dataset has no x_ood: permute | noise | uniform
+        detectors: list[Literal["msp", "energy", "ash"]] | None = None  # None: every one the model allows
+        shift: Literal["permute", "noise", "uniform"] = "permute"  # used only when the dataset has no x_ood
         temperature: float = 1.0
         ash_percentile: float = 90.0
         tpr: float = 0.95
@@ -42,6 +44,18 @@ class OutOfDistribution(Probe):
         return {"queries": n_ood * (2 if ash else 1) + (len(data) if ash and data is not None else 0),
                 "note": "OOD scores, plus one ASH pass over ID and OOD for torch models"}
 
+    @staticmethod
+    def _ash_unavailable(t) -> str | None:
+        """Why ASH cannot run: it reshapes the input of the model's last nn.Linear layer, which only
+        a Python torch model exposes (TorchScript, ONNX and remote models do not)."""
+        if t.output != "logits" or GRADIENTS not in t.capabilities:
+            return "it needs a white-box torch model returning logits"
+        if any(isinstance(m, torch.jit.ScriptModule) for m in t.module.modules()):
+            return "it needs the model's last linear layer, which a TorchScript model does not expose"
+        if not any(isinstance(m, torch.nn.Linear) for m in t.module.modules()):
+            return "the model has no nn.Linear classifier head"
+        return None
+
     def run(self, ctx):
         p = self.params
         t, data = ctx.target, ctx.data
@@ -53,16 +67,30 @@ class OutOfDistribution(Probe):
         else:
             x_ood = shifted_copy(data.x, p.shift, seed=ctx.seed, bounds=t.bounds)
             source = f"built-in shift '{p.shift}' of the test inputs"
+        wanted = list(dict.fromkeys(p.detectors or ["msp", "energy", "ash"]))
+        warnings: list[str] = []
         id_logits = ctx.clean_scores()
         ood_logits = t.scores(x_ood)
-        scores = {"msp": (msp_score(id_logits), msp_score(ood_logits))} if t.output == "logits" else {
-            "msp": (id_logits.max(1).values, ood_logits.max(1).values)}
-        if t.output == "logits":
-            scores["energy"] = (energy_score(id_logits, p.temperature), energy_score(ood_logits, p.temperature))
-            if GRADIENTS in t.capabilities:
+        scores = {}
+        if "msp" in wanted:
+            scores["msp"] = (msp_score(id_logits), msp_score(ood_logits)) if t.output == "logits" else (
+                id_logits.max(1).values, ood_logits.max(1).values)
+        if "energy" in wanted:
+            if t.output == "logits":
+                scores["energy"] = (energy_score(id_logits, p.temperature), energy_score(ood_logits, p.temperature))
+            elif p.detectors:
+                warnings.append("energy needs logits; this model returns probabilities, so it was not run")
+        if "ash" in wanted:
+            why = self._ash_unavailable(t)
+            if why is None:
                 mod = t.module
                 scores["ash"] = (energy_score(ash_logits(mod, data.x, p.ash_percentile), p.temperature),
                                  energy_score(ash_logits(mod, x_ood, p.ash_percentile), p.temperature))
+            elif p.detectors or GRADIENTS in t.capabilities:  # said when asked for, or when the model looks able
+                warnings.append(f"ASH not run: {why}; the other detectors ran (choose them with "
+                                "--param reliability.ood.detectors=msp,energy)")
+        if not scores:
+            raise InputError(f"none of the detectors {wanted} can run on this model; use detectors=msp")
         metrics, evidence = [], []
         for name, (a, b) in scores.items():
             a, b = a.numpy(), b.numpy()
@@ -83,5 +111,5 @@ class OutOfDistribution(Probe):
             }))
         best = max((m for m in metrics if m.base_name == "auroc"), key=lambda m: m.value)
         summary = f"best detector {best.name} = {best.value:.3f} [{best.low:.3f}, {best.high:.3f}] on {len(x_ood)} OOD inputs ({source})"
-        return self.finding(metrics=metrics, evidence=evidence, summary=summary,
+        return self.finding(metrics=metrics, evidence=evidence, summary=summary, warnings=warnings,
                             accounting={"queries": t.queries, "ood_source": source, "n_ood": len(x_ood)})

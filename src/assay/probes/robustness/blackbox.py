@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from assay.attacks.base import check_norm
 from assay.errors import InputError
 from assay.probes.base import Evidence, Metric, Probe, Threshold, register
 from assay.probes.robustness._evidence import example_images
+from assay.probes.robustness._space import threat_space
 from assay.stats import clopper_pearson
 from assay.targets.base import SCORES
 
@@ -29,9 +30,9 @@ class BlackBoxProbe(Probe):
 
     @dataclass
     class Params:
-        norm: str = "linf"
-        eps: list[float] = field(default_factory=lambda: [8 / 255])
-        attack: str = "auto"  # auto | square | hopskipjump
+        norm: Literal["linf", "l2"] = "linf"
+        eps: list[float] | None = None  # None: scaled to the data, as robustness.evasion
+        attack: Literal["auto", "square", "hopskipjump"] = "auto"
         queries_per_sample: int = 1000
         query_budget: int | None = None  # total for this probe; default: what the target has left
         max_samples: int = 100
@@ -40,7 +41,7 @@ class BlackBoxProbe(Probe):
     def cost(self, target, data):
         p = self.params
         n = min(len(data), p.max_samples) if data is not None else p.max_samples
-        per_eps = 1 if p.attack == "hopskipjump" else len(p.eps)
+        per_eps = 1 if p.attack == "hopskipjump" else len(p.eps or [0, 0, 0])
         return {"queries": n * p.queries_per_sample * per_eps, "note": "upper bound; broken points stop early"}
 
     def run(self, ctx):
@@ -48,20 +49,24 @@ class BlackBoxProbe(Probe):
         from assay.attacks.square import square
 
         p = self.params
-        norm = check_norm(p.norm)
+        norm = p.norm
         target, data = ctx.target, ctx.data
         attack = p.attack
         if attack == "auto":
             attack = "square" if SCORES in target.capabilities else "hopskipjump"
-        if attack not in ("square", "hopskipjump"):
-            raise InputError(f"unknown black-box attack {p.attack!r}; use auto, square or hopskipjump")
         if attack == "square" and SCORES not in target.capabilities:
             raise InputError("the Square attack needs scores but this target returns labels only; use attack=hopskipjump")
-        if not p.eps:
-            raise InputError("give at least one epsilon (eps=...)")
-        n = min(len(data), p.max_samples)
-        x, y = data.x[:n], data.y[:n]
-        clean_wrong = ctx.clean_labels()[:n] != y
+        if p.eps is not None and (not p.eps or min(p.eps) <= 0):
+            raise InputError("give positive epsilons (eps=...), or leave eps unset for the data-scaled grid")
+        if p.max_samples < 1 or p.queries_per_sample < 1:
+            raise InputError("robustness.blackbox needs max_samples >= 1 and queries_per_sample >= 1")
+        space = threat_space(data, target.bounds)
+        idx = ctx.sample(p.max_samples)
+        n = len(idx)
+        x, y = space.to_space(data.x[idx]), data.y[idx]
+        bounds = space.bounds
+        clean_wrong = ctx.clean_labels()[idx] != y
+        labels_fn, raw_scores = space.wrap_fn(target.labels), space.wrap_fn(target.scores)
         # p.query_budget caps the attack's own queries; the target's hard budget is enforced by the
         # target itself (the attacks stop cleanly on BudgetExceeded). Not pre-capping the attack by the
         # target's remaining budget matters for cached targets: repeated queries cost nothing there.
@@ -69,7 +74,7 @@ class BlackBoxProbe(Probe):
         charged_before = target.queries
         warnings: list[str] = []
         metrics: list[Metric] = []
-        eps_list = sorted(p.eps)
+        eps_list = sorted(p.eps) if p.eps is not None else space.grid(norm)
         broken = clean_wrong.clone()
         x_adv = x.clone()
         used_total = 0
@@ -79,8 +84,8 @@ class BlackBoxProbe(Probe):
         if attack == "hopskipjump":
             todo = (~broken).nonzero().flatten()
             out = ctx.unit(f"hsj-{norm}-n{len(todo)}", lambda: hop_skip_jump(
-                target.labels, x[todo], y[todo], norm=norm, max_queries=p.queries_per_sample, eps=None,
-                bounds=target.bounds, seed=ctx.seed, query_budget=budget).to_dict())
+                labels_fn, x[todo], y[todo], norm=norm, max_queries=p.queries_per_sample, eps=None,
+                bounds=bounds, seed=ctx.seed, query_budget=budget).to_dict())
             used_total = int(out["queries"].sum())
             exhausted = bool(out.get("budget_exhausted", False))
             norms = torch.full((n,), float("inf"))
@@ -100,7 +105,7 @@ class BlackBoxProbe(Probe):
             # where its squares become single features (a random coordinate search).
             shape = tuple(x.shape[1:])
             as_image = (lambda z: z) if x.dim() == 4 else (lambda z: z.reshape(len(z), 1, 1, -1))
-            scores_fn = target.scores if x.dim() == 4 else (lambda z: target.scores(z.reshape(len(z), *shape)))
+            scores_fn = raw_scores if x.dim() == 4 else (lambda z: raw_scores(z.reshape(len(z), *shape)))
             for eps in eps_list:
                 todo = (~broken).nonzero().flatten()
                 left = None if budget is None else budget - used_total
@@ -108,7 +113,7 @@ class BlackBoxProbe(Probe):
                 if len(todo) and (left is None or left > 0) and (target_left is None or target_left > 0):
                     out = ctx.unit(f"square-{norm}-{eps:.6g}-n{len(todo)}", lambda: square(
                         scores_fn, as_image(x[todo]), y[todo], eps=eps, norm=norm, n_queries=p.queries_per_sample,
-                        bounds=target.bounds, seed=ctx.seed, query_budget=left).to_dict())
+                        bounds=bounds, seed=ctx.seed, query_budget=left).to_dict())
                     out["x_adv"] = out["x_adv"].reshape(len(todo), *shape)
                     used_total += int(out["queries"].sum())
                     exhausted |= bool(out.get("budget_exhausted", False))
@@ -123,12 +128,15 @@ class BlackBoxProbe(Probe):
             iv = clopper_pearson(k, n)
             metrics.append(Metric(f"robust_accuracy[{norm},eps={eps:.4g}]", r, iv.low, iv.high, higher_is_better=True,
                                   method=iv.method, description=f"{attack}, {p.queries_per_sample} queries per sample"))
-        metrics.append(Metric("queries_used", float(used_total), unit="queries"))
-        charged = target.queries - charged_before
-        cached = 0 < charged != used_total  # a cache (HttpTarget) answered the difference
+        # queries_used is what the target was charged (never above its budget); the attack may have
+        # asked more, the rest answered from the target's cache or replayed from an earlier run
+        charged = target.queries - charged_before + ctx.resumed_queries
+        metrics.append(Metric("queries_used", float(charged), unit="queries",
+                              description="queries charged to the target's budget by this probe"))
+        cached = used_total != charged
         if cached:
-            metrics.append(Metric("queries_charged", float(charged), unit="queries",
-                                  description="queries that reached the target and counted against its budget"))
+            metrics.append(Metric("queries_issued", float(used_total), unit="queries",
+                                  description="queries the attack asked; the difference was answered from the cache"))
         attacked = int((~clean_wrong).sum())
         metrics.append(Metric("queries_per_attacked_sample", used_total / max(attacked, 1), unit="queries"))
         if exhausted:
@@ -138,8 +146,8 @@ class BlackBoxProbe(Probe):
         evidence = [Evidence("curve", "Robust accuracy vs epsilon (black-box)",
                              {"xlabel": "epsilon", "ylabel": "robust accuracy", "logx": False, "logy": False,
                               "series": [{"name": f"{attack} {norm}", "x": eps_list, "y": ra}]})]
-        if ex_idx:
-            pred = dict(zip(ex_idx, target.labels(x_adv[ex_idx]).tolist())) if target.budget.can_afford(len(ex_idx)) else {i: -1 for i in ex_idx}
+        if ex_idx and data.x.dim() == 4:
+            pred = dict(zip(ex_idx, labels_fn(x_adv[ex_idx]).tolist())) if target.budget.can_afford(len(ex_idx)) else {i: -1 for i in ex_idx}
             ev = example_images(x, x_adv, y, pred, ex_idx, target.bounds, f"Black-box adversarial examples ({attack})")
             if ev is not None:
                 evidence.append(ev)
@@ -147,8 +155,8 @@ class BlackBoxProbe(Probe):
             metrics=metrics, warnings=warnings, evidence=evidence,
             summary=(f"{attack} ({norm}) with {p.queries_per_sample} queries per sample: robust accuracy "
                      + ", ".join(f"{r:.1%} at eps {e:.4g}" for e, r in zip(eps_list, ra))
-                     + f"; {used_total} queries used"
-                     + (f" ({charged} charged to the target, the rest answered from its cache)." if cached else ".")),
-            accounting={"samples": n, "attack": attack},
+                     + f"; {charged} queries charged to the target"
+                     + (f" ({used_total} asked, the rest answered from its cache)." if cached else ".")),
+            accounting={"samples": n, "attack": attack, "eps": eps_list, **space.describe()},
         )
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from assay.attacks.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from assay.errors import InputError
 from assay.probes.base import Evidence, Metric, Probe, Threshold, register
 from assay.stats import wilson
 
@@ -40,13 +41,14 @@ class CorruptionProbe(Probe):
         p = self.params
         unknown = [c for c in p.corruptions if c not in CORRUPTIONS]
         if unknown:
-            from assay.errors import InputError
-
             raise InputError(f"unknown corruption(s) {unknown}; choose from {list(CORRUPTIONS)}")
         data, target = ctx.data, ctx.target
-        n = min(len(data), p.max_samples)
-        x, y = data.x[:n], data.y[:n]
-        clean_correct = (ctx.clean_labels()[:n] == y)
+        if p.max_samples < 1 or not p.severities or any(s not in SEVERITIES for s in p.severities):
+            raise InputError(f"robustness.corruption needs max_samples >= 1 and severities among {list(SEVERITIES)}")
+        idx = ctx.sample(p.max_samples)
+        n = len(idx)
+        x, y = data.x[idx], data.y[idx]
+        clean_correct = (ctx.clean_labels()[idx] == y)
         clean_acc = clean_correct.float().mean().item()
         images = x.dim() == 4
         names = p.corruptions if images else ["gaussian_noise"]
@@ -88,8 +90,17 @@ class CorruptionProbe(Probe):
         metrics.insert(2, Metric("relative_robustness", rel, higher_is_better=True,
                                  description="mean corrupted accuracy / clean accuracy"))
         worst = min(zip(all_acc, [(c, s) for c in names for s in p.severities]))
+        # A model at chance keeps "all" its accuracy under corruption: that is no robustness. Chance is
+        # what always answering the most common class scores on these rows.
+        warnings = []
+        chance = float(torch.bincount(y).max()) / n
+        if ivc.low <= chance:
+            warnings.append(f"clean accuracy {clean_acc:.1%} (95% CI from {ivc.low:.1%}) is not above chance "
+                            f"({chance:.1%}, always answering the most common class): relative robustness says "
+                            "nothing about a model that has not learned the task")
         return self.finding(
             metrics=metrics,
+            warnings=warnings,
             summary=(f"Clean accuracy {clean_acc:.1%}; mean accuracy under corruption {mean_acc:.1%} "
                      f"({rel:.0%} of clean); worst: {worst[1][0]} at severity {worst[1][1]} ({worst[0]:.1%})."),
             evidence=[
