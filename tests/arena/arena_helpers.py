@@ -225,6 +225,16 @@ def register(client, name: str, password: str = "password123") -> dict:
     return {"Authorization": f"Bearer {r.json()['api_key']}", "_id": r.json()["player_id"]}
 
 
+def all_routes(routes):
+    """(path, methods) of every endpoint, looking inside included routers (FastAPI keeps them nested)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from all_routes(inner.routes)
+        elif getattr(route, "methods", None):
+            yield route.path, route.methods
+
+
 def hdr(h: dict) -> dict:
     return {k: v for k, v in h.items() if not k.startswith("_")}
 

@@ -94,7 +94,8 @@ def test_untrusted_input(arena_app):
     client, arena = arena_app
     h = register(client, "alice")
     url = "/api/challenges/linear/score"
-    assert client.post(url, content=b"not json", headers=hdr(h)).status_code == 422
+    r = client.post(url, content=b"not json", headers=hdr(h))
+    assert r.status_code == 400 and r.json()["detail"].startswith("body is not valid JSON")
     assert client.post(url, json=[1, 2], headers=hdr(h)).json()["detail"].startswith("body must be a JSON object")
     r = client.post(url, json={"x": [5, 0, 0, 0]}, headers=hdr(h))
     assert r.status_code == 422 and r.json()["detail"] == "x values must lie in [-1, 1]"

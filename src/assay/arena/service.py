@@ -154,12 +154,20 @@ class Arena:
             self.ensure_operator("admin", settings.admin_password)
 
     # ---------------------------------------------------------------- accounts
-    def register(self, name: str, password: str, *, operator: bool = False) -> tuple[Player, str]:
-        """Create a player; returns it and its API key (shown once, stored only as a hash)."""
+    @staticmethod
+    def check_registration(name: Any, password: Any) -> None:
+        """The name and password rules, checked without touching the database or hashing anything,
+        so that the HTTP layers can refuse a malformed sign-up before it counts as a password attempt."""
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise InputError("name must be 1-32 characters of letters, digits, '_', '.', '-'")
         if not isinstance(password, str) or len(password) < MIN_PASSWORD:
             raise InputError(f"password must have at least {MIN_PASSWORD} characters")
+        if not fastjson.text_ok(password):
+            raise InputError("password must be text without NUL characters or lone surrogates")
+
+    def register(self, name: str, password: str, *, operator: bool = False) -> tuple[Player, str]:
+        """Create a player; returns it and its API key (shown once, stored only as a hash)."""
+        self.check_registration(name, password)
         key = auth.new_api_key()
         player = Player(name=name, password_hash=self.hasher.hash(password), api_key_hash=auth.hash_api_key(key),
                         is_operator=operator)
@@ -181,8 +189,11 @@ class Arena:
 
     def login(self, name: str, password: str) -> Player | None:
         """The player if name and password match, else None (same work either way)."""
-        p = self.store.player_by_name(name) if isinstance(name, str) else None
-        ok = auth.verify_password(self.hasher, p.password_hash if p else self._dummy_hash, str(password))
+        readable = isinstance(name, str) and fastjson.text_ok(name)
+        p = self.store.player_by_name(name) if readable else None
+        if not (isinstance(password, str) and fastjson.text_ok(password)):
+            password = ""  # not encodable for argon2: it cannot match, and costs the same work
+        ok = auth.verify_password(self.hasher, p.password_hash if p else self._dummy_hash, password)
         return p if (p is not None and ok) else None
 
     def player_by_key(self, key: str) -> Player | None:
@@ -233,8 +244,10 @@ class Arena:
         return team
 
     def join_team(self, pid: int, join_code: str) -> Team:
+        if not (isinstance(join_code, str) and fastjson.text_ok(join_code)):
+            raise InputError("unknown join code; ask your team for the current one")
         with self.store.session() as s:
-            team = s.scalars(select(Team).where(Team.join_code == str(join_code))).first()
+            team = s.scalars(select(Team).where(Team.join_code == join_code)).first()
             if team is None:
                 raise InputError("unknown join code; ask your team for the current one")
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
@@ -353,9 +366,9 @@ class Arena:
             return Outcome(403, {"detail": "the event is closed"})
         payload, refusal, cost = None, None, 0
         try:
-            payload = fastjson.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            refusal = Outcome(422, {"detail": "body is not valid JSON; send a JSON object"})
+            payload = fastjson.parse_body(body)
+        except fastjson.BodyError as e:
+            refusal = Outcome(400, {"detail": str(e)})
         if refusal is None and not isinstance(payload, dict):
             refusal = Outcome(422, {"detail": "body must be a JSON object, e.g. {\"input\": ...}"})
         if refusal is None:
@@ -459,8 +472,8 @@ class Arena:
             return Outcome(404, {"detail": f"no challenge {cid!r}"})
         if not self.event().open and not player.is_operator:
             return Outcome(403, {"detail": "the event is closed"})
-        if not isinstance(flag, str) or len(flag) > 200:
-            return Outcome(422, {"detail": "flag must be a string like assay{...}"})
+        if not isinstance(flag, str) or len(flag) > 200 or not fastjson.text_ok(flag):
+            return Outcome(422, {"detail": "flag must be a string like assay{...}"})  # checked before charging
         m = spec.manifest
         charge = self.budgets.charge_submission(player.id, cid, per_minute=self.settings.submit_per_minute,
                                                 total=m.submission_limit, query_burst=m.burst)
@@ -501,11 +514,13 @@ class Arena:
         such as CTFd delegating its flag check): the same rate limits, solve bookkeeping and
         flag-sharing log as ``submit``. Body: ``{"valid": bool}`` (plus ``detail`` when refused).
         """
+        if not all(isinstance(v, str) and fastjson.text_ok(v) for v in (player_name, cid, flag)):
+            return Outcome(200, {"valid": False})
         p = self.store.player_by_name(player_name)
         if p is None or cid not in self.specs:
             return Outcome(200, {"valid": False})
         if not record:
-            return Outcome(200, {"valid": check_flag(self.settings.secret, p.id, cid, str(flag))})
+            return Outcome(200, {"valid": check_flag(self.settings.secret, p.id, cid, flag)})
         out = self.submit(p, cid, flag)
         if out.status != 200:
             return Outcome(out.status, {"valid": False, **out.body}, out.headers)

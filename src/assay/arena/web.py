@@ -86,6 +86,8 @@ async def form_of(request: Request, limit: int = 16_384) -> dict[str, str]:
     """URL-encoded form fields; the CSRF token must match the session's."""
     body = await read_capped(request, limit)
     fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+    if any("\x00" in k or "\x00" in v for k, v in fields.items()):  # PostgreSQL refuses NUL in text
+        raise HTTPException(400, "form fields must not contain NUL characters")
     data, _ = session_of(request)
     if not auth.csrf_ok(data.get("csrf"), fields.get("csrf_token")):
         raise HTTPException(403, "the form expired or came from another site; reload the page and try again")
@@ -117,6 +119,10 @@ def make_web_router() -> APIRouter:
     async def register(request: Request):
         f = await form_of(request)
         arena = arena_of(request)
+        try:
+            arena.check_registration(f.get("name", ""), f.get("password", ""))  # not a password attempt yet
+        except InputError as e:
+            return render(request, "register.html", status=422, error=str(e), name=f.get("name", ""))
         if wait := await password_attempt_wait(request):
             return render(request, "register.html", status=429, name=f.get("name", ""),
                           error=f"Too many attempts from this address; try again in {wait} s.")
