@@ -12,15 +12,22 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 
 from assay.arena import auth
 from assay.arena.api import arena_of, password_attempt_wait, read_capped, set_session
 from assay.arena.scoring import Standing
 from assay.errors import InputError
 
+class PrintingUndefinedFails(Undefined):
+    """A missing template variable may be tested (``{% if error %}``) but not printed: Jinja's default
+    prints it as nothing, which is how "Budget:  of 50 queries left" reached players."""
+
+    __str__ = Undefined._fail_with_undefined_error
+
+
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                        autoescape=select_autoescape(["html"]))
+                        autoescape=select_autoescape(["html"]), undefined=PrintingUndefinedFails)
 TEMPLATES.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + " UTC" if t else "-"
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
 
@@ -199,7 +206,7 @@ def make_web_router() -> APIRouter:
         return challenge_page(request, cid, out.status if out.status != 200 else 200, payload=f.get("payload", ""),
                               query_result=pretty if out.status == 200 else None,
                               query_error=out.body.get("detail") if out.status != 200 else None,
-                              flag=out.body.get("flag"), remaining=out.body.get("remaining"))
+                              flag=out.body.get("flag"))
 
     @r.post("/challenges/{cid}/submit", response_class=HTMLResponse)
     async def submit(cid: str, request: Request):
