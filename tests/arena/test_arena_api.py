@@ -80,6 +80,18 @@ def test_query_flag_only_when_solved_and_budget_exhaustion(arena_app):
     assert client.post("/api/challenges/linear/score", json={"x": [0, 0, 0, 0]}, headers=hdr(h2)).status_code == 200
 
 
+def test_a_request_costing_more_than_the_burst_is_a_422_naming_the_limit(arena_app):
+    client, arena = arena_app
+    h = register(client, "alice")
+    # linear2: burst 3. Four inputs could never be charged at once: waiting would not help.
+    r = client.post("/api/challenges/linear2/score", json={"xs": [[0, 0, 0, 0]] * 4}, headers=hdr(h))
+    assert r.status_code == 422 and "Retry-After" not in r.headers
+    assert r.json()["detail"] == "this request would cost 4 queries; one request may cost at most 3 on this challenge; split it"
+    assert arena.budgets.used(h["_id"], "linear2") == 0
+    r = client.post("/api/challenges/linear2/score", json={"xs": [[0, 0, 0, 0]] * 3}, headers=hdr(h))
+    assert r.status_code == 200 and r.json()["remaining"] == 5
+
+
 def test_rate_limit_bucket_gives_retry_after(arena_app):
     client, _ = arena_app
     h = register(client, "alice")

@@ -166,10 +166,43 @@ def test_naive_attempt_fails(pack, cid):
 def test_malformed_payloads_are_one_line_input_errors(pack, cid):
     ch = PACK[cid].challenge
     for bad in COMMON_BAD + BAD[cid]:
-        assert isinstance(ch.cost(bad), int) and ch.cost(bad) >= 1
+        try:  # cost() refuses what it can see at once (an over-long batch), else it prices the request
+            assert isinstance(ch.cost(bad), int) and ch.cost(bad) >= 1
+        except InputError as e:
+            assert "\n" not in str(e) and "at most" in str(e), (cid, bad, str(e))
         with pytest.raises(InputError) as e:
             ch.score(bad)
         assert "\n" not in str(e.value) and len(str(e.value)) < 300, (cid, bad, str(e.value))
+
+
+@pytest.mark.parametrize("cid, item, limit", [("evasion-blackbox", IMG, 100), ("membership", [0.0] * 20, 200),
+                                              ("extraction", [0.0] * 8, 500), ("inversion", CARD, 50)])
+def test_a_batch_over_the_per_request_limit_is_refused_before_the_budget(pack, cid, item, limit):
+    ch = PACK[cid].challenge
+    assert ch.cost({"inputs": [item] * limit}) == limit
+    with pytest.raises(InputError, match=f"inputs has {limit + 1} items; send at most {limit} per request"):
+        ch.cost({"inputs": [item] * (limit + 1)})
+
+
+def test_301_inputs_over_http_are_a_422_naming_the_limit_not_a_429(pack, tmp_path):
+    # The repro: 301 inputs where 100 are allowed answered "429 retry in 3600 s".
+    from arena_helpers import make_settings, register
+    from fastapi.testclient import TestClient
+
+    from assay.arena.app import create_app
+    from assay.arena.service import Arena
+
+    settings = make_settings(tmp_path, tmp_path)
+    arena = Arena(settings, specs={"evasion-blackbox": PACK["evasion-blackbox"]})
+    with TestClient(create_app(settings, arena)) as client:
+        h = register(client, "alice")
+        key = {"Authorization": h["Authorization"]}
+        r = client.post("/api/challenges/evasion-blackbox/score", json={"inputs": [IMG] * 301}, headers=key)
+        assert r.status_code == 422 and r.json()["detail"] == "inputs has 301 items; send at most 100 per request"
+        assert "Retry-After" not in r.headers
+        ok = client.post("/api/challenges/evasion-blackbox/score", json={"inputs": [IMG] * 100}, headers=key)
+        assert ok.status_code == 200 and ok.json()["remaining"] == 2900  # the refused request cost nothing
+    arena.store.dispose()
 
 
 @pytest.mark.parametrize("cid", IDS)

@@ -94,10 +94,18 @@ def float_batch(
     return float_array(value, (len(value), *item_shape), name, low=low, high=high)
 
 
-def batch_len(payload: Any, key: str) -> int:
-    """Number of items under ``payload[key]`` when it is a list (for ``cost``), else 1."""
+def batch_len(payload: Any, key: str, *, max_items: int | None = None) -> int:
+    """Number of items under ``payload[key]`` when it is a list (for ``cost``), else 1.
+
+    With ``max_items``, a longer list is refused here, before the budget is looked at: a request
+    over the per-request limit is a malformed request (422 naming the limit), not a budget or
+    rate-limit matter that a wait could fix.
+    """
     if isinstance(payload, dict) and isinstance(payload.get(key), list):
-        return max(1, len(payload[key]))
+        n = len(payload[key])
+        if max_items is not None and n > max_items:
+            raise InputError(f"{key} has {n} items; send at most {max_items} per request")
+        return max(1, n)
     return 1
 
 

@@ -376,6 +376,10 @@ class Arena:
                 cost = spec.challenge.cost(payload)
                 if not isinstance(cost, int) or cost < 1:
                     raise InputError("payload has no scorable content")
+                m = spec.manifest
+                if cost > min(m.burst, m.query_budget):  # could never be charged: a limit, not a wait
+                    raise InputError(f"this request would cost {cost} queries; one request may cost at most "
+                                     f"{min(m.burst, m.query_budget)} on this challenge; split it")
             except InputError as e:
                 refusal, cost = Outcome(422, {"detail": str(e).splitlines()[0]}), 0
         log_row = dict(created_at=time.time(), payload_bytes=len(body),

@@ -20,7 +20,7 @@ class BlackboxEvasion(DigitEvasionChallenge):
     eps = 0.2  # at 0.3 about 1 in 300 random +-eps corners already hits the target
 
     def cost(self, payload: dict[str, Any]) -> int:
-        return batch_len(payload, "inputs")
+        return batch_len(payload, "inputs", max_items=MAX_INPUTS)
 
     def parse(self, payload: Any):
         check_keys(payload, {"inputs"})

@@ -69,7 +69,7 @@ class Extraction(BatchedChallenge):
     def cost(self, payload: dict[str, Any]) -> int:
         if isinstance(payload, dict) and "surrogate" in payload:
             return SUBMIT_COST
-        return batch_len(payload, "inputs")
+        return batch_len(payload, "inputs", max_items=MAX_INPUTS)
 
     def parse(self, payload: Any):
         keys = check_keys(payload, {"inputs"}, {"surrogate"})

@@ -106,7 +106,7 @@ class Inversion(BatchedChallenge):
         self.word = read_json(Path(workdir, "hidden.json"))["word"]
 
     def cost(self, payload: dict[str, Any]) -> int:
-        return batch_len(payload, "inputs")
+        return batch_len(payload, "inputs", max_items=MAX_INPUTS)
 
     def parse(self, payload: Any):
         keys = check_keys(payload, {"inputs"}, {"guess"})

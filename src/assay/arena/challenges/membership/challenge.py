@@ -55,7 +55,7 @@ class Membership(BatchedChallenge):
     def cost(self, payload: dict[str, Any]) -> int:
         if isinstance(payload, dict) and "members" in payload:
             return ANSWER_COST
-        return batch_len(payload, "inputs")
+        return batch_len(payload, "inputs", max_items=N_CANDIDATES)
 
     def parse(self, payload: Any):
         keys = check_keys(payload, {"inputs"}, {"members"})
