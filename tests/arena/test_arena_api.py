@@ -303,3 +303,48 @@ def test_reference_solutions_only_after_the_operator_publishes_a_closed_event(ar
     arena.set_event(open=True)
     assert client.get(url, headers=hdr(h)).status_code == 403
     assert 'id="solution"' not in client.get("/challenges/linear").text
+
+
+def test_publication_is_a_state_that_reopening_clears(arena_app):
+    # The issue's sequence: close, publish, reopen, close without publishing. Players could read the
+    # solutions again, because "published" was remembered across the reopening.
+    client, arena = arena_app
+    h = register(client, "alice")
+    url = "/api/challenges/linear/solution"
+    csrf = client.post("/api/login", json={"name": "admin", "password": "operator-pass"}).json()["csrf_token"]
+    ops = {"X-CSRF-Token": csrf}
+
+    def event(**change):
+        r = client.post("/api/admin/event", json=change, headers=ops)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def player_sees() -> bool:
+        code = client.get(url, headers=hdr(h)).status_code  # the key wins over the operator cookie
+        assert code in (200, 403)
+        return code == 200
+
+    def published_at():
+        from assay.arena.store import SolutionRelease
+
+        with arena.store.session() as s:
+            return s.get(SolutionRelease, 1).published_at
+
+    assert event(open=False)["solutions_published"] is False and not player_sees()
+    assert event(solutions=True)["solutions_published"] is True and player_sees()
+    reopened = event(open=True)
+    assert reopened["solutions_published"] is False and published_at() is None and not player_sees()
+    assert event(open=False)["solutions_published"] is False and not player_sees()  # the bug: visible again
+    assert event(solutions=True)["solutions_published"] is True and player_sees()  # publishing again works
+    assert event(solutions=False)["solutions_published"] is False and not player_sees()
+    assert event(solutions=True)["solutions_published"] is True and player_sees()
+    # reopening and publishing in one request is refused, and changes nothing
+    r = client.post("/api/admin/event", json={"open": True, "solutions": True}, headers=ops)
+    assert r.status_code == 409 and player_sees() and published_at() is not None
+    # the operator's web form reopens too, with the same effect
+    page = client.get("/admin").text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    client.post("/admin/event", data={"action": "open", "csrf_token": token})
+    client.post("/admin/event", data={"action": "close", "csrf_token": token})
+    assert published_at() is None and not player_sees()
+    assert "Reference solutions: <strong>not shown</strong>" in client.get("/admin").text

@@ -274,8 +274,9 @@ class Arena:
         return self._event_cache[1]
 
     def solutions_visible(self) -> bool:
-        """Reference solutions are shown once the operator has published them AND the event is
-        closed: reopening the event hides them again."""
+        """Reference solutions are shown while they are published, an explicit state that only a
+        closed event can enter and that reopening the event clears (closing it again does not bring
+        them back: the operator publishes again). The closed check stays as a second guard."""
         state = self.event()
         return self._published_at is not None and not state.open
 
@@ -294,6 +295,8 @@ class Arena:
             st = s.get(EventState, 1)
             if solutions and (st.open if open is None else open):
                 raise InputError("close the event before publishing the reference solutions")
+            if open:  # reopening withdraws the publication: it would otherwise return at the next close
+                solutions = False if solutions is None else solutions
             if solutions is not None:
                 s.execute(update(SolutionRelease).where(SolutionRelease.id == 1)
                           .values(published_at=time.time() if solutions else None))
