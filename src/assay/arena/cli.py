@@ -51,6 +51,8 @@ def add_arena_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ctfd", required=True, help="output zip (or directory)")
     p.add_argument("--url", default="<arena url>", help="the assay server players use, named in descriptions")
     p.add_argument("--dynamic", action="store_true", help="export CTFd dynamic (decaying) challenges")
+    p.add_argument("--ctfd-version", choices=["3.7", "3.8"], default="3.8",
+                   help="the CTFd release line to import into (3.8: 3.8.0-3.8.7, 3.7: 3.7.0-3.7.7; default 3.8)")
 
     # The main CLI dispatches on `fn`; the standalone main() here on `func`.
     arena.set_defaults(func=handle_arena, fn=handle_arena)
@@ -102,9 +104,10 @@ def handle_arena(args) -> int:
             if workdir.exists():
                 spec.challenge.load(workdir)
         path = export_ctfd(specs, Path(args.ctfd), server_url=args.url, dynamic=args.dynamic,
-                           decay=s.decay, min_fraction=s.min_fraction)
-        print(f"wrote {path} ({len(specs)} challenges) and the CTFd plugin {path.parent / 'assay_arena'}/ "
-              "(copy it to CTFd/plugins/; per-player flags are checked by this server, see docs/arena.md)")
+                           decay=s.decay, min_fraction=s.min_fraction, ctfd_version=args.ctfd_version)
+        print(f"wrote {path} ({len(specs)} challenges, for CTFd {args.ctfd_version}.x) and the CTFd plugin "
+              f"{path.parent / 'assay_arena'}/ (copy it to CTFd/plugins/; per-player flags are checked by "
+              "this server, see docs/arena.md)")
         return 0
     raise InputError(f"unknown arena command {cmd!r}")
 

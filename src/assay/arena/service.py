@@ -528,6 +528,8 @@ class Arena:
             return Outcome(200, {"valid": False})
         if not record:
             return Outcome(200, {"valid": check_flag(self.settings.secret, p.id, cid, flag)})
+        if not self.event().open:  # machine-readable, so an external board can say so to its player
+            return Outcome(403, {"valid": False, "event_closed": True, "detail": "the event is closed"})
         out = self.submit(p, cid, flag)
         if out.status != 200:
             return Outcome(out.status, {"valid": False, **out.body}, out.headers)
