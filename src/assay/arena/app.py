@@ -56,5 +56,9 @@ def create_app(settings: Settings, arena: Arena | None = None) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory assay.arena.app:app_from_env`` (each worker builds its own)."""
+    """Factory for ``uvicorn --factory assay.arena.app:app_from_env`` (each worker builds its own).
+    A worker of ``serve --workers N`` ends when that ``serve`` process does (see :mod:`assay.arena.process`)."""
+    from assay.arena.process import follow_supervisor_from_env
+
+    follow_supervisor_from_env()
     return create_app(Settings.from_env())

@@ -140,7 +140,11 @@ def _check_port_free(host: str, port: int) -> None:
                          "or 0.0.0.0") from None
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise InputError(f"port {port} on {host} is in use; pick another with --port") from None
+            from assay.arena.process import describe_listener
+
+            who = describe_listener(port)
+            raise InputError(f"port {port} on {host} is in use" + (f" by {who}" if who else "")
+                             + "; pick another with --port") from None
         if e.errno == errno.EACCES:
             raise InputError(f"no permission to listen on port {port} on {host} (ports below 1024 need root); "
                              "pick another with --port") from None
@@ -194,6 +198,13 @@ def _serve(args) -> int:
     _check_port_free(args.host, args.port)  # before the (slow) model loading
     load_challenges(s)  # fails early if a challenge is not built
     os.environ.setdefault("ASSAY_ARENA_DIR", str(s.data_dir.resolve()))
+    from assay.arena.process import SUPERVISOR_ENV
+
+    # uvicorn's workers are this process's children: they follow it (and end with it) by this pid
+    if args.workers > 1:
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    else:
+        os.environ.pop(SUPERVISOR_ENV, None)
     # loop/http "auto": uvloop and httptools (the arena extra) when installed, else asyncio and h11.
     uvicorn.run("assay.arena.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info", access_log=False, loop="auto", http="auto")
