@@ -155,7 +155,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _init(args) -> int:
-    from assay.arena.service import Arena
+    from assay.arena.service import OPERATOR_NAME, Arena
     from assay.arena.settings import SECRET_FILE, Settings, check_admin_password, write_secret_file
 
     data_dir = Path(args.dir).resolve()
@@ -178,7 +178,7 @@ def _init(args) -> int:
         os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT, 0o600))
         db_file.chmod(0o600)
     arena = Arena(settings, specs={})  # creates the schema; challenges are loaded by `serve`
-    arena.ensure_operator("admin", password)
+    arena.ensure_operator(OPERATOR_NAME, password)
     print(f"initialised {data_dir}\n  secret: {path} (mode 0600)\n  database: {settings.db_url}"
           + (" (mode 0600)" if db_file is not None else ""))
     if not (args.admin_password or os.environ.get("ASSAY_ARENA_ADMIN_PASSWORD")):

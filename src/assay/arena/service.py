@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import inspect
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -18,20 +17,32 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
-from assay.arena import auth, fastjson
+from assay.arena import auth, fastjson, names
 from assay.arena.budgets import AttemptLimiter, Budgets, QueryItem
 from assay.arena.challenge import ChallengeSpec, ScoreResult, discover
 from assay.arena.flags import check_flag, flag_for, flag_owner
 from assay.arena.scoring import Standing, dynamic_value, rank
 from assay.arena.settings import Settings
-from assay.arena.store import Budget, EventState, Player, QueryLog, SolutionRelease, Solve, Store, Submission, Team
+from assay.arena.store import (
+    Budget,
+    EventState,
+    NameClaim,
+    Player,
+    QueryLog,
+    SolutionRelease,
+    Solve,
+    Store,
+    Submission,
+    Team,
+)
 from assay.errors import InputError
 
 log = logging.getLogger("assay.arena")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
 MIN_PASSWORD = 8
+OPERATOR_NAME = "admin"  # the operator account `init` creates; its name is reserved in all its forms
 
 
 @dataclass
@@ -151,38 +162,61 @@ class Arena:
         self._published_at: float | None = None
         self._epoch: int | None = None
         if settings.admin_password:
-            self.ensure_operator("admin", settings.admin_password)
+            self.ensure_operator(OPERATOR_NAME, settings.admin_password)
 
     # ---------------------------------------------------------------- accounts
     @staticmethod
-    def check_registration(name: Any, password: Any) -> None:
+    def check_name(name: Any, what: str = "name", *, operator: bool = False) -> str:
+        """``name`` in its stored (NFKC) form, or an InputError: the character rule, and the
+        operator's name in any of its look-alike forms is refused to everyone else."""
+        name = names.normalize(name) if isinstance(name, str) and fastjson.text_ok(name) else name
+        problem = names.problem(name, what)
+        if problem:
+            raise InputError(problem)
+        if not operator and names.skeleton(name) == names.skeleton(OPERATOR_NAME):
+            raise InputError(f"the {what} {name!r} is reserved (it reads as the operator's); choose another")
+        return name
+
+    @staticmethod
+    def check_registration(name: Any, password: Any, *, operator: bool = False) -> str:
         """The name and password rules, checked without touching the database or hashing anything,
-        so that the HTTP layers can refuse a malformed sign-up before it counts as a password attempt."""
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise InputError("name must be 1-32 characters of letters, digits, '_', '.', '-'")
+        so that the HTTP layers can refuse a malformed sign-up before it counts as a password
+        attempt. Returns the name in its stored form."""
+        name = Arena.check_name(name, operator=operator)
         if not isinstance(password, str) or len(password) < MIN_PASSWORD:
             raise InputError(f"password must have at least {MIN_PASSWORD} characters")
         if not fastjson.text_ok(password):
             raise InputError("password must be text without NUL characters or lone surrogates")
+        return name
+
+    def _add_named(self, s, row, kind: str, what: str) -> None:
+        """Insert ``row`` (a Player or Team) and its name claim in session ``s``; a name whose
+        skeleton is claimed (or the same name, in a race) is refused as taken."""
+        s.add(row)
+        try:
+            s.flush()
+            s.add(NameClaim(kind=kind, key=names.skeleton(row.name), owner_id=row.id))
+            s.flush()
+        except IntegrityError:
+            raise InputError(f"the {what} {row.name!r} is taken (or too like one that is); choose another") from None
 
     def register(self, name: str, password: str, *, operator: bool = False) -> tuple[Player, str]:
         """Create a player; returns it and its API key (shown once, stored only as a hash)."""
-        self.check_registration(name, password)
+        name = self.check_registration(name, password, operator=operator)
         key = auth.new_api_key()
         player = Player(name=name, password_hash=self.hasher.hash(password), api_key_hash=auth.hash_api_key(key),
                         is_operator=operator)
         with self.store.session() as s:
-            if s.scalars(select(Player.id).where(Player.name == name)).first() is not None:
-                raise InputError(f"the name {name!r} is taken; choose another")
-            s.add(player)
+            self._add_named(s, player, "player", "name")
         return player, key
 
     def ensure_operator(self, name: str, password: str) -> None:
         with self.store.session() as s:
             p = s.scalars(select(Player).where(Player.name == name)).first()
             if p is None:
-                s.add(Player(name=name, password_hash=self.hasher.hash(password),
-                             api_key_hash=auth.hash_api_key(auth.new_api_key()), is_operator=True))
+                self._add_named(s, Player(name=self.check_name(name, operator=True), password_hash=self.hasher.hash(password),
+                                          api_key_hash=auth.hash_api_key(auth.new_api_key()), is_operator=True),
+                                "player", "name")
             elif not (p.is_operator and auth.verify_password(self.hasher, p.password_hash, password)):
                 p.password_hash, p.is_operator = self.hasher.hash(password), True
                 self.store.bump_epoch(s)
@@ -190,7 +224,7 @@ class Arena:
     def login(self, name: str, password: str) -> Player | None:
         """The player if name and password match, else None (same work either way)."""
         readable = isinstance(name, str) and fastjson.text_ok(name)
-        p = self.store.player_by_name(name) if readable else None
+        p = self.store.player_by_name(names.normalize(name)) if readable else None
         if not (isinstance(password, str) and fastjson.text_ok(password)):
             password = ""  # not encodable for argon2: it cannot match, and costs the same work
         ok = auth.verify_password(self.hasher, p.password_hash if p else self._dummy_hash, password)
@@ -230,14 +264,10 @@ class Arena:
         return key
 
     def create_team(self, pid: int, name: str) -> Team:
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise InputError("team name must be 1-32 characters of letters, digits, '_', '.', '-'")
+        name = self.check_name(name, "team name")
         with self.store.session() as s:
-            if s.scalars(select(Team.id).where(Team.name == name)).first() is not None:
-                raise InputError(f"the team name {name!r} is taken; choose another")
             team = Team(name=name, join_code=secrets.token_urlsafe(12))
-            s.add(team)
-            s.flush()
+            self._add_named(s, team, "team", "team name")
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
             self.store.bump_epoch(s)
         self._key_cache.clear()
@@ -523,7 +553,7 @@ class Arena:
         """
         if not all(isinstance(v, str) and fastjson.text_ok(v) for v in (player_name, cid, flag)):
             return Outcome(200, {"valid": False})
-        p = self.store.player_by_name(player_name)
+        p = self.store.player_by_name(names.normalize(player_name))
         if p is None or cid not in self.specs:
             return Outcome(200, {"valid": False})
         if not record:
