@@ -113,7 +113,9 @@ def test_fuzz_every_route_no_5xx_and_no_charge_for_refused_bodies(arena_app):
                         continue  # the web pages read the session cookie only: the same as anonymous
                     if method == "GET":
                         requests = [(url + q, None, {}) for q in ("", "?by=%00", "?by=team&limit=-1",
-                                                                  "?limit=99999999999999999999&before=x")]
+                                                                  "?limit=99999999999999999999&before=x",
+                                                                  "?before=99999999999999999999", "?player=%00",
+                                                                  "?challenge=%ED%A0%80&player=a%00b")]
                     elif path.startswith("/api/"):
                         requests = [(url, b, {"Content-Type": "application/json"})
                                     for b in (FIXED[:4] if hostile_segment else bodies(rng, n_random))]

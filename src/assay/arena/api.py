@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import re
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Iterator
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from assay.arena import auth, fastjson
 from assay.arena.service import Arena, Outcome
@@ -116,6 +119,36 @@ def event_update(data: dict[str, Any]) -> dict[str, bool]:
         if not isinstance(value, bool) and value is not None:
             raise HTTPException(422, f"field {key!r} must be true, false or null")
     return {k: v for k, v in data.items() if v is not None}
+
+
+MAX_ID = 2**63 - 1  # larger cursors would overflow the databases' integer type
+QUERY_LOG_COLUMNS = ("id", "time", "player", "challenge", "cost", "payload_bytes", "payload_sha256", "outcome",
+                     "latency_ms")
+
+
+def csv_lines(rows, columns: tuple[str, ...]) -> Iterator[str]:
+    """CSV text, one line at a time: a header, then ``rows`` (dicts). ``time`` becomes ISO 8601 UTC.
+    A cell that a spreadsheet would read as a formula (starting with = + - @, tab or CR) gets a
+    leading apostrophe (OWASP's advice against CSV injection)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+
+    def line(values) -> str:
+        buf.seek(0)
+        buf.truncate()
+        writer.writerow(values)
+        return buf.getvalue()
+
+    def cell(key: str, value: Any) -> Any:
+        if key == "time" and value is not None:
+            return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds")
+        if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+            return "'" + value
+        return value
+
+    yield line(columns)
+    for row in rows:
+        yield line([cell(k, row[k]) for k in columns])
 
 
 def board_json(standings, frozen_at: float | None, by: str) -> dict[str, Any]:
@@ -258,8 +291,26 @@ def make_router() -> APIRouter:
         return arena_of(request).submissions()
 
     @r.get("/admin/queries")
-    def queries(request: Request, _: Player = Depends(operator)):
-        return arena_of(request).query_log()
+    def queries(request: Request, limit: int = Query(100, ge=1, le=Arena.MAX_PAGE),
+                before: int | None = Query(None, ge=1, le=MAX_ID), player: str | None = None,
+                challenge: str | None = None, _: Player = Depends(operator)):
+        """The query log, newest first, a page at a time: follow ``next`` as ``before``."""
+        try:
+            rows, nxt = arena_of(request).query_log_page(limit, before, player=player, challenge=challenge)
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"rows": rows, "next": nxt}
+
+    @r.get("/admin/queries.csv")
+    def queries_csv(request: Request, player: str | None = None, challenge: str | None = None,
+                    _: Player = Depends(operator)):
+        """The whole query log (or one player's / challenge's) as CSV, streamed page by page."""
+        try:
+            rows = arena_of(request).query_log_all(player=player, challenge=challenge)
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        return StreamingResponse(csv_lines(rows, QUERY_LOG_COLUMNS), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": 'attachment; filename="query-log.csv"'})
 
     @r.get("/admin/scoreboard")
     def live_scoreboard(request: Request, by: str = "player", _: Player = Depends(operator)):

@@ -14,7 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -606,13 +606,56 @@ class Arena:
                      suspected_sharing=sub.suspected_sharing,
                      flag_owner=owners.get(sub.flag_owner_id) if sub.flag_owner_id else None) for sub, name in rows]
 
-    def query_log(self, limit: int = 500) -> list[dict[str, Any]]:
+    MAX_PAGE = 1000
+
+    def query_log_page(self, limit: int = 100, before: int | None = None, *, player: str | None = None,
+                       challenge: str | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the query log, newest first: at most ``limit`` rows with ids below ``before``
+        (keyset paging: rows logged meanwhile neither shift nor repeat a page), optionally of one
+        player (by name) and/or challenge. Returns the rows and the cursor of the next page (None
+        on the last one)."""
+        if not 1 <= limit <= self.MAX_PAGE:
+            raise InputError(f"limit must be 1 to {self.MAX_PAGE}")
+        self._check_log_filters(player, challenge)
+        q = (select(QueryLog, Player.name).join(Player, Player.id == QueryLog.player_id)
+             .order_by(QueryLog.id.desc()).limit(limit))
+        if before is not None:
+            q = q.where(QueryLog.id < before)
+        if player is not None:
+            q = q.where(Player.name == names.normalize(player))
+        if challenge is not None:
+            q = q.where(QueryLog.challenge_id == challenge)
         with self.store.session() as s:
-            rows = s.execute(select(QueryLog, Player.name).join(Player, Player.id == QueryLog.player_id)
-                             .order_by(QueryLog.id.desc()).limit(limit)).all()
-        return [dict(id=q.id, player=name, challenge=q.challenge_id, time=q.created_at, cost=q.cost,
-                     payload_bytes=q.payload_bytes, payload_sha256=q.payload_sha256, outcome=q.outcome,
-                     latency_ms=round(q.latency_ms, 2)) for q, name in rows]
+            rows = s.execute(q).all()
+        out = [dict(id=r.id, player=name, challenge=r.challenge_id, time=r.created_at, cost=r.cost,
+                    payload_bytes=r.payload_bytes, payload_sha256=r.payload_sha256, outcome=r.outcome,
+                    latency_ms=round(r.latency_ms, 2)) for r, name in rows]
+        return out, (out[-1]["id"] if len(out) == limit else None)
+
+    @staticmethod
+    def _check_log_filters(*values: str | None) -> None:
+        if not all(v is None or fastjson.text_ok(v) for v in values):
+            raise InputError("the player and challenge filters must be text without NUL characters")
+
+    def query_log_all(self, *, player: str | None = None, challenge: str | None = None,
+                      batch: int = MAX_PAGE) -> Iterator[dict[str, Any]]:
+        """Every matching row, newest first, read page by page (memory stays one page, however long
+        the log): for exports. The filters are checked now, before the first row is asked for."""
+        self._check_log_filters(player, challenge)
+
+        def rows() -> Iterator[dict[str, Any]]:
+            before = None
+            while True:
+                page, before = self.query_log_page(batch, before, player=player, challenge=challenge)
+                yield from page
+                if before is None:
+                    return
+
+        return rows()
+
+    def query_log(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The latest ``limit`` rows (see :meth:`query_log_page` for paging)."""
+        return self.query_log_page(limit)[0]
 
 
 def new_secret() -> str:

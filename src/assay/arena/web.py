@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 
 from assay.arena import auth
-from assay.arena.api import arena_of, password_attempt_wait, read_capped, set_session
+from assay.arena.api import MAX_ID, arena_of, password_attempt_wait, read_capped, set_session
 from assay.arena.scoring import Standing
 from assay.errors import InputError
 
@@ -291,8 +291,9 @@ def make_web_router() -> APIRouter:
         return render(request, "admin_submissions.html", rows=arena_of(request).submissions())
 
     @r.get("/admin/queries", response_class=HTMLResponse)
-    def admin_queries(request: Request):
+    def admin_queries(request: Request, before: int | None = Query(None, ge=1, le=MAX_ID)):
         require_operator(request)
-        return render(request, "admin_queries.html", rows=arena_of(request).query_log())
+        rows, older = arena_of(request).query_log_page(100, before)
+        return render(request, "admin_queries.html", rows=rows, older=older, paged=before is not None)
 
     return r
