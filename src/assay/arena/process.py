@@ -90,10 +90,17 @@ def _owners(inodes: set[str]) -> list[int]:
         if not proc.name.isdigit():
             continue
         try:
-            if any(os.readlink(fd) in wanted for fd in (proc / "fd").iterdir()):
-                pids.append(int(proc.name))
+            fds = list((proc / "fd").iterdir())
         except OSError:  # gone meanwhile, or another user's process
             continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:  # closed meanwhile (any process's threads open and close files)
+                continue
+            if link in wanted:
+                pids.append(int(proc.name))
+                break
     return sorted(pids)
 
 
