@@ -217,6 +217,50 @@ def test_score_batch_matches_single_scoring(pack, cid):
         assert close(r.output, single.output)  # batched matmuls may differ in the last bits
 
 
+# One valid payload per kind the challenge has besides the query in VALID (answers, guesses, submissions).
+OTHER_KINDS = {
+    "membership": [{"members": [0, 5, 7]}],
+    "extraction": [{"surrogate": {"W1": [[0.1] * 2] * 8, "b1": [0.0] * 2, "W2": [[0.1] * 2] * 2, "b2": [0.0] * 2,
+                                  "W3": [[0.1] * 3] * 2, "b3": [0.0] * 3}}],
+    "inversion": [{"guess": "ABC123"}],
+    "leakage": [{"guess": "abc"}],
+}
+
+
+def _finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_published_schemas_agree_with_the_checks_and_the_answers(pack, cid):
+    # The request schema is what players read (OpenAPI, the page's placeholder, the client
+    # examples): every payload the challenge accepts fits it, every malformed one it could express
+    # breaks it, its own example is accepted, and every answer fits the response schema.
+    from jsonschema import Draft202012Validator
+
+    from assay.arena.payload import example
+
+    ch = PACK[cid].challenge
+    request, response = ch.request_schema(), ch.response_schema()
+    Draft202012Validator.check_schema(request)
+    Draft202012Validator.check_schema(response)
+    req, resp = Draft202012Validator(request), Draft202012Validator(response)
+    good = [VALID[cid], *OTHER_KINDS.get(cid, []), example(request)]
+    for payload in good:
+        assert not list(req.iter_errors(payload)), (cid, payload)
+        result = ch.score(payload)
+        assert not list(resp.iter_errors(result.output)), (cid, payload, result.output)
+    for bad in COMMON_BAD + BAD[cid]:
+        if _finite(bad):  # JSON cannot carry NaN or infinity
+            assert list(req.iter_errors(bad)), (cid, "the schema accepts a payload the challenge refuses", bad)
+
+
 # ------------------------------------------------------------------ rules, challenge by challenge
 def test_evasion_rules_check_the_budget_and_the_class(pack):
     for cid in ("evasion-whitebox", "evasion-blackbox"):
@@ -301,3 +345,27 @@ def test_backdoor_needs_the_right_class_and_a_small_stamp(pack):
     r = ch.score({"mask": [[[1.0] * 8 for _ in range(8)]], "pattern": digit, "target": target})
     assert not r.solved and r.output["within_size"] is False and r.output["stamp_size"] == 64.0
     assert set(r.output) == {"success", "stamp_size", "within_size"}  # nothing about the hidden scans
+
+
+def test_shape_errors_name_the_whole_expected_shape_and_where_the_payload_left_it(pack):
+    def error(cid, payload):
+        with pytest.raises(InputError) as e:
+            PACK[cid].challenge.score(payload)
+        return str(e.value)
+
+    # one scan sent where a list of scans belongs: the old message said "shape [1, 1, 8, 8]"
+    assert error("evasion-blackbox", {"inputs": IMG}) == (
+        "inputs must be a list of 1 to 100 inputs, each nested lists of shape 1x8x8; "
+        "inputs[0] is a list of 8 where a list of 1 belongs")
+    assert error("evasion-whitebox", {"input": [[[0.5] * 8] * 7]}) == (
+        "input must be nested lists of shape 1x8x8; input[0] is a list of 7 where a list of 8 belongs")
+    odd = [[[0.5] * 8 for _ in range(8)]]
+    odd[0][2][3] = "0.5"
+    assert error("noisy-defence", {"input": odd}) == (
+        "input must be nested lists of shape 1x8x8; input[0][2][3] is a string where a number belongs")
+    sur = {"W1": [[0.1] * 2] * 8, "b1": [0.0] * 2, "W2": [[0.1] * 2, [0.1] * 3], "b2": [0.0] * 2,
+           "W3": [[0.1] * 3] * 2, "b3": [0.0] * 3}
+    assert error("extraction", {"surrogate": sur}) == (
+        "surrogate.W2 must be nested lists of shape 2x2; surrogate.W2[1] is a list of 3 where a list of 2 belongs")
+    assert error("membership", {"inputs": "all"}) == (
+        "inputs must be a list of 1 to 200 inputs, each nested lists of shape 20; it is a string")

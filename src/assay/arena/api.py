@@ -44,6 +44,14 @@ def current_player(request: Request) -> Player:
     raise HTTPException(401, "authentication required: send 'Authorization: Bearer <api key>' or log in")
 
 
+def caller(request: Request) -> Player | None:
+    """The authenticated player, or None (never refuses): for answers that show some callers more."""
+    try:
+        return current_player(request)
+    except HTTPException:
+        return None
+
+
 def operator(player: Player = Depends(current_player)) -> Player:
     if not player.is_operator:
         raise HTTPException(403, "operators only")

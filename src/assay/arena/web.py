@@ -13,9 +13,13 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from assay.arena import auth
 from assay.arena.api import MAX_ID, arena_of, password_attempt_wait, read_capped, set_session
+from assay.arena.openapi import client_examples
+from assay.arena.payload import describe, example
 from assay.arena.scoring import Standing
 from assay.errors import InputError
 
@@ -29,6 +33,29 @@ class PrintingUndefinedFails(Undefined):
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                         autoescape=select_autoescape(["html"]), undefined=PrintingUndefinedFails)
 TEMPLATES.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + " UTC" if t else "-"
+# CommonMark with raw HTML off: tags in a description are shown as text, never run; markdown-it also
+# refuses javascript:, vbscript:, file: and data: links.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})
+
+
+def markdown(text: str) -> Markup:
+    """A challenge description (Markdown written by the challenge author) as safe HTML."""
+    return Markup(_MARKDOWN.render(text or ""))
+
+
+def num(value: float | int) -> str:
+    """``1200.0`` -> ``1,200``; ``2.5`` -> ``2.5``: no ``.0`` on whole numbers, thousands separated."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.6g}" if abs(value) < 1000 else f"{value:,.2f}".rstrip("0").rstrip(".")
+    return f"{int(value):,}"
+
+
+def plural(count: float | int, singular: str, plural_form: str | None = None) -> str:
+    """``1 solve``, ``0 solves``, ``2,000 queries`` (pass the plural when it is not singular + s)."""
+    return f"{num(count)} {singular if count == 1 else (plural_form or singular + 's')}"
+
+
+TEMPLATES.filters.update(markdown=markdown, num=num, plural=plural)
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
 
 
@@ -180,7 +207,9 @@ def make_web_router() -> APIRouter:
         if ch is None:
             raise HTTPException(404, f"no challenge {cid!r}")
         solution = arena.solution(cid) if arena.solutions_visible() else None
-        return render(request, "challenge.html", status=status, ch=ch, solution=solution, **ctx)
+        schema = arena.specs[cid].challenge.request_schema()
+        return render(request, "challenge.html", status=status, ch=ch, solution=solution, placeholder=describe(schema),
+                      examples=client_examples(str(request.base_url), cid, example(schema)), **ctx)
 
     @r.get("/challenges/{cid}", response_class=HTMLResponse)
     def challenge(cid: str, request: Request):

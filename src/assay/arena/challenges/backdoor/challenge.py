@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import BatchedChallenge, architecture_source, load_digits_cnn, single_thread, weights_bytes
-from assay.arena.payload import check_keys, float_array
+from assay.arena.payload import array_schema, check_keys, float_array, integer_schema, number_schema, object_schema
 from assay.attacks.backdoor import anomaly_index, apply_trigger, reverse_engineer_triggers
 from assay.data.demo import DigitsCNN, load_digits_splits, train_classifier
 from assay.errors import InputError
@@ -68,6 +68,15 @@ class Backdoor(BatchedChallenge):
         self.samples = Path(workdir, "samples.json").read_bytes()
         hidden = st_load(Path(workdir, "hidden.safetensors").read_bytes())
         self.hidden_x, self.target = hidden["x"], int(hidden["target"][0])
+
+    def request_schema(self) -> dict[str, Any]:
+        pixels = array_schema(SHAPE, number_schema(0.0, 1.0))
+        return object_schema({"mask": pixels, "pattern": pixels, "target": integer_schema(0, 9)},
+                             "a stamp: scans become (1 - mask) * scan + mask * pattern (one query)")
+
+    def response_schema(self) -> dict[str, Any]:
+        return object_schema({"success": number_schema(0.0, 1.0), "stamp_size": number_schema(0.0, 64.0),
+                              "within_size": {"type": "boolean"}})
 
     def parse(self, payload: Any):
         check_keys(payload, {"mask", "pattern", "target"})
