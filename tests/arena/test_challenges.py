@@ -369,3 +369,29 @@ def test_shape_errors_name_the_whole_expected_shape_and_where_the_payload_left_i
         "surrogate.W2 must be nested lists of shape 2x2; surrogate.W2[1] is a list of 3 where a list of 2 belongs")
     assert error("membership", {"inputs": "all"}) == (
         "inputs must be a list of 1 to 200 inputs, each nested lists of shape 20; it is a string")
+
+
+def test_backdoor_solver_searches_on_one_thread_with_a_bounded_number_of_steps(pack, monkeypatch):
+    # Issue 12 measured the solver at 104-119 s (60 s CPU): torch's threads spinning on work too
+    # small to split, for 300 steps. Timings are the benchmark's business (arena_solvers.md); here
+    # the two causes: the search runs on one thread (and the count is restored), with at most 150 steps.
+    spec = PACK["backdoor"]
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.update(threads=torch.get_num_threads(), steps=kwargs["steps"])
+        raise Stop
+
+    monkeypatch.setitem(spec.solve.__globals__, "reverse_engineer_triggers", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(Stop):
+            spec.solve(LocalClient(spec))
+        assert seen["threads"] == 1 and seen["steps"] <= 150
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -106,16 +106,22 @@ class Backdoor(BatchedChallenge):
 CHALLENGE = Backdoor
 
 
+SOLVER_STEPS = 150  # the anomalous class and a stamp well inside the rule by then; 300 only shrinks it a little
+
+
 def solve(client) -> str | None:
     """Neural Cleanse on the downloaded weights and samples: the class with the most anomalously
-    small trigger, stamped with the trigger found for it."""
+    small trigger, stamped with the trigger found for it. On one thread: a forward and backward pass
+    over 1,000 8x8 images is too small to share, and extra threads spin (300 steps took 84 s of CPU
+    on two threads of a busy 2-core machine against 18 s on one)."""
     model = load_digits_cnn(client.artifact("model.safetensors"))
     for p in model.parameters():
         p.requires_grad_(False)
     samples = json.loads(client.artifact("samples.json"))
     x, y = torch.tensor(samples["inputs"], dtype=torch.float32), torch.tensor(samples["labels"])
-    res = reverse_engineer_triggers(model, x, y, classes=range(10), steps=300, check_every=5, patience=2,
-                                    init_cost=1e-2, seed=0)
+    with single_thread():
+        res = reverse_engineer_triggers(model, x, y, classes=range(10), steps=SOLVER_STEPS, check_every=5,
+                                        patience=2, init_cost=1e-2, seed=0)
     k = int(anomaly_index(res.l1).argmax())
     client.score({"mask": res.mask[k].tolist(), "pattern": res.pattern[k].tolist(), "target": int(res.classes[k])})
     return client.flag
