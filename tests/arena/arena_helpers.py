@@ -4,6 +4,7 @@ server (when its binaries exist), and an app/TestClient parametrised over SQLite
 from __future__ import annotations
 
 import glob
+import json
 import os
 import secrets
 import shutil
@@ -57,6 +58,17 @@ LINEAR_CHALLENGE = textwrap.dedent('''
         def cost(self, payload):
             return len(self._inputs(payload))
 
+        def request_schema(self):
+            from assay.arena.payload import array_schema, list_schema, number_schema, object_schema, one_of
+
+            x = array_schema((DIM,), number_schema(-1.0, 1.0))
+            return one_of(object_schema({"x": x}), object_schema({"xs": list_schema(x, max_items=16)}))
+
+        def response_schema(self):
+            from assay.arena.payload import list_schema, number_schema, object_schema
+
+            return object_schema({"scores": list_schema(number_schema(), max_items=16)})
+
         def score(self, payload):
             r = self._score_many([payload])[0]
             if isinstance(r, Exception):
@@ -109,7 +121,8 @@ LINEAR_CHALLENGE = textwrap.dedent('''
 
 def write_linear_challenge(root: Path, cid: str = "linear", *, points: int = 100, query_budget: int = 20,
                            rate_per_minute: float = 6000.0, burst: int = 100, submission_limit: int = 5,
-                           max_payload_bytes: int = 2048, seed: int = 0, name: str | None = None) -> Path:
+                           max_payload_bytes: int = 2048, seed: int = 0, name: str | None = None,
+                           description: str = "Push a hidden linear score to 90% of its maximum.") -> Path:
     d = Path(root) / cid
     d.mkdir(parents=True, exist_ok=True)
     (d / "challenge.py").write_text(LINEAR_CHALLENGE)
@@ -119,7 +132,7 @@ def write_linear_challenge(root: Path, cid: str = "linear", *, points: int = 100
         category = "evasion"
         difficulty = "easy"
         points = {points}
-        description = "Push a hidden linear score to 90% of its maximum."
+        description = {json.dumps(description)}
         query_budget = {query_budget}
         rate_per_minute = {rate_per_minute}
         burst = {burst}
@@ -223,6 +236,16 @@ def register(client, name: str, password: str = "password123") -> dict:
     r = client.post("/api/register", json={"name": name, "password": password})
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['api_key']}", "_id": r.json()["player_id"]}
+
+
+def all_routes(routes):
+    """(path, methods) of every endpoint, looking inside included routers (FastAPI keeps them nested)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from all_routes(inner.routes)
+        elif getattr(route, "methods", None):
+            yield route.path, route.methods
 
 
 def hdr(h: dict) -> dict:

@@ -80,6 +80,18 @@ def test_query_flag_only_when_solved_and_budget_exhaustion(arena_app):
     assert client.post("/api/challenges/linear/score", json={"x": [0, 0, 0, 0]}, headers=hdr(h2)).status_code == 200
 
 
+def test_a_request_costing_more_than_the_burst_is_a_422_naming_the_limit(arena_app):
+    client, arena = arena_app
+    h = register(client, "alice")
+    # linear2: burst 3. Four inputs could never be charged at once: waiting would not help.
+    r = client.post("/api/challenges/linear2/score", json={"xs": [[0, 0, 0, 0]] * 4}, headers=hdr(h))
+    assert r.status_code == 422 and "Retry-After" not in r.headers
+    assert r.json()["detail"] == "this request would cost 4 queries; one request may cost at most 3 on this challenge; split it"
+    assert arena.budgets.used(h["_id"], "linear2") == 0
+    r = client.post("/api/challenges/linear2/score", json={"xs": [[0, 0, 0, 0]] * 3}, headers=hdr(h))
+    assert r.status_code == 200 and r.json()["remaining"] == 5
+
+
 def test_rate_limit_bucket_gives_retry_after(arena_app):
     client, _ = arena_app
     h = register(client, "alice")
@@ -94,7 +106,8 @@ def test_untrusted_input(arena_app):
     client, arena = arena_app
     h = register(client, "alice")
     url = "/api/challenges/linear/score"
-    assert client.post(url, content=b"not json", headers=hdr(h)).status_code == 422
+    r = client.post(url, content=b"not json", headers=hdr(h))
+    assert r.status_code == 400 and r.json()["detail"].startswith("body is not valid JSON")
     assert client.post(url, json=[1, 2], headers=hdr(h)).json()["detail"].startswith("body must be a JSON object")
     r = client.post(url, json={"x": [5, 0, 0, 0]}, headers=hdr(h))
     assert r.status_code == 422 and r.json()["detail"] == "x values must lie in [-1, 1]"
@@ -290,3 +303,48 @@ def test_reference_solutions_only_after_the_operator_publishes_a_closed_event(ar
     arena.set_event(open=True)
     assert client.get(url, headers=hdr(h)).status_code == 403
     assert 'id="solution"' not in client.get("/challenges/linear").text
+
+
+def test_publication_is_a_state_that_reopening_clears(arena_app):
+    # The issue's sequence: close, publish, reopen, close without publishing. Players could read the
+    # solutions again, because "published" was remembered across the reopening.
+    client, arena = arena_app
+    h = register(client, "alice")
+    url = "/api/challenges/linear/solution"
+    csrf = client.post("/api/login", json={"name": "admin", "password": "operator-pass"}).json()["csrf_token"]
+    ops = {"X-CSRF-Token": csrf}
+
+    def event(**change):
+        r = client.post("/api/admin/event", json=change, headers=ops)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def player_sees() -> bool:
+        code = client.get(url, headers=hdr(h)).status_code  # the key wins over the operator cookie
+        assert code in (200, 403)
+        return code == 200
+
+    def published_at():
+        from assay.arena.store import SolutionRelease
+
+        with arena.store.session() as s:
+            return s.get(SolutionRelease, 1).published_at
+
+    assert event(open=False)["solutions_published"] is False and not player_sees()
+    assert event(solutions=True)["solutions_published"] is True and player_sees()
+    reopened = event(open=True)
+    assert reopened["solutions_published"] is False and published_at() is None and not player_sees()
+    assert event(open=False)["solutions_published"] is False and not player_sees()  # the bug: visible again
+    assert event(solutions=True)["solutions_published"] is True and player_sees()  # publishing again works
+    assert event(solutions=False)["solutions_published"] is False and not player_sees()
+    assert event(solutions=True)["solutions_published"] is True and player_sees()
+    # reopening and publishing in one request is refused, and changes nothing
+    r = client.post("/api/admin/event", json={"open": True, "solutions": True}, headers=ops)
+    assert r.status_code == 409 and player_sees() and published_at() is not None
+    # the operator's web form reopens too, with the same effect
+    page = client.get("/admin").text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    client.post("/admin/event", data={"action": "open", "csrf_token": token})
+    client.post("/admin/event", data={"action": "close", "csrf_token": token})
+    assert published_at() is None and not player_sees()
+    assert "Reference solutions: <strong>not shown</strong>" in client.get("/admin").text

@@ -50,7 +50,7 @@ def test_a_group_mixing_players_answers_each_correctly(arena_app):
                            (sloppy, "linear", b'{"x": [5, 0, 0, 0]}'), (fresh, "linear", ZERO),
                            (short, "linear", ZERO), (sloppy, "linear", b"not json")])
     assert sum(_group_sizes(arena)[before:]) == 7
-    assert [o.status for o in outs] == [429, 200, 429, 422, 200, 200, 422]
+    assert [o.status for o in outs] == [429, 200, 429, 422, 200, 200, 400]  # 400: not JSON at all
     assert outs[0].body["detail"] == "query budget for this challenge exhausted"
     assert outs[2].body == {"detail": "query budget for this challenge exhausted", "remaining": 2}
     assert outs[3].body["detail"] == "x values must lie in [-1, 1]"  # refused by the model: refunded
@@ -96,7 +96,7 @@ def test_fast_path_answers_like_the_routed_endpoint(arena_app):
     r = client.post("/api/challenges/nope/score", json={"x": [0, 0, 0, 0]}, headers=hdr(h))
     assert r.status_code == 404 and r.json() == {"detail": "no challenge 'nope'"}
     r = client.post(url, content=b'{"x": [0, 0', headers=hdr(h))
-    assert r.status_code == 422 and r.json()["detail"] == "body is not valid JSON; send a JSON object"
+    assert r.status_code == 400 and r.json()["detail"] == "body is not valid JSON; send a UTF-8 encoded JSON object"
     r = client.post(url, json={"x": [0, 0, 0, 0]}, headers=hdr(h))
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json()["remaining"] == 19 and r.headers["X-Queries-Remaining"] == "19"

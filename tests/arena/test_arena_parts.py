@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -146,6 +147,66 @@ def test_arena_client_matches_local_client(tmp_path, challenge_dir):
         with pytest.raises(BudgetExceeded, match="exhausted"):
             c.score({"x": [0, 0, 0, 0]})
         assert c.remaining == 0
+
+
+# Columns of the tables the export writes, at the two revisions it targets, from CTFd's migrations
+# (read in CTFd's source, 3.7.7 and 3.8.7): the initial revision 8369118943a1, then next_id
+# (4d3c1b59d011) and connection_info (6012fe8de495) before 9e6f6578ca84; attribution (4fe3eeed9a9d),
+# files.sha1sum (5c4996aeb2cb), files.solution_id (62bf576b2cd3) and logic (f73a96c97449) up to
+# f73a96c97449. "required": NOT NULL without a server default, so an import must give a value.
+CTFD_COLUMNS = {
+    "9e6f6578ca84": {
+        "challenges": {"id", "name", "description", "max_attempts", "value", "category", "type", "state",
+                       "requirements", "next_id", "connection_info"},
+        "files": {"id", "type", "location", "challenge_id", "page_id"},
+    },
+    "f73a96c97449": {
+        "challenges": {"id", "name", "description", "max_attempts", "value", "category", "type", "state",
+                       "requirements", "next_id", "connection_info", "attribution", "logic"},
+        "files": {"id", "type", "location", "challenge_id", "page_id", "sha1sum", "solution_id"},
+    },
+}
+CTFD_REQUIRED = {"9e6f6578ca84": {"id", "state"}, "f73a96c97449": {"id", "state", "logic"}}
+COMMON_COLUMNS = {"flags": {"id", "challenge_id", "type", "content", "data"}, "tags": {"id", "challenge_id", "value"},
+                  "dynamic_challenge": {"id", "initial", "minimum", "decay"}}
+
+
+@pytest.mark.parametrize("version, revision", [("3.8", "f73a96c97449"), ("3.7", "9e6f6578ca84")])
+def test_ctfd_export_rows_fit_the_schema_of_the_revision_they_name(tmp_path, challenge_dir, version, revision):
+    # CTFd 3.8's migration f73a96c97449 adds challenges.logic NOT NULL without a default: rows at an
+    # older revision fail there on PostgreSQL (NotNullViolation). Rows with a key that is not a
+    # column would make CTFd's importer (dataset) create that column, and a later migration adding
+    # it fail. So every row must hold exactly columns of its revision, and the required ones.
+    from assay.arena.ctfd import export_ctfd
+
+    arena = built_arena(make_settings(tmp_path, challenge_dir))
+    path = export_ctfd(arena.specs, tmp_path / "out", dynamic=True, ctfd_version=version)
+    with zipfile.ZipFile(path) as z:
+        tables = {n[3:-5]: json.loads(z.read(n))["results"] for n in z.namelist() if n.startswith("db/")}
+    assert tables.pop("alembic_version") == [{"version_num": revision}]
+    assert tables.pop("hints") == []
+    columns = {**CTFD_COLUMNS[revision], **COMMON_COLUMNS}
+    for table, rows in tables.items():
+        assert rows, table
+        for row in rows:
+            assert set(row) <= columns[table], (table, set(row) - columns[table])
+    for row in tables["challenges"]:
+        assert CTFD_REQUIRED[revision] <= set(row) and row["state"] == "visible"
+        if "logic" in CTFD_REQUIRED[revision]:
+            assert row["logic"] == "any"  # CTFd's default: any one of the challenge's flags solves it
+    if revision == "f73a96c97449":
+        with zipfile.ZipFile(path) as z:
+            for f in tables["files"]:
+                assert f["sha1sum"] == hashlib.sha1(z.read(f"uploads/{f['location']}")).hexdigest()
+
+
+def test_ctfd_export_refuses_an_unknown_version(tmp_path, challenge_dir):
+    from assay.arena.ctfd import export_ctfd
+    from assay.errors import InputError
+
+    arena = built_arena(make_settings(tmp_path, challenge_dir))
+    with pytest.raises(InputError, match="unknown CTFd version '3.9'; choose one of 3.7, 3.8"):
+        export_ctfd(arena.specs, tmp_path / "out", ctfd_version="3.9")
 
 
 def test_ctfd_export_lists_every_challenge_and_artifact(tmp_path, challenge_dir):

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import re
 
-from arena_helpers import hdr, register
+from arena_helpers import all_routes, hdr, register
 
 from assay.arena.flags import flag_for
-
-
-def all_routes(routes):
-    """(path, methods) of every endpoint, looking inside included routers (FastAPI keeps them nested)."""
-    for route in routes:
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            yield from all_routes(inner.routes)
-        elif getattr(route, "methods", None):
-            yield route.path, route.methods
 
 
 def _csrf(html: str) -> str:

@@ -27,6 +27,15 @@ def browser():
         b.close()
 
 
+def log_in(page, url: str, name: str, password: str) -> None:
+    """Through the login form; lands on the challenge list."""
+    page.goto(url + "/login")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", password)
+    page.click("form.card button[type=submit]")
+    page.wait_for_url("**/challenges")
+
+
 def test_player_flow_in_chromium(browser, tmp_path, challenge_dir):
     from assay.arena.app import create_app
 
@@ -44,10 +53,7 @@ def test_player_flow_in_chromium(browser, tmp_path, challenge_dir):
         # log out and back in through the forms
         page.click("text=Log out")
         page.wait_for_url("**/login")
-        page.fill("input[name=name]", "browser_user")
-        page.fill("input[name=password]", "password123")
-        page.click("form.card button[type=submit]")
-        page.wait_for_url("**/challenges")
+        log_in(page, server.url, "browser_user", "password123")
         page.click("text=Linear2")  # challenge names come from the manifests
         page.go_back()
         page.click("a[href='/challenges/linear']")
@@ -72,4 +78,30 @@ def test_player_flow_in_chromium(browser, tmp_path, challenge_dir):
         # cookie flags as the browser stored them
         cookie = next(c for c in page.context.cookies() if c["name"] == "arena_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+        page.close()
+
+
+PHONE = {"width": 390, "height": 844}  # an iPhone 12-15 in portrait, CSS pixels
+
+
+def test_the_nav_bar_fits_a_390px_phone(browser, tmp_path, challenge_dir):
+    # Logged in as the operator, so the header carries every link it ever shows (and the longest
+    # name the form allows): nothing may stick out of the screen or make the page scroll sideways.
+    from assay.arena.app import create_app
+
+    settings = make_settings(tmp_path, challenge_dir, admin_password="operator-pass")
+    arena = built_arena(settings)
+    with LiveServer(create_app(settings, arena)) as server:
+        page = browser.new_page(viewport=PHONE)
+        log_in(page, server.url, "admin", "operator-pass")
+        for path in ("/challenges", "/challenges/linear", "/scoreboard", "/team", "/admin", "/admin/queries", "/docs"):
+            page.goto(server.url + path)
+            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], path
+            items = page.locator("header.top a, header.top button")
+            assert items.count() == 7, path  # brand; Challenges, Scoreboard, Team, Operator, API; Log out
+            for i in range(items.count()):
+                box = items.nth(i).bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], \
+                    (path, items.nth(i).inner_text(), box)
+            assert page.locator("header.top a[href='/admin']").is_visible()
         page.close()

@@ -26,6 +26,11 @@ def fake_ctfd(monkeypatch):
     state = {"user": None}
     flags_mod = types.ModuleType("CTFd.plugins.flags")
     flags_mod.FLAG_CLASSES = {}
+
+    class FlagException(Exception):  # CTFd 3.7/3.8: its attempt logic answers "incorrect" with str(e)
+        pass
+
+    flags_mod.FlagException = FlagException
     user_mod = types.ModuleType("CTFd.utils.user")
     user_mod.get_current_user = lambda: state["user"]
     for name, mod in {"CTFd": types.ModuleType("CTFd"), "CTFd.plugins": types.ModuleType("CTFd.plugins"),
@@ -117,3 +122,34 @@ def test_plugin_checks_the_submitting_users_own_flag_on_the_assay_server(tmp_pat
     monkeypatch.setenv("ASSAY_ARENA_OPERATOR_KEY", op_key)
     with pytest.raises(plugin.ArenaUnavailable, match="unreachable"):  # server gone: no silent "incorrect"
         flag_type.compare(row, flag_for(secret, alice.id, "linear"))
+
+
+def test_a_closed_assay_event_is_a_clear_ctfd_answer_not_an_error(tmp_path, challenge_dir, fake_ctfd, monkeypatch):
+    # CTFd turns a FlagException from a flag class into an "incorrect" answer carrying its message
+    # (3.7.7: BaseChallenge.attempt; 3.8.7: logic.challenge_attempt_any); anything else is a 500.
+    import sys
+
+    from assay.arena.app import create_app
+    from assay.arena.ctfd import export_ctfd
+
+    flag_classes, set_user = fake_ctfd
+    settings = make_settings(tmp_path, challenge_dir)
+    arena = built_arena(settings)
+    alice, _ = arena.register("alice", "password123")
+    _, op_key = arena.register("ops", "password123", operator=True)
+    export_ctfd(arena.specs, tmp_path / "out")
+    plugin = _load_plugin(tmp_path / "out" / "assay_arena")
+    plugin.load(app=None)
+    row = types.SimpleNamespace(content="linear", data=None)
+    good = flag_for(settings.secret, alice.id, "linear")
+    arena.set_event(open=False)
+    with LiveServer(create_app(settings, arena)) as server:
+        monkeypatch.setenv("ASSAY_ARENA_URL", server.url)
+        monkeypatch.setenv("ASSAY_ARENA_OPERATOR_KEY", op_key)
+        set_user("alice")
+        with pytest.raises(sys.modules["CTFd.plugins.flags"].FlagException) as e:
+            flag_classes["assay"].compare(row, good)
+        assert str(e.value) == "The assay arena event is closed: flags are no longer accepted."
+        assert arena.submissions() == []  # nothing was recorded on the assay side
+        arena.set_event(open=True)
+        assert flag_classes["assay"].compare(row, good) is True

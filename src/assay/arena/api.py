@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import re
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Iterator
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from assay.arena import auth, fastjson
 from assay.arena.service import Arena, Outcome
@@ -40,6 +42,14 @@ def current_player(request: Request) -> Player:
         if player is not None:
             return player
     raise HTTPException(401, "authentication required: send 'Authorization: Bearer <api key>' or log in")
+
+
+def caller(request: Request) -> Player | None:
+    """The authenticated player, or None (never refuses): for answers that show some callers more."""
+    try:
+        return current_player(request)
+    except HTTPException:
+        return None
 
 
 def operator(player: Player = Depends(current_player)) -> Player:
@@ -84,13 +94,14 @@ async def read_capped(request: Request, limit: int) -> bytes:
 
 
 async def small_json(request: Request) -> dict[str, Any]:
-    import json
-
+    """The body of an auth, submit or admin request: at most 16 KiB of JSON holding an object, with
+    its depth and strings checked (:func:`assay.arena.fastjson.parse_body`); 400 when it is not
+    acceptable JSON, 422 when it is JSON but not an object."""
     body = await read_capped(request, MAX_SMALL_BODY)
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(422, "body is not valid JSON") from None
+        data = fastjson.parse_body(body)
+    except fastjson.BodyError as e:
+        raise HTTPException(400, str(e)) from None
     if not isinstance(data, dict):
         raise HTTPException(422, "body must be a JSON object")
     return data
@@ -103,11 +114,49 @@ def _str_field(data: dict[str, Any], key: str) -> str:
     return value
 
 
-class EventUpdate(BaseModel):
-    open: bool | None = None
-    frozen: bool | None = None
-    recompute_values: bool | None = None
-    solutions: bool | None = None  # publish (True) or withdraw (False) the reference solutions
+EVENT_FIELDS = ("open", "frozen", "recompute_values", "solutions")  # solutions: publish (true) or withdraw
+
+
+def event_update(data: dict[str, Any]) -> dict[str, bool]:
+    """The ``POST /api/admin/event`` body: known keys only, each true or false (read after the
+    operator check, so an anonymous body is never parsed further than the JSON)."""
+    unknown = sorted(set(data) - set(EVENT_FIELDS))
+    if unknown:
+        raise HTTPException(422, f"unknown field(s) {unknown}; allowed: {list(EVENT_FIELDS)}")
+    for key, value in data.items():
+        if not isinstance(value, bool) and value is not None:
+            raise HTTPException(422, f"field {key!r} must be true, false or null")
+    return {k: v for k, v in data.items() if v is not None}
+
+
+MAX_ID = 2**63 - 1  # larger cursors would overflow the databases' integer type
+QUERY_LOG_COLUMNS = ("id", "time", "player", "challenge", "cost", "payload_bytes", "payload_sha256", "outcome",
+                     "latency_ms")
+
+
+def csv_lines(rows, columns: tuple[str, ...]) -> Iterator[str]:
+    """CSV text, one line at a time: a header, then ``rows`` (dicts). ``time`` becomes ISO 8601 UTC.
+    A cell that a spreadsheet would read as a formula (starting with = + - @, tab or CR) gets a
+    leading apostrophe (OWASP's advice against CSV injection)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+
+    def line(values) -> str:
+        buf.seek(0)
+        buf.truncate()
+        writer.writerow(values)
+        return buf.getvalue()
+
+    def cell(key: str, value: Any) -> Any:
+        if key == "time" and value is not None:
+            return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds")
+        if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+            return "'" + value
+        return value
+
+    yield line(columns)
+    for row in rows:
+        yield line([cell(k, row[k]) for k in columns])
 
 
 def board_json(standings, frozen_at: float | None, by: str) -> dict[str, Any]:
@@ -122,12 +171,16 @@ def make_router() -> APIRouter:
     @r.post("/register")
     async def register(request: Request):
         data = await small_json(request)
+        name, password = _str_field(data, "name"), _str_field(data, "password")
+        try:
+            Arena.check_registration(name, password)  # a malformed sign-up is not a password attempt
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
         if wait := await password_attempt_wait(request):
             raise too_many_attempts(wait)
         try:
             # argon2 runs in a thread: a burst of sign-ups must not stall the scoring traffic
-            player, key = await asyncio.to_thread(arena_of(request).register, _str_field(data, "name"),
-                                                  _str_field(data, "password"))
+            player, key = await asyncio.to_thread(arena_of(request).register, name, password)
         except InputError as e:
             raise HTTPException(422, str(e)) from None
         return {"player_id": player.id, "name": player.name, "api_key": key,
@@ -137,9 +190,10 @@ def make_router() -> APIRouter:
     async def login(request: Request, response: Response):
         data = await small_json(request)
         arena = arena_of(request)
+        name, password = _str_field(data, "name"), _str_field(data, "password")  # before the attempt is counted
         if wait := await password_attempt_wait(request):
             raise too_many_attempts(wait)
-        player = await asyncio.to_thread(arena.login, str(data.get("name", "")), str(data.get("password", "")))
+        player = await asyncio.to_thread(arena.login, name, password)
         if player is None:
             raise HTTPException(401, "wrong name or password")
         csrf = auth.new_token()
@@ -231,11 +285,11 @@ def make_router() -> APIRouter:
         return event_json(arena_of(request))
 
     @r.post("/admin/event")
-    def set_event(update: EventUpdate, request: Request, _: Player = Depends(operator)):
+    async def set_event(request: Request, _: Player = Depends(operator)):
         arena = arena_of(request)
+        changes = event_update(await small_json(request))
         try:
-            arena.set_event(open=update.open, frozen=update.frozen, recompute_values=update.recompute_values,
-                            solutions=update.solutions)
+            await asyncio.to_thread(arena.set_event, **changes)
         except InputError as e:
             raise HTTPException(409, str(e)) from None
         return event_json(arena)
@@ -245,8 +299,26 @@ def make_router() -> APIRouter:
         return arena_of(request).submissions()
 
     @r.get("/admin/queries")
-    def queries(request: Request, _: Player = Depends(operator)):
-        return arena_of(request).query_log()
+    def queries(request: Request, limit: int = Query(100, ge=1, le=Arena.MAX_PAGE),
+                before: int | None = Query(None, ge=1, le=MAX_ID), player: str | None = None,
+                challenge: str | None = None, _: Player = Depends(operator)):
+        """The query log, newest first, a page at a time: follow ``next`` as ``before``."""
+        try:
+            rows, nxt = arena_of(request).query_log_page(limit, before, player=player, challenge=challenge)
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"rows": rows, "next": nxt}
+
+    @r.get("/admin/queries.csv")
+    def queries_csv(request: Request, player: str | None = None, challenge: str | None = None,
+                    _: Player = Depends(operator)):
+        """The whole query log (or one player's / challenge's) as CSV, streamed page by page."""
+        try:
+            rows = arena_of(request).query_log_all(player=player, challenge=challenge)
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        return StreamingResponse(csv_lines(rows, QUERY_LOG_COLUMNS), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": 'attachment; filename="query-log.csv"'})
 
     @r.get("/admin/scoreboard")
     def live_scoreboard(request: Request, by: str = "player", _: Player = Depends(operator)):

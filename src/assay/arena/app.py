@@ -31,12 +31,14 @@ def create_app(settings: Settings, arena: Arena | None = None) -> FastAPI:
     >>> app = create_app(Settings.from_env())  # doctest: +SKIP
     >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
     """
+    from assay.arena.openapi import make_docs_router
     from assay.arena.web import make_web_router
 
     app = FastAPI(title="assay arena", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.arena = arena or Arena(settings)
     app.include_router(make_router())
     app.include_router(make_web_router())
+    app.include_router(make_docs_router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(ScoreFastPath)  # the scoring endpoint with an API key skips FastAPI's routing
 
@@ -56,5 +58,9 @@ def create_app(settings: Settings, arena: Arena | None = None) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory assay.arena.app:app_from_env`` (each worker builds its own)."""
+    """Factory for ``uvicorn --factory assay.arena.app:app_from_env`` (each worker builds its own).
+    A worker of ``serve --workers N`` ends when that ``serve`` process does (see :mod:`assay.arena.process`)."""
+    from assay.arena.process import follow_supervisor_from_env
+
+    follow_supervisor_from_env()
     return create_app(Settings.from_env())

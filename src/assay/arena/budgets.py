@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sqlalchemy import case, delete, func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from assay.arena.store import Budget, LoginAttempts, QueryLog, Store
@@ -97,7 +96,7 @@ class Budgets:
             player_id=player_id, challenge_id=challenge_id, tokens=float(burst), updated_at=now, used=0,
             sub_tokens=float(sub_burst), sub_updated_at=now, sub_used=0,
         )
-        ins = (postgresql if self.store.dialect == "postgresql" else sqlite).insert(Budget).values(**values)
+        ins = self.store.insert_ignoring_conflicts(Budget).values(**values)
         with self.store.engine.begin() as conn:
             conn.execute(ins.on_conflict_do_nothing())
 
@@ -307,7 +306,7 @@ class AttemptLimiter:
                 if state is not None:
                     level = min(self.burst, state[0] + (now - state[1]) * self.rate)
                     return max(1, math.ceil((1.0 - level) / self.rate))
-                insert = (postgresql if self.store.dialect == "postgresql" else sqlite).insert(L)
+                insert = self.store.insert_ignoring_conflicts(L)
                 conn.execute(insert.values(client=client, tokens=self.burst, updated_at=now).on_conflict_do_nothing())
         raise RuntimeError("login bucket row could not be created")  # pragma: no cover
 

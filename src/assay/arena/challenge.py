@@ -97,6 +97,17 @@ class Challenge(ABC):
         """Queries a payload will cost, computed before scoring so the budget is checked first."""
         return 1
 
+    def request_schema(self) -> dict[str, Any]:
+        """JSON Schema (2020-12, as OpenAPI 3.1 uses it) of the payloads :meth:`score` accepts. The
+        server publishes it in its OpenAPI description and derives the web page's input placeholder
+        and the copy-paste client examples from it (:mod:`assay.arena.payload` has builders).
+        Default: any JSON object."""
+        return {"type": "object"}
+
+    def response_schema(self) -> dict[str, Any]:
+        """JSON Schema of :attr:`ScoreResult.output` (default: any JSON object)."""
+        return {"type": "object"}
+
     def artifacts(self) -> dict[str, bytes]:
         """Files players may download (name -> content). Never contains hidden data or flags."""
         return {}

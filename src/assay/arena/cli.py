@@ -51,6 +51,8 @@ def add_arena_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ctfd", required=True, help="output zip (or directory)")
     p.add_argument("--url", default="<arena url>", help="the assay server players use, named in descriptions")
     p.add_argument("--dynamic", action="store_true", help="export CTFd dynamic (decaying) challenges")
+    p.add_argument("--ctfd-version", choices=["3.7", "3.8"], default="3.8",
+                   help="the CTFd release line to import into (3.8: 3.8.0-3.8.7, 3.7: 3.7.0-3.7.7; default 3.8)")
 
     # The main CLI dispatches on `fn`; the standalone main() here on `func`.
     arena.set_defaults(func=handle_arena, fn=handle_arena)
@@ -102,9 +104,10 @@ def handle_arena(args) -> int:
             if workdir.exists():
                 spec.challenge.load(workdir)
         path = export_ctfd(specs, Path(args.ctfd), server_url=args.url, dynamic=args.dynamic,
-                           decay=s.decay, min_fraction=s.min_fraction)
-        print(f"wrote {path} ({len(specs)} challenges) and the CTFd plugin {path.parent / 'assay_arena'}/ "
-              "(copy it to CTFd/plugins/; per-player flags are checked by this server, see docs/arena.md)")
+                           decay=s.decay, min_fraction=s.min_fraction, ctfd_version=args.ctfd_version)
+        print(f"wrote {path} ({len(specs)} challenges, for CTFd {args.ctfd_version}.x) and the CTFd plugin "
+              f"{path.parent / 'assay_arena'}/ (copy it to CTFd/plugins/; per-player flags are checked by "
+              "this server, see docs/arena.md)")
         return 0
     raise InputError(f"unknown arena command {cmd!r}")
 
@@ -137,7 +140,11 @@ def _check_port_free(host: str, port: int) -> None:
                          "or 0.0.0.0") from None
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise InputError(f"port {port} on {host} is in use; pick another with --port") from None
+            from assay.arena.process import describe_listener
+
+            who = describe_listener(port)
+            raise InputError(f"port {port} on {host} is in use" + (f" by {who}" if who else "")
+                             + "; pick another with --port") from None
         if e.errno == errno.EACCES:
             raise InputError(f"no permission to listen on port {port} on {host} (ports below 1024 need root); "
                              "pick another with --port") from None
@@ -148,7 +155,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _init(args) -> int:
-    from assay.arena.service import Arena
+    from assay.arena.service import OPERATOR_NAME, Arena
     from assay.arena.settings import SECRET_FILE, Settings, check_admin_password, write_secret_file
 
     data_dir = Path(args.dir).resolve()
@@ -171,7 +178,7 @@ def _init(args) -> int:
         os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT, 0o600))
         db_file.chmod(0o600)
     arena = Arena(settings, specs={})  # creates the schema; challenges are loaded by `serve`
-    arena.ensure_operator("admin", password)
+    arena.ensure_operator(OPERATOR_NAME, password)
     print(f"initialised {data_dir}\n  secret: {path} (mode 0600)\n  database: {settings.db_url}"
           + (" (mode 0600)" if db_file is not None else ""))
     if not (args.admin_password or os.environ.get("ASSAY_ARENA_ADMIN_PASSWORD")):
@@ -191,6 +198,13 @@ def _serve(args) -> int:
     _check_port_free(args.host, args.port)  # before the (slow) model loading
     load_challenges(s)  # fails early if a challenge is not built
     os.environ.setdefault("ASSAY_ARENA_DIR", str(s.data_dir.resolve()))
+    from assay.arena.process import SUPERVISOR_ENV
+
+    # uvicorn's workers are this process's children: they follow it (and end with it) by this pid
+    if args.workers > 1:
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    else:
+        os.environ.pop(SUPERVISOR_ENV, None)
     # loop/http "auto": uvloop and httptools (the arena extra) when installed, else asyncio and h11.
     uvicorn.run("assay.arena.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info", access_log=False, loop="auto", http="auto")

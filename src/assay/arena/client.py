@@ -77,7 +77,7 @@ class ArenaClient:
             pass
         if r.status_code == 429:
             raise BudgetExceeded(detail or "query budget or rate limit exceeded")
-        if r.status_code in (413, 422):
+        if r.status_code in (400, 413, 422):
             raise InputError(detail or f"the server refused the input ({r.status_code})")
         if r.status_code >= 400:
             raise TargetError(f"arena answered {r.status_code}: {detail or r.text[:200]}")

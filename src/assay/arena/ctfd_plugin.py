@@ -12,6 +12,12 @@ copied from another player as suspected sharing; the secret never reaches CTFd.
 Configuration (environment of the CTFd process): ``ASSAY_ARENA_URL`` (default: the URL given at
 export), ``ASSAY_ARENA_OPERATOR_KEY`` (an assay operator's API key, required). Players use the same
 name on both servers. Standard library only; CTFd is imported only inside CTFd.
+
+Answers in CTFd: a closed assay event raises CTFd's ``FlagException`` with :data:`EVENT_CLOSED`,
+which CTFd (3.7 and 3.8) turns into an "incorrect" answer carrying that message (recorded as a
+failed attempt, which no longer matters once the event is over). Any other failure to get an
+answer (server down, wrong key) raises :class:`ArenaUnavailable`, which CTFd answers with an error
+and records nothing, so an outage costs players no attempts.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import urllib.request
 DEFAULT_URL = "http://127.0.0.1:8000"  # rewritten by the exporter to the event's assay server
 TIMEOUT_S = 5.0
 MAX_FLAG_CHARS = 200
+EVENT_CLOSED = "The assay arena event is closed: flags are no longer accepted."
 
 log = logging.getLogger("assay_arena")
 
@@ -32,6 +39,10 @@ log = logging.getLogger("assay_arena")
 class ArenaUnavailable(RuntimeError):
     """The assay server could not give an answer. Raised, not turned into "incorrect", so that an
     outage does not cost players CTFd attempts."""
+
+
+class EventClosed(RuntimeError):
+    """The assay server answered that the event is closed."""
 
 
 def verify_remote(player: str, challenge: str, flag: str, *, url: str, key: str, timeout: float = TIMEOUT_S) -> bool:
@@ -46,11 +57,21 @@ def verify_remote(player: str, challenge: str, flag: str, *, url: str, key: str,
     except urllib.error.HTTPError as e:
         if e.code == 429:  # assay's submission limit: a refused attempt, as CTFd's own limiter would
             return False
+        if e.code == 403 and _json_body(e).get("event_closed") is True:
+            raise EventClosed(EVENT_CLOSED) from None
         raise ArenaUnavailable(f"assay arena answered {e.code} to /api/verify; check ASSAY_ARENA_OPERATOR_KEY "
                                "and that the assay event is open") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise ArenaUnavailable(f"assay arena at {url} unreachable ({e}); check ASSAY_ARENA_URL") from None
     return isinstance(answer, dict) and answer.get("valid") is True
+
+
+def _json_body(error: urllib.error.HTTPError) -> dict:
+    try:
+        body = json.loads(error.read(4096))
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _current_user_name() -> str | None:
@@ -81,7 +102,12 @@ class AssayFlag:
             raise ArenaUnavailable("ASSAY_ARENA_OPERATOR_KEY is not set in CTFd's environment; "
                                    "set it to an assay operator's API key")
         url = os.environ.get("ASSAY_ARENA_URL", DEFAULT_URL)
-        return verify_remote(player, str(chal_key_obj.content), provided.strip(), url=url, key=key)
+        try:
+            return verify_remote(player, str(chal_key_obj.content), provided.strip(), url=url, key=key)
+        except EventClosed as e:
+            from CTFd.plugins.flags import FlagException  # only inside CTFd
+
+            raise FlagException(str(e)) from None
 
 
 def load(app) -> None:  # CTFd's plugin entry point

@@ -10,28 +10,39 @@ import hashlib
 import hmac
 import inspect
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
-from assay.arena import auth, fastjson
+from assay.arena import auth, fastjson, names
 from assay.arena.budgets import AttemptLimiter, Budgets, QueryItem
 from assay.arena.challenge import ChallengeSpec, ScoreResult, discover
 from assay.arena.flags import check_flag, flag_for, flag_owner
 from assay.arena.scoring import Standing, dynamic_value, rank
 from assay.arena.settings import Settings
-from assay.arena.store import Budget, EventState, Player, QueryLog, SolutionRelease, Solve, Store, Submission, Team
+from assay.arena.store import (
+    Budget,
+    EventState,
+    NameClaim,
+    Player,
+    QueryLog,
+    SolutionRelease,
+    Solve,
+    Store,
+    Submission,
+    Team,
+)
 from assay.errors import InputError
 
 log = logging.getLogger("assay.arena")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
 MIN_PASSWORD = 8
+OPERATOR_NAME = "admin"  # the operator account `init` creates; its name is reserved in all its forms
 
 
 @dataclass
@@ -151,38 +162,72 @@ class Arena:
         self._published_at: float | None = None
         self._epoch: int | None = None
         if settings.admin_password:
-            self.ensure_operator("admin", settings.admin_password)
+            self.ensure_operator(OPERATOR_NAME, settings.admin_password)
 
     # ---------------------------------------------------------------- accounts
-    def register(self, name: str, password: str, *, operator: bool = False) -> tuple[Player, str]:
-        """Create a player; returns it and its API key (shown once, stored only as a hash)."""
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise InputError("name must be 1-32 characters of letters, digits, '_', '.', '-'")
+    @staticmethod
+    def check_name(name: Any, what: str = "name", *, operator: bool = False) -> str:
+        """``name`` in its stored (NFKC) form, or an InputError: the character rule, and the
+        operator's name in any of its look-alike forms is refused to everyone else."""
+        name = names.normalize(name) if isinstance(name, str) and fastjson.text_ok(name) else name
+        problem = names.problem(name, what)
+        if problem:
+            raise InputError(problem)
+        if not operator and names.skeleton(name) == names.skeleton(OPERATOR_NAME):
+            raise InputError(f"the {what} {name!r} is reserved (it reads as the operator's); choose another")
+        return name
+
+    @staticmethod
+    def check_registration(name: Any, password: Any, *, operator: bool = False) -> str:
+        """The name and password rules, checked without touching the database or hashing anything,
+        so that the HTTP layers can refuse a malformed sign-up before it counts as a password
+        attempt. Returns the name in its stored form."""
+        name = Arena.check_name(name, operator=operator)
         if not isinstance(password, str) or len(password) < MIN_PASSWORD:
             raise InputError(f"password must have at least {MIN_PASSWORD} characters")
+        if not fastjson.text_ok(password):
+            raise InputError("password must be text without NUL characters or lone surrogates")
+        return name
+
+    def _add_named(self, s, row, kind: str, what: str) -> None:
+        """Insert ``row`` (a Player or Team) and its name claim in session ``s``; a name whose
+        skeleton is claimed (or the same name, in a race) is refused as taken."""
+        s.add(row)
+        try:
+            s.flush()
+            s.add(NameClaim(kind=kind, key=names.skeleton(row.name), owner_id=row.id))
+            s.flush()
+        except IntegrityError:
+            raise InputError(f"the {what} {row.name!r} is taken (or too like one that is); choose another") from None
+
+    def register(self, name: str, password: str, *, operator: bool = False) -> tuple[Player, str]:
+        """Create a player; returns it and its API key (shown once, stored only as a hash)."""
+        name = self.check_registration(name, password, operator=operator)
         key = auth.new_api_key()
         player = Player(name=name, password_hash=self.hasher.hash(password), api_key_hash=auth.hash_api_key(key),
                         is_operator=operator)
         with self.store.session() as s:
-            if s.scalars(select(Player.id).where(Player.name == name)).first() is not None:
-                raise InputError(f"the name {name!r} is taken; choose another")
-            s.add(player)
+            self._add_named(s, player, "player", "name")
         return player, key
 
     def ensure_operator(self, name: str, password: str) -> None:
         with self.store.session() as s:
             p = s.scalars(select(Player).where(Player.name == name)).first()
             if p is None:
-                s.add(Player(name=name, password_hash=self.hasher.hash(password),
-                             api_key_hash=auth.hash_api_key(auth.new_api_key()), is_operator=True))
+                self._add_named(s, Player(name=self.check_name(name, operator=True), password_hash=self.hasher.hash(password),
+                                          api_key_hash=auth.hash_api_key(auth.new_api_key()), is_operator=True),
+                                "player", "name")
             elif not (p.is_operator and auth.verify_password(self.hasher, p.password_hash, password)):
                 p.password_hash, p.is_operator = self.hasher.hash(password), True
                 self.store.bump_epoch(s)
 
     def login(self, name: str, password: str) -> Player | None:
         """The player if name and password match, else None (same work either way)."""
-        p = self.store.player_by_name(name) if isinstance(name, str) else None
-        ok = auth.verify_password(self.hasher, p.password_hash if p else self._dummy_hash, str(password))
+        readable = isinstance(name, str) and fastjson.text_ok(name)
+        p = self.store.player_by_name(names.normalize(name)) if readable else None
+        if not (isinstance(password, str) and fastjson.text_ok(password)):
+            password = ""  # not encodable for argon2: it cannot match, and costs the same work
+        ok = auth.verify_password(self.hasher, p.password_hash if p else self._dummy_hash, password)
         return p if (p is not None and ok) else None
 
     def player_by_key(self, key: str) -> Player | None:
@@ -219,22 +264,20 @@ class Arena:
         return key
 
     def create_team(self, pid: int, name: str) -> Team:
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise InputError("team name must be 1-32 characters of letters, digits, '_', '.', '-'")
+        name = self.check_name(name, "team name")
         with self.store.session() as s:
-            if s.scalars(select(Team.id).where(Team.name == name)).first() is not None:
-                raise InputError(f"the team name {name!r} is taken; choose another")
             team = Team(name=name, join_code=secrets.token_urlsafe(12))
-            s.add(team)
-            s.flush()
+            self._add_named(s, team, "team", "team name")
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
             self.store.bump_epoch(s)
         self._key_cache.clear()
         return team
 
     def join_team(self, pid: int, join_code: str) -> Team:
+        if not (isinstance(join_code, str) and fastjson.text_ok(join_code)):
+            raise InputError("unknown join code; ask your team for the current one")
         with self.store.session() as s:
-            team = s.scalars(select(Team).where(Team.join_code == str(join_code))).first()
+            team = s.scalars(select(Team).where(Team.join_code == join_code)).first()
             if team is None:
                 raise InputError("unknown join code; ask your team for the current one")
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
@@ -261,8 +304,9 @@ class Arena:
         return self._event_cache[1]
 
     def solutions_visible(self) -> bool:
-        """Reference solutions are shown once the operator has published them AND the event is
-        closed: reopening the event hides them again."""
+        """Reference solutions are shown while they are published, an explicit state that only a
+        closed event can enter and that reopening the event clears (closing it again does not bring
+        them back: the operator publishes again). The closed check stays as a second guard."""
         state = self.event()
         return self._published_at is not None and not state.open
 
@@ -281,6 +325,8 @@ class Arena:
             st = s.get(EventState, 1)
             if solutions and (st.open if open is None else open):
                 raise InputError("close the event before publishing the reference solutions")
+            if open:  # reopening withdraws the publication: it would otherwise return at the next close
+                solutions = False if solutions is None else solutions
             if solutions is not None:
                 s.execute(update(SolutionRelease).where(SolutionRelease.id == 1)
                           .values(published_at=time.time() if solutions else None))
@@ -353,9 +399,9 @@ class Arena:
             return Outcome(403, {"detail": "the event is closed"})
         payload, refusal, cost = None, None, 0
         try:
-            payload = fastjson.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            refusal = Outcome(422, {"detail": "body is not valid JSON; send a JSON object"})
+            payload = fastjson.parse_body(body)
+        except fastjson.BodyError as e:
+            refusal = Outcome(400, {"detail": str(e)})
         if refusal is None and not isinstance(payload, dict):
             refusal = Outcome(422, {"detail": "body must be a JSON object, e.g. {\"input\": ...}"})
         if refusal is None:
@@ -363,6 +409,10 @@ class Arena:
                 cost = spec.challenge.cost(payload)
                 if not isinstance(cost, int) or cost < 1:
                     raise InputError("payload has no scorable content")
+                m = spec.manifest
+                if cost > min(m.burst, m.query_budget):  # could never be charged: a limit, not a wait
+                    raise InputError(f"this request would cost {cost} queries; one request may cost at most "
+                                     f"{min(m.burst, m.query_budget)} on this challenge; split it")
             except InputError as e:
                 refusal, cost = Outcome(422, {"detail": str(e).splitlines()[0]}), 0
         log_row = dict(created_at=time.time(), payload_bytes=len(body),
@@ -459,8 +509,8 @@ class Arena:
             return Outcome(404, {"detail": f"no challenge {cid!r}"})
         if not self.event().open and not player.is_operator:
             return Outcome(403, {"detail": "the event is closed"})
-        if not isinstance(flag, str) or len(flag) > 200:
-            return Outcome(422, {"detail": "flag must be a string like assay{...}"})
+        if not isinstance(flag, str) or len(flag) > 200 or not fastjson.text_ok(flag):
+            return Outcome(422, {"detail": "flag must be a string like assay{...}"})  # checked before charging
         m = spec.manifest
         charge = self.budgets.charge_submission(player.id, cid, per_minute=self.settings.submit_per_minute,
                                                 total=m.submission_limit, query_burst=m.burst)
@@ -501,11 +551,15 @@ class Arena:
         such as CTFd delegating its flag check): the same rate limits, solve bookkeeping and
         flag-sharing log as ``submit``. Body: ``{"valid": bool}`` (plus ``detail`` when refused).
         """
-        p = self.store.player_by_name(player_name)
+        if not all(isinstance(v, str) and fastjson.text_ok(v) for v in (player_name, cid, flag)):
+            return Outcome(200, {"valid": False})
+        p = self.store.player_by_name(names.normalize(player_name))
         if p is None or cid not in self.specs:
             return Outcome(200, {"valid": False})
         if not record:
-            return Outcome(200, {"valid": check_flag(self.settings.secret, p.id, cid, str(flag))})
+            return Outcome(200, {"valid": check_flag(self.settings.secret, p.id, cid, flag)})
+        if not self.event().open:  # machine-readable, so an external board can say so to its player
+            return Outcome(403, {"valid": False, "event_closed": True, "detail": "the event is closed"})
         out = self.submit(p, cid, flag)
         if out.status != 200:
             return Outcome(out.status, {"valid": False, **out.body}, out.headers)
@@ -552,13 +606,56 @@ class Arena:
                      suspected_sharing=sub.suspected_sharing,
                      flag_owner=owners.get(sub.flag_owner_id) if sub.flag_owner_id else None) for sub, name in rows]
 
-    def query_log(self, limit: int = 500) -> list[dict[str, Any]]:
+    MAX_PAGE = 1000
+
+    def query_log_page(self, limit: int = 100, before: int | None = None, *, player: str | None = None,
+                       challenge: str | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the query log, newest first: at most ``limit`` rows with ids below ``before``
+        (keyset paging: rows logged meanwhile neither shift nor repeat a page), optionally of one
+        player (by name) and/or challenge. Returns the rows and the cursor of the next page (None
+        on the last one)."""
+        if not 1 <= limit <= self.MAX_PAGE:
+            raise InputError(f"limit must be 1 to {self.MAX_PAGE}")
+        self._check_log_filters(player, challenge)
+        q = (select(QueryLog, Player.name).join(Player, Player.id == QueryLog.player_id)
+             .order_by(QueryLog.id.desc()).limit(limit))
+        if before is not None:
+            q = q.where(QueryLog.id < before)
+        if player is not None:
+            q = q.where(Player.name == names.normalize(player))
+        if challenge is not None:
+            q = q.where(QueryLog.challenge_id == challenge)
         with self.store.session() as s:
-            rows = s.execute(select(QueryLog, Player.name).join(Player, Player.id == QueryLog.player_id)
-                             .order_by(QueryLog.id.desc()).limit(limit)).all()
-        return [dict(id=q.id, player=name, challenge=q.challenge_id, time=q.created_at, cost=q.cost,
-                     payload_bytes=q.payload_bytes, payload_sha256=q.payload_sha256, outcome=q.outcome,
-                     latency_ms=round(q.latency_ms, 2)) for q, name in rows]
+            rows = s.execute(q).all()
+        out = [dict(id=r.id, player=name, challenge=r.challenge_id, time=r.created_at, cost=r.cost,
+                    payload_bytes=r.payload_bytes, payload_sha256=r.payload_sha256, outcome=r.outcome,
+                    latency_ms=round(r.latency_ms, 2)) for r, name in rows]
+        return out, (out[-1]["id"] if len(out) == limit else None)
+
+    @staticmethod
+    def _check_log_filters(*values: str | None) -> None:
+        if not all(v is None or fastjson.text_ok(v) for v in values):
+            raise InputError("the player and challenge filters must be text without NUL characters")
+
+    def query_log_all(self, *, player: str | None = None, challenge: str | None = None,
+                      batch: int = MAX_PAGE) -> Iterator[dict[str, Any]]:
+        """Every matching row, newest first, read page by page (memory stays one page, however long
+        the log): for exports. The filters are checked now, before the first row is asked for."""
+        self._check_log_filters(player, challenge)
+
+        def rows() -> Iterator[dict[str, Any]]:
+            before = None
+            while True:
+                page, before = self.query_log_page(batch, before, player=player, challenge=challenge)
+                yield from page
+                if before is None:
+                    return
+
+        return rows()
+
+    def query_log(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The latest ``limit`` rows (see :meth:`query_log_page` for paging)."""
+        return self.query_log_page(limit)[0]
 
 
 def new_secret() -> str:

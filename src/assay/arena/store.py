@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -135,6 +136,18 @@ class AccountEpoch(Base):
     counter: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class NameClaim(Base):
+    """The uniqueness key (:func:`assay.arena.names.skeleton`) of every player and team name, so that
+    look-alikes (``Admin``, ``admin.``, Cyrillic ``а``) cannot register beside a name. Inserted in the
+    registration's transaction: the primary key settles concurrent registrations in the database.
+    Its own table, so that older databases gain it; their accounts are claimed at start-up."""
+
+    __tablename__ = "name_claims"
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # "player" or "team"
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(Integer)
+
+
 class SolutionRelease(Base):
     """A single row (id 1): when the operator published the reference solutions (None: not).
     Its own table, so that databases created before it existed gain it from ``create_all``."""
@@ -183,6 +196,31 @@ class Store:
                 s.add(AccountEpoch(id=1, counter=0))
             if s.get(SolutionRelease, 1) is None:
                 s.add(SolutionRelease(id=1, published_at=None))
+        self.claim_existing_names()
+
+    def insert_ignoring_conflicts(self, model):
+        """An INSERT that skips rows whose key exists (both dialects spell it ON CONFLICT DO NOTHING)."""
+        return (postgresql if self.dialect == "postgresql" else sqlite).insert(model)
+
+    def claim_existing_names(self) -> list[str]:
+        """Give every player and team without a name claim one (accounts from before the claims
+        existed); returns the names that could not be claimed because an older look-alike holds the
+        key (they keep working; only new registrations are affected)."""
+        from assay.arena.names import skeleton
+
+        clashes = []
+        with self.engine.begin() as conn:
+            for kind, model in (("player", Player), ("team", Team)):
+                claimed = select(NameClaim.owner_id).where(NameClaim.kind == kind)
+                rows = conn.execute(select(model.id, model.name).where(model.id.not_in(claimed))
+                                    .order_by(model.id)).all()
+                for owner_id, name in rows:
+                    done = conn.execute(self.insert_ignoring_conflicts(NameClaim)
+                                        .values(kind=kind, key=skeleton(name), owner_id=owner_id)
+                                        .on_conflict_do_nothing())
+                    if done.rowcount == 0:
+                        clashes.append(name)
+        return clashes
 
     @contextmanager
     def session(self) -> Iterator[Session]:

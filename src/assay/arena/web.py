@@ -10,18 +10,52 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from assay.arena import auth
-from assay.arena.api import arena_of, password_attempt_wait, read_capped, set_session
+from assay.arena.api import MAX_ID, arena_of, password_attempt_wait, read_capped, set_session
+from assay.arena.openapi import client_examples
+from assay.arena.payload import describe, example
 from assay.arena.scoring import Standing
 from assay.errors import InputError
 
+class PrintingUndefinedFails(Undefined):
+    """A missing template variable may be tested (``{% if error %}``) but not printed: Jinja's default
+    prints it as nothing, which is how "Budget:  of 50 queries left" reached players."""
+
+    __str__ = Undefined._fail_with_undefined_error
+
+
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                        autoescape=select_autoescape(["html"]))
+                        autoescape=select_autoescape(["html"]), undefined=PrintingUndefinedFails)
 TEMPLATES.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + " UTC" if t else "-"
+# CommonMark with raw HTML off: tags in a description are shown as text, never run; markdown-it also
+# refuses javascript:, vbscript:, file: and data: links.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})
+
+
+def markdown(text: str) -> Markup:
+    """A challenge description (Markdown written by the challenge author) as safe HTML."""
+    return Markup(_MARKDOWN.render(text or ""))
+
+
+def num(value: float | int) -> str:
+    """``1200.0`` -> ``1,200``; ``2.5`` -> ``2.5``: no ``.0`` on whole numbers, thousands separated."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.6g}" if abs(value) < 1000 else f"{value:,.2f}".rstrip("0").rstrip(".")
+    return f"{int(value):,}"
+
+
+def plural(count: float | int, singular: str, plural_form: str | None = None) -> str:
+    """``1 solve``, ``0 solves``, ``2,000 queries`` (pass the plural when it is not singular + s)."""
+    return f"{num(count)} {singular if count == 1 else (plural_form or singular + 's')}"
+
+
+TEMPLATES.filters.update(markdown=markdown, num=num, plural=plural)
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
 
 
@@ -86,6 +120,8 @@ async def form_of(request: Request, limit: int = 16_384) -> dict[str, str]:
     """URL-encoded form fields; the CSRF token must match the session's."""
     body = await read_capped(request, limit)
     fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+    if any("\x00" in k or "\x00" in v for k, v in fields.items()):  # PostgreSQL refuses NUL in text
+        raise HTTPException(400, "form fields must not contain NUL characters")
     data, _ = session_of(request)
     if not auth.csrf_ok(data.get("csrf"), fields.get("csrf_token")):
         raise HTTPException(403, "the form expired or came from another site; reload the page and try again")
@@ -117,6 +153,10 @@ def make_web_router() -> APIRouter:
     async def register(request: Request):
         f = await form_of(request)
         arena = arena_of(request)
+        try:
+            arena.check_registration(f.get("name", ""), f.get("password", ""))  # not a password attempt yet
+        except InputError as e:
+            return render(request, "register.html", status=422, error=str(e), name=f.get("name", ""))
         if wait := await password_attempt_wait(request):
             return render(request, "register.html", status=429, name=f.get("name", ""),
                           error=f"Too many attempts from this address; try again in {wait} s.")
@@ -167,7 +207,9 @@ def make_web_router() -> APIRouter:
         if ch is None:
             raise HTTPException(404, f"no challenge {cid!r}")
         solution = arena.solution(cid) if arena.solutions_visible() else None
-        return render(request, "challenge.html", status=status, ch=ch, solution=solution, **ctx)
+        schema = arena.specs[cid].challenge.request_schema()
+        return render(request, "challenge.html", status=status, ch=ch, solution=solution, placeholder=describe(schema),
+                      examples=client_examples(str(request.base_url), cid, example(schema)), **ctx)
 
     @r.get("/challenges/{cid}", response_class=HTMLResponse)
     def challenge(cid: str, request: Request):
@@ -193,7 +235,7 @@ def make_web_router() -> APIRouter:
         return challenge_page(request, cid, out.status if out.status != 200 else 200, payload=f.get("payload", ""),
                               query_result=pretty if out.status == 200 else None,
                               query_error=out.body.get("detail") if out.status != 200 else None,
-                              flag=out.body.get("flag"), remaining=out.body.get("remaining"))
+                              flag=out.body.get("flag"))
 
     @r.post("/challenges/{cid}/submit", response_class=HTMLResponse)
     async def submit(cid: str, request: Request):
@@ -278,8 +320,9 @@ def make_web_router() -> APIRouter:
         return render(request, "admin_submissions.html", rows=arena_of(request).submissions())
 
     @r.get("/admin/queries", response_class=HTMLResponse)
-    def admin_queries(request: Request):
+    def admin_queries(request: Request, before: int | None = Query(None, ge=1, le=MAX_ID)):
         require_operator(request)
-        return render(request, "admin_queries.html", rows=arena_of(request).query_log())
+        rows, older = arena_of(request).query_log_page(100, before)
+        return render(request, "admin_queries.html", rows=rows, older=older, paged=before is not None)
 
     return r

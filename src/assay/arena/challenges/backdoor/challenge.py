@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import BatchedChallenge, architecture_source, load_digits_cnn, single_thread, weights_bytes
-from assay.arena.payload import check_keys, float_array
+from assay.arena.payload import array_schema, check_keys, float_array, integer_schema, number_schema, object_schema
 from assay.attacks.backdoor import anomaly_index, apply_trigger, reverse_engineer_triggers
 from assay.data.demo import DigitsCNN, load_digits_splits, train_classifier
 from assay.errors import InputError
@@ -69,6 +69,15 @@ class Backdoor(BatchedChallenge):
         hidden = st_load(Path(workdir, "hidden.safetensors").read_bytes())
         self.hidden_x, self.target = hidden["x"], int(hidden["target"][0])
 
+    def request_schema(self) -> dict[str, Any]:
+        pixels = array_schema(SHAPE, number_schema(0.0, 1.0))
+        return object_schema({"mask": pixels, "pattern": pixels, "target": integer_schema(0, 9)},
+                             "a stamp: scans become (1 - mask) * scan + mask * pattern (one query)")
+
+    def response_schema(self) -> dict[str, Any]:
+        return object_schema({"success": number_schema(0.0, 1.0), "stamp_size": number_schema(0.0, 64.0),
+                              "within_size": {"type": "boolean"}})
+
     def parse(self, payload: Any):
         check_keys(payload, {"mask", "pattern", "target"})
         mask = float_array(payload["mask"], SHAPE, "mask", low=0.0, high=1.0)
@@ -97,16 +106,22 @@ class Backdoor(BatchedChallenge):
 CHALLENGE = Backdoor
 
 
+SOLVER_STEPS = 150  # the anomalous class and a stamp well inside the rule by then; 300 only shrinks it a little
+
+
 def solve(client) -> str | None:
     """Neural Cleanse on the downloaded weights and samples: the class with the most anomalously
-    small trigger, stamped with the trigger found for it."""
+    small trigger, stamped with the trigger found for it. On one thread: a forward and backward pass
+    over 1,000 8x8 images is too small to share, and extra threads spin (300 steps took 84 s of CPU
+    on two threads of a busy 2-core machine against 18 s on one)."""
     model = load_digits_cnn(client.artifact("model.safetensors"))
     for p in model.parameters():
         p.requires_grad_(False)
     samples = json.loads(client.artifact("samples.json"))
     x, y = torch.tensor(samples["inputs"], dtype=torch.float32), torch.tensor(samples["labels"])
-    res = reverse_engineer_triggers(model, x, y, classes=range(10), steps=300, check_every=5, patience=2,
-                                    init_cost=1e-2, seed=0)
+    with single_thread():
+        res = reverse_engineer_triggers(model, x, y, classes=range(10), steps=SOLVER_STEPS, check_every=5,
+                                        patience=2, init_cost=1e-2, seed=0)
     k = int(anomaly_index(res.l1).argmax())
     client.score({"mask": res.mask[k].tolist(), "pattern": res.pattern[k].tolist(), "target": int(res.classes[k])})
     return client.flag

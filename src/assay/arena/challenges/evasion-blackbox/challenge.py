@@ -9,7 +9,15 @@ import torch
 
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import DigitEvasionChallenge, evasion_valid
-from assay.arena.payload import batch_len, check_keys, float_batch
+from assay.arena.payload import (
+    array_schema,
+    batch_len,
+    check_keys,
+    float_batch,
+    list_schema,
+    number_schema,
+    object_schema,
+)
 
 SHAPE = (1, 8, 8)
 MAX_INPUTS = 100
@@ -20,7 +28,15 @@ class BlackboxEvasion(DigitEvasionChallenge):
     eps = 0.2  # at 0.3 about 1 in 300 random +-eps corners already hits the target
 
     def cost(self, payload: dict[str, Any]) -> int:
-        return batch_len(payload, "inputs")
+        return batch_len(payload, "inputs", max_items=MAX_INPUTS)
+
+    def request_schema(self) -> dict[str, Any]:
+        return object_schema({"inputs": list_schema(array_schema(SHAPE, number_schema(0.0, 1.0)), max_items=MAX_INPUTS)},
+                             f"1 to {MAX_INPUTS} scans, pixels in [0, 1]; each costs one query")
+
+    def response_schema(self) -> dict[str, Any]:
+        return object_schema({"probabilities": list_schema(array_schema((10,), number_schema(0.0, 1.0)),
+                                                           max_items=MAX_INPUTS)})
 
     def parse(self, payload: Any):
         check_keys(payload, {"inputs"})

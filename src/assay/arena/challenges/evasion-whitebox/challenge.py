@@ -9,12 +9,20 @@ import torch
 
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import DigitEvasionChallenge, architecture_source, evasion_valid
-from assay.arena.payload import check_keys, float_array
+from assay.arena.payload import array_schema, check_keys, float_array, integer_schema, number_schema, object_schema
 
 SHAPE = (1, 8, 8)
 
 
 class WhiteboxEvasion(DigitEvasionChallenge):
+    def request_schema(self) -> dict[str, Any]:
+        return object_schema({"input": array_schema(SHAPE, number_schema(0.0, 1.0))}, "one scan, pixels in [0, 1]")
+
+    def response_schema(self) -> dict[str, Any]:
+        return object_schema({"prediction": integer_schema(0, 9),
+                              "probabilities": array_schema((10,), number_schema(0.0, 1.0)),
+                              "linf": number_schema(0.0), "within_eps": {"type": "boolean"}})
+
     def parse(self, payload: Any):
         check_keys(payload, {"input"})
         x = float_array(payload["input"], SHAPE, "input", low=0.0, high=1.0)

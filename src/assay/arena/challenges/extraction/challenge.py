@@ -13,7 +13,17 @@ from torch import nn
 
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import BatchedChallenge, single_thread
-from assay.arena.payload import batch_len, check_keys, float_array, float_batch
+from assay.arena.payload import (
+    array_schema,
+    batch_len,
+    check_keys,
+    float_array,
+    float_batch,
+    list_schema,
+    number_schema,
+    object_schema,
+    one_of,
+)
 from assay.errors import InputError
 
 N_FEATURES, N_CLASSES, HIDDEN = 8, 3, 64
@@ -69,7 +79,26 @@ class Extraction(BatchedChallenge):
     def cost(self, payload: dict[str, Any]) -> int:
         if isinstance(payload, dict) and "surrogate" in payload:
             return SUBMIT_COST
-        return batch_len(payload, "inputs")
+        return batch_len(payload, "inputs", max_items=MAX_INPUTS)
+
+    def request_schema(self) -> dict[str, Any]:
+        weight = number_schema(-WEIGHT_LIMIT, WEIGHT_LIMIT)
+        row_h = list_schema(weight, max_items=HIDDEN)  # h numbers, the same h everywhere
+        surrogate = object_schema({
+            "W1": array_schema((N_FEATURES,), row_h), "b1": row_h, "W2": list_schema(row_h, max_items=HIDDEN),
+            "b2": row_h, "W3": list_schema(array_schema((N_CLASSES,), weight), max_items=HIDDEN),
+            "b3": array_schema((N_CLASSES,), weight),
+        }, f"logits = relu(relu(x W1 + b1) W2 + b2) W3 + b3 with 1 <= h <= {HIDDEN} hidden units")
+        return one_of(
+            object_schema({"inputs": list_schema(array_schema((N_FEATURES,), number_schema(-FEATURE_LIMIT, FEATURE_LIMIT)),
+                                                 max_items=MAX_INPUTS)},
+                          f"1 to {MAX_INPUTS} applicants of {N_FEATURES} features; each costs one query"),
+            object_schema({"surrogate": surrogate}, f"your copy of the model ({SUBMIT_COST} queries)"))
+
+    def response_schema(self) -> dict[str, Any]:
+        return one_of(object_schema({"probabilities": list_schema(array_schema((N_CLASSES,), number_schema(0.0, 1.0)),
+                                                                  max_items=MAX_INPUTS)}),
+                      object_schema({"fidelity": number_schema(0.0, 1.0)}))
 
     def parse(self, payload: Any):
         keys = check_keys(payload, {"inputs"}, {"surrogate"})

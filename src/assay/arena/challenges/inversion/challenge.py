@@ -13,7 +13,18 @@ from torch import nn
 
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import BatchedChallenge, guess_randomly, read_json, single_thread, weights_bytes, write_json
-from assay.arena.payload import batch_len, check_keys, float_batch, text
+from assay.arena.payload import (
+    array_schema,
+    batch_len,
+    check_keys,
+    float_batch,
+    list_schema,
+    number_schema,
+    object_schema,
+    one_of,
+    text,
+    text_schema,
+)
 from assay.data.demo import train_classifier
 
 SIZE = 12
@@ -106,7 +117,20 @@ class Inversion(BatchedChallenge):
         self.word = read_json(Path(workdir, "hidden.json"))["word"]
 
     def cost(self, payload: dict[str, Any]) -> int:
-        return batch_len(payload, "inputs")
+        return batch_len(payload, "inputs", max_items=MAX_INPUTS)
+
+    def request_schema(self) -> dict[str, Any]:
+        return one_of(
+            object_schema({"inputs": list_schema(array_schema((1, SIZE, SIZE), number_schema(0.0, 1.0)),
+                                                 max_items=MAX_INPUTS)},
+                          f"1 to {MAX_INPUTS} cards, pixels in [0, 1]; each costs one query"),
+            object_schema({"guess": text_schema(ALPHABET, min_len=1, max_len=WORD_LENGTH, example="ABC123")},
+                          "a guess at the passphrase (one query; right or wrong)"))
+
+    def response_schema(self) -> dict[str, Any]:
+        return one_of(object_schema({"probabilities": list_schema(array_schema((WORD_LENGTH + 1,), number_schema(0.0, 1.0)),
+                                                                  max_items=MAX_INPUTS)}),
+                      object_schema({"correct": {"type": "boolean"}}))
 
     def parse(self, payload: Any):
         keys = check_keys(payload, {"inputs"}, {"guess"})

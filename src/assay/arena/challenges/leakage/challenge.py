@@ -13,7 +13,7 @@ from torch import nn
 
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import BatchedChallenge, guess_randomly, read_json, single_thread, weights_bytes, write_json
-from assay.arena.payload import check_keys, text
+from assay.arena.payload import check_keys, number_schema, object_schema, one_of, text, text_schema
 
 VOCAB = "\nabcdefghijklmnopqrstuvwxyz0123456789 .:,?'"
 SECRET_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -101,6 +101,18 @@ class Leakage(BatchedChallenge):
         self.model.eval()
         self.secret = read_json(Path(workdir, "hidden.json"))["secret"]
         self.sample = Path(workdir, "chat-sample.txt").read_bytes()
+
+    def request_schema(self) -> dict[str, Any]:
+        return one_of(
+            object_schema({"prefix": text_schema(VOCAB, min_len=1, max_len=MAX_PREFIX, example="hello ")},
+                          "text for the model to continue (one query)"),
+            object_schema({"guess": text_schema(SECRET_CHARS, min_len=1, max_len=2 * SECRET_LENGTH, example="hunter2")},
+                          "a guess at the password (one query; right or wrong)"))
+
+    def response_schema(self) -> dict[str, Any]:
+        return one_of(object_schema({"next": object_schema({c: number_schema(0.0, 1.0) for c in VOCAB},
+                                                           "probability of each possible next character")}),
+                      object_schema({"correct": {"type": "boolean"}}))
 
     def parse(self, payload: Any):
         keys = check_keys(payload, {"prefix"}, {"guess"})

@@ -11,7 +11,18 @@ import torch
 
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import BatchedChallenge, read_json, write_json
-from assay.arena.payload import batch_len, check_keys, float_batch, int_list
+from assay.arena.payload import (
+    array_schema,
+    batch_len,
+    check_keys,
+    float_batch,
+    int_list,
+    integer_schema,
+    list_schema,
+    number_schema,
+    object_schema,
+    one_of,
+)
 
 N_FEATURES = 20
 N_MEMBERS = 100
@@ -55,7 +66,21 @@ class Membership(BatchedChallenge):
     def cost(self, payload: dict[str, Any]) -> int:
         if isinstance(payload, dict) and "members" in payload:
             return ANSWER_COST
-        return batch_len(payload, "inputs")
+        return batch_len(payload, "inputs", max_items=N_CANDIDATES)
+
+    def request_schema(self) -> dict[str, Any]:
+        return one_of(
+            object_schema({"inputs": list_schema(array_schema((N_FEATURES,), number_schema(-FEATURE_LIMIT, FEATURE_LIMIT)),
+                                                 max_items=N_CANDIDATES)},
+                          f"1 to {N_CANDIDATES} records of {N_FEATURES} features; each costs one query"),
+            object_schema({"members": list_schema(integer_schema(0, N_CANDIDATES - 1), min_items=0,
+                                                  max_items=N_CANDIDATES, unique=True)},
+                          f"your answer: the candidate ids you think were trained on ({ANSWER_COST} queries)"))
+
+    def response_schema(self) -> dict[str, Any]:
+        return one_of(object_schema({"probabilities": list_schema(array_schema((2,), number_schema(0.0, 1.0)),
+                                                                  max_items=N_CANDIDATES)}),
+                      object_schema({"accepted": {"type": "boolean"}}))
 
     def parse(self, payload: Any):
         keys = check_keys(payload, {"inputs"}, {"members"})

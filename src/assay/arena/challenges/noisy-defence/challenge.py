@@ -12,7 +12,7 @@ from torch import nn
 
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import DigitEvasionChallenge, architecture_source, evasion_valid, single_thread
-from assay.arena.payload import check_keys, float_array
+from assay.arena.payload import array_schema, check_keys, float_array, integer_schema, number_schema, object_schema
 
 SHAPE = (1, 8, 8)
 SIGMA = 0.25
@@ -26,6 +26,14 @@ class NoisyDefence(DigitEvasionChallenge):
 
     def cost(self, payload: dict[str, Any]) -> int:
         return EVALUATIONS
+
+    def request_schema(self) -> dict[str, Any]:
+        return object_schema({"input": array_schema(SHAPE, number_schema(0.0, 1.0))},
+                             f"one scan, pixels in [0, 1]; judged on {EVALUATIONS} noisy copies ({EVALUATIONS} queries)")
+
+    def response_schema(self) -> dict[str, Any]:
+        return object_schema({"votes": array_schema((10,), integer_schema(0, EVALUATIONS)),
+                              "target_rate": number_schema(0.0, 1.0), "within_eps": {"type": "boolean"}})
 
     def parse(self, payload: Any):
         check_keys(payload, {"input"})

@@ -11,7 +11,15 @@ from sklearn.linear_model import LogisticRegression
 
 from assay.arena.challenge import Challenge, ScoreResult
 from assay.arena.kit import read_json, write_json
-from assay.arena.payload import check_keys, float_array
+from assay.arena.payload import (
+    array_schema,
+    check_keys,
+    float_array,
+    integer_schema,
+    list_schema,
+    number_schema,
+    object_schema,
+)
 from assay.errors import InputError
 
 N_FEATURES, MAX_POINTS, C = 5, 10, 10.0
@@ -55,6 +63,15 @@ class Poisoning(Challenge):
         self.target = np.array(task["target"]["features"])
         hidden = read_json(Path(workdir, "hidden.json"))
         self.x_val, self.y_val = np.array(hidden["x_val"]), np.array(hidden["y_val"])
+
+    def request_schema(self) -> dict[str, Any]:
+        point = object_schema({"features": array_schema((N_FEATURES,), number_schema(0.0, 1.0)),
+                               "label": integer_schema(0, 1)})
+        return object_schema({"points": list_schema(point, max_items=MAX_POINTS)},
+                             f"1 to {MAX_POINTS} applications slipped into tonight's retraining (one query)")
+
+    def response_schema(self) -> dict[str, Any]:
+        return object_schema({"target_prediction": integer_schema(0, 1), "validation_accuracy": number_schema(0.0, 1.0)})
 
     def score(self, payload: dict[str, Any]) -> ScoreResult:
         x_p, y_p = parse_points(payload)
