@@ -45,6 +45,26 @@ def check_attacks(attacks, target, n_reference: int, lira_variant: str) -> list[
     return list(dict.fromkeys(attacks))
 
 
+def runnable_attacks(attacks: list[str], target, data, recipe) -> tuple[list[str], dict[str, str]]:
+    """The attacks that can run here, and a one-line reason for each that cannot: LiRA and RMIA
+    need reference models (a recipe, or a target assay can clone); the label-only attack perturbs
+    numeric inputs, which text has not. An explicit ``recipe`` that fails to load stays an error."""
+    not_run: dict[str, str] = {}
+    if getattr(data, "kind", None) == "text" and "label_only" in attacks:
+        not_run["label_only"] = "it adds Gaussian noise to numeric inputs, and text has none"
+    if recipe is None and any(a in REF_ATTACKS for a in attacks):
+        try:
+            recipe_for_target(target, None)
+        except InputError as e:
+            for a in attacks:
+                if a in REF_ATTACKS:
+                    not_run[a] = f"it needs reference models and {e}"
+    run = [a for a in attacks if a not in not_run]
+    if not run:
+        raise InputError("no membership attack can run here: " + "; ".join(f"{a}: {w}" for a, w in not_run.items()))
+    return run, not_run
+
+
 def check_fprs(fprs, n_nonmembers: int) -> list[float]:
     fprs = sorted({float(f) for f in fprs}, reverse=True)
     if not fprs or any(not 0 < f < 1 for f in fprs):
@@ -123,7 +143,11 @@ class ScoreSettings:
     train_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def query_views(x: torch.Tensor, augment: bool) -> torch.Tensor:
+def query_views(x: torch.Tensor | np.ndarray, augment: bool) -> torch.Tensor | np.ndarray:
+    if isinstance(x, np.ndarray):  # texts: the one view is the texts themselves
+        if augment:
+            raise InputError("augment=True applies to images (N, C, H, W); set augment=false for text")
+        return x[None]
     if not augment:
         return x.unsqueeze(0)
     if x.dim() != 4:

@@ -33,6 +33,7 @@ class MembershipProbe(Probe):
     description = "LiRA / RMIA / population / label-only membership attacks: TPR at low FPR, AUC, epsilon bound"
     requires_any = (frozenset({SCORES}), frozenset({LABELS}))
     needs = frozenset({"labels", "members"})
+    accepts_text = True
     default_policy = {
         "max_tpr_at_fpr[fpr=0.01]": Threshold(warn_above=0.03, fail_above=0.10),
         "max_tpr_at_fpr[fpr=0.001]": Threshold(warn_above=0.005, fail_above=0.02),
@@ -66,6 +67,7 @@ class MembershipProbe(Probe):
             raise InputError(f"{n_mem} members and {n_non} non-members; give at least 10 of each (ideally thousands)")
         fprs = sh.check_fprs(p.fprs, n_non)
         attacks = sh.check_attacks(p.attacks, target, p.n_reference, p.lira_variant)
+        attacks, not_run = sh.runnable_attacks(attacks, target, data, p.recipe)
         settings = sh.settings_from(p, attacks)
         queries0 = target.queries
         scores, info = sh.compute_scores(ctx, target, settings)
@@ -89,15 +91,20 @@ class MembershipProbe(Probe):
             evidence.append(Evidence("text", "Not estimable", {"text": (
                 f"TPR at FPR {', '.join(f'{f:g}' for f in not_est)} is not estimable with {n_non} non-members "
                 f"(FPR f needs at least 1/f); these metrics are NaN, not 0.")}))
+        if not_run:
+            evidence.append(Evidence("text", "Attacks not run", {"text": " ".join(
+                f"{a} was not run: {why}." for a, why in not_run.items())}))
         low = next((t for t in reversed(best.tprs) if t.estimable), best.tpr0)
         finding = self.finding(
             metrics=metrics,
             evidence=evidence,
             summary=(f"{best.name} identifies {low.value:.1%} of members at FPR {low.fpr:g} "
                      f"(95% CI {low.low:.1%}-{low.high:.1%}; chance {low.fpr:.1%}), AUC {best.auc:.3f}, "
-                     f"{n_mem} members / {n_non} non-members"),
+                     f"{n_mem} members / {n_non} non-members"
+                     + (f"; not run: {', '.join(not_run)} (see evidence)" if not_run else "")),
             accounting={"queries": target.queries - queries0, "seconds": round(time.perf_counter() - t0, 3),
-                        "seed": p.seed, "members": n_mem, "non_members": n_non, "strongest": best.name, **info},
+                        "seed": p.seed, "members": n_mem, "non_members": n_non, "strongest": best.name,
+                        "not_run": not_run, **info},
         )
         finding.apply_policy(self.default_policy)
         return finding

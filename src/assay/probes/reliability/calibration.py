@@ -22,6 +22,7 @@ class Calibration(Probe):
         "intervals, a reliability diagram, and what temperature scaling fitted on half the data would gain on the other half."
     )
     requires = frozenset({"scores"})
+    accepts_text = True
     default_policy = {"ece": Threshold(warn_above=0.05, fail_above=0.15)}
 
     @dataclass
