@@ -122,13 +122,14 @@ def test_robustness_text_probe_reports_rates_with_intervals_and_examples(sentime
     assert f.metric("queries_used").value == f.accounting["queries_charged"]  # clean scores came from the cache
 
 
-def test_text_probe_skips_numeric_data_and_numeric_probes_skip_text(sentiment_target, demo_target, demo):
+def test_text_probe_skips_numeric_data_and_numeric_probes_skip_text(sentiment_target):
     from assay.probes.base import all_probes
+    from assay.targets import TorchTarget
 
     probes = all_probes()
-    _, splits = demo
-    numeric = Dataset(splits.x_test[:10], splits.y_test[:10])
-    assert "numeric" in probes["robustness.text"]().check(demo_target, numeric)
+    numeric = Dataset(np.zeros((10, 3), np.float32), [0, 1] * 5)
+    tensor_target = TorchTarget(torch.nn.Linear(3, 2), input_shape=(3,), num_classes=2, device="cpu")
+    assert "numeric" in probes["robustness.text"]().check(tensor_target, numeric)
     text = Dataset(*sentences(10, 0))
     for name in ("robustness.evasion", "robustness.blackbox", "robustness.corruption", "integrity.backdoor",
                  "certify.smoothing", "privacy.inversion", "privacy.extraction", "explain.attributions",

@@ -197,6 +197,16 @@ def recipe_for_target(target, recipe: str | Recipe | None = None, **train_kwargs
 
 
 # ------------------------------------------------------------- inference
+def _estimator_log_probs(model, rows, num_classes: int) -> torch.Tensor:
+    """An estimator's ``predict_proba`` spread over all classes (it knows only those it saw), clipped."""
+    p = np.asarray(model.predict_proba(rows), dtype=np.float64)
+    full = np.full((len(p), num_classes), 0.0)
+    full[:, np.asarray(model.classes_, dtype=np.int64)] = p
+    full = np.clip(full, 1e-12, None)
+    full /= full.sum(1, keepdims=True)
+    return torch.from_numpy(np.log(full)).float()
+
+
 @torch.no_grad()
 def predict_log_probs(model: Any, x: torch.Tensor, num_classes: int, batch_size: int = 1024) -> torch.Tensor:
     """Log-probabilities (N, num_classes) float32 of any supported model on ``x``.
@@ -204,29 +214,20 @@ def predict_log_probs(model: Any, x: torch.Tensor, num_classes: int, batch_size:
     Torch modules are put in eval mode and run under ``no_grad`` (dropout and batch-norm in
     training mode give a different, noisier model: a known pitfall of membership tools).
     """
+    if isinstance(x, np.ndarray) and x.dtype == object:  # texts: a callable or estimator on strings
+        if hasattr(model, "predict_proba"):
+            return _estimator_log_probs(model, list(x), num_classes)
+        if callable(model) and not isinstance(model, nn.Module):
+            return torch.log_softmax(torch.as_tensor(model(list(x))).double(), dim=1).float()
+        raise InputError(f"a text recipe returned {type(model).__name__}; return a callable mapping a list of strings "
+                         "to logits, or an estimator whose predict_proba takes a list of strings")
     if isinstance(model, nn.Module):
         model.eval()
         dev = next((p.device for p in model.parameters()), torch.device("cpu"))
         out = torch.cat([model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
         return torch.log_softmax(out.double(), dim=1).float()
     if hasattr(model, "predict_proba"):
-        p = np.asarray(model.predict_proba(x.reshape(len(x), -1).numpy()), dtype=np.float64)
-        full = np.full((len(x), num_classes), 0.0)
-        full[:, np.asarray(model.classes_, dtype=np.int64)] = p
-        full = np.clip(full, 1e-12, None)
-        full /= full.sum(1, keepdims=True)
-        return torch.from_numpy(np.log(full)).float()
-    if isinstance(x, np.ndarray) and x.dtype == object:  # texts: a callable or estimator on strings
-        if hasattr(model, "predict_proba"):
-            p = np.asarray(model.predict_proba(list(x)), dtype=np.float64)
-            full = np.full((len(x), num_classes), 0.0)
-            full[:, np.asarray(model.classes_, dtype=np.int64)] = p
-            full = np.clip(full, 1e-12, None)
-            return torch.from_numpy(np.log(full / full.sum(1, keepdims=True))).float()
-        if callable(model) and not isinstance(model, nn.Module):
-            return torch.log_softmax(torch.as_tensor(model(list(x))).double(), dim=1).float()
-        raise InputError(f"a text recipe returned {type(model).__name__}; return a callable mapping a list of strings "
-                         "to logits, or an estimator whose predict_proba takes a list of strings")
+        return _estimator_log_probs(model, x.reshape(len(x), -1).numpy(), num_classes)
     if callable(model):
         out = torch.as_tensor(model(x)).double()
         return torch.log_softmax(out, dim=1).float()
