@@ -56,12 +56,15 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
                    help="URL targets: timeout, retries, backoff, output_path, output (logits|probs|labels), "
                         "input_key, encoding, batch, batch_size, cache, headers / request_template (JSON)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", required=True, help=".npz/.npy, .csv/.parquet, or an image folder")
-    d.add_argument("--label", help="label column (CSV/Parquet)")
+    d.add_argument("--data", required=True, help=".npz/.npy, .csv/.parquet/.jsonl, or an image folder")
+    d.add_argument("--text-column", help="text classifiers: the column holding the text (CSV/Parquet/JSONL; "
+                   "JSON Lines default to 'text'); see docs/text.md")
+    d.add_argument("--label", help="label column (CSV/Parquet/JSONL)")
     d.add_argument("--features", help="comma-separated feature columns (CSV/Parquet)")
     d.add_argument("--sensitive", help="comma-separated sensitive-attribute columns (fairness)")
     d.add_argument("--member", help="membership column: 1 if the row was in the training set (privacy)")
-    d.add_argument("--ood", help="an out-of-distribution data file (reliability)")
+    d.add_argument("--ood", help="an out-of-distribution data file (reliability); for text, another text file "
+                   "(.txt: one text per line)")
     d.add_argument("--population", help="a labelled data file of records NOT used in training, from the same "
                    "distribution (privacy: the membership attacks' population)")
     d.add_argument("--image-size", help="resize image-folder images to H,W (one number: a square)")
@@ -172,6 +175,8 @@ def _load_data(a):
         opts["ood"] = a.ood
     if a.population:
         opts["population"] = a.population
+    if a.text_column:
+        opts["text"] = a.text_column
     if a.image_size:
         size = tuple(int(v) for v in _floats(a.image_size, "--image-size"))
         opts["image_size"] = size[0] if len(size) == 1 else size  # one number: a square
@@ -223,6 +228,7 @@ def cmd_audit(a) -> int:
     from assay.audit.api import as_target
     from assay.audit.plan import load_policy, load_suite, plan_from_names
     from assay.audit.runner import Runner
+    from assay.data.dataset import align_text_labels
 
     if a.quiet:  # read when transformers / huggingface_hub are first imported, i.e. later
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -235,6 +241,7 @@ def cmd_audit(a) -> int:
     if a.model.startswith(("http://", "https://")) and "num_classes" not in kw:
         raise InputError("auditing a URL needs --num-classes (and --input-shape if the data does not imply it)")
     target = as_target(a.model, data, **kw)
+    data = align_text_labels(data, target)
     params = _parse_params(a.param)
     if a.probe:
         plan = plan_from_names(a.probe, params)

@@ -45,6 +45,8 @@ def as_target(model: Any, data: Dataset | None = None, **target_options: Any) ->
 
 def as_dataset(data: Any, **loader_options: Any) -> Dataset:
     if isinstance(data, Dataset):
+        if loader_options:
+            raise InputError("data_options apply to a data file path; this data is already a Dataset")
         return data
     if isinstance(data, tuple) and len(data) in (2, 3):
         return Dataset(data[0], data[1], groups=data[2] if len(data) == 3 else {})
@@ -70,11 +72,15 @@ def audit(
     progress: bool = False,
     log=None,
     budget_split: dict[str, int] | None = None,
+    data_options: dict[str, Any] | None = None,
     **target_options: Any,
 ):
     """Audit ``model`` on ``data`` and return the :class:`assay.report.schema.AuditReport`.
 
     ``probes`` (names or axes) overrides ``suite``; ``params`` maps probe name to parameters.
+    ``data_options`` go to :func:`assay.data.loaders.load_dataset` when ``data`` is a path, e.g.
+    ``{"text": "review", "label": "stars", "sensitive": ["dialect"], "member": "in_train"}`` for a text
+    classifier (a Hugging Face model directory) audited on a CSV or JSON Lines file (docs/text.md).
     With ``out``, writes report.json, report.html and junit.xml there and checkpoints, so a rerun
     after an interruption resumes.
 
@@ -87,8 +93,11 @@ def audit(
     >>> report.verdict                                               # doctest: +SKIP
     'pass'
     """
-    dataset = as_dataset(data)
+    from assay.data.dataset import align_text_labels
+
+    dataset = as_dataset(data, **(data_options or {}))
     target = as_target(model, dataset, **target_options)
+    dataset = align_text_labels(dataset, target)
     if probes:
         plan = plan_from_names(list(probes), params)
     else:

@@ -9,6 +9,9 @@ source                 what is read
                        ``class_names``; any other key is reported as unused
 ``*.npy``              inputs only; labels from another ``.npy`` (``labels=``)
 ``*.csv``/``.parquet`` a table with a column spec: ``label``, ``features``, ``sensitive``, ``member``
+text tables            ``.csv``/``.parquet``/``.jsonl`` with ``text=`` naming the text column (JSON Lines
+                       default to a column ``text``); ``label``, ``sensitive``, ``member`` as above
+``*.txt``              texts, one per line, no labels (e.g. an OOD set for a text model)
 a directory            an image folder ``root/<class_name>/*.png|jpg``: classes in sorted order
 =====================  =========================================================================
 
@@ -32,7 +35,8 @@ from assay.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
-SUPPORTED = ".npz, .npy, .csv, .parquet, or an image folder root/<class>/*.png"
+TEXT_SUFFIXES = (".jsonl", ".ndjson", ".txt")
+SUPPORTED = ".npz, .npy, .csv, .parquet, .jsonl, .txt, or an image folder root/<class>/*.png"
 
 
 def load_dataset(
@@ -47,6 +51,7 @@ def load_dataset(
     name: str | None = None,
     labels: str | os.PathLike | None = None,
     population: str | os.PathLike | None = None,
+    text: str | None = None,
 ) -> Dataset:
     """Load a dataset from ``path`` (see the module doc for the formats).
 
@@ -66,6 +71,8 @@ def load_dataset(
     population : another labelled data file of records from the same distribution that were not
         used in training (membership attacks train their reference models and draw RMIA's
         population from them as well).
+    text : text tables (``.csv``, ``.parquet``, ``.jsonl``): the column holding the text; the data
+        is then text (``Dataset.kind == "text"``) for a text classifier. JSON Lines default to ``text``.
 
     Returns
     -------
@@ -89,19 +96,24 @@ def load_dataset(
         data = _load_npz(p, label, dataset_name, _columns(sensitive), member, features)
     elif suffix == ".npy":
         data = _load_npy(p, labels, dataset_name)
+    elif text is not None or suffix in TEXT_SUFFIXES:
+        if features is not None:
+            raise InputError("features= is for numeric tables; a text table has one text column (text=) and no features")
+        data = _load_text_table(p, text, label, sensitive, member, dataset_name)
     elif suffix in TABLE_SUFFIXES:
         data = _load_table(p, label, features, sensitive, member, dataset_name)
     else:
         raise InputError(f"{p} has an unknown data format {suffix or '(no extension)'!r}; use {SUPPORTED}")
     if len(data) == 0:
         raise InputError(f"{p} holds no samples; give a non-empty dataset")
-    if suffix != ".npz" and suffix not in TABLE_SUFFIXES and not p.is_dir() and (sensitive or member):
+    if suffix not in (".npz", ".jsonl", ".ndjson", *TABLE_SUFFIXES) and not p.is_dir() and (sensitive or member):
         raise InputError(f"--sensitive / --member need a table or an .npz file; {p.name} carries inputs only")
-    if ood is not None:
-        ood_data = load_dataset(ood, image_size=image_size, features=features)
-        data = replace(data, x_ood=ood_data.x)
+    if ood is not None and data.kind == "text":
+        data = replace(data, x_ood=load_dataset(ood, text=text if Path(ood).suffix.lower() != ".txt" else None).x)
+    elif ood is not None:
+        data = replace(data, x_ood=load_dataset(ood, image_size=image_size, features=features).x)
     if population is not None:
-        pop = load_dataset(population, label=label, features=features, image_size=image_size)
+        pop = load_dataset(population, label=label, features=features, image_size=image_size, text=text)
         if pop.y is None:
             raise InputError(f"population file {population} has no labels; membership attacks need the label of "
                              "every population record (a label column / y array)")
@@ -283,26 +295,107 @@ def _load_table(p: Path, label, features, sensitive, member, name: str) -> Datas
     if non_numeric:
         raise InputError(
             f"feature column(s) {', '.join(non_numeric[:10])} are not numeric; encode them (e.g. one-hot) "
-            "or mark them --sensitive / leave them out with --features"
+            "or mark them --sensitive / leave them out with --features (for a text model, name the text "
+            "column with --text-column)"
         )
     x = df[feature_cols].to_numpy(dtype=np.float32, copy=True)
     nan_cols = [c for c, bad in zip(feature_cols, np.isnan(x).any(axis=0)) if bad]
     if nan_cols:
         raise InputError(f"feature column(s) {', '.join(nan_cols[:10])} have missing values; impute or drop those rows first")
-    y, class_names = None, None
-    if label:
-        col = df[label]
-        if col.isna().any():
-            raise InputError(f"label column {label!r} has missing values; drop the unlabeled rows")
-        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-            y = _labels_array(col.to_numpy(), p, label)
-        else:  # class names: sorted, so label i is the i-th name
-            class_names = sorted(col.astype(str).unique())
-            y = np.searchsorted(np.asarray(class_names), col.astype(str).to_numpy()).astype(np.int64)
+    y, class_names = _table_labels(df, label, p)
     groups = {c: df[c].to_numpy() for c in sensitive_cols}
     member_mask = None if member is None else _as_bool(df[member].to_numpy(), f"column {member!r}")
     return Dataset(x=x, y=y, name=name, groups=groups, member=member_mask, feature_names=feature_cols,
                    class_names=class_names, kind="tabular")
+
+
+def _table_labels(df, label: str | None, p: Path) -> tuple[np.ndarray | None, list[str] | None]:
+    """Labels from a table column: integer class indices as they are, names numbered in sorted order."""
+    import pandas as pd
+
+    if not label:
+        return None, None
+    col = df[label]
+    if col.isna().any():
+        raise InputError(f"label column {label!r} has missing values; drop the unlabeled rows")
+    if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        return _labels_array(col.to_numpy(), p, label), None
+    class_names = sorted(col.astype(str).unique())  # sorted, so label i is the i-th name
+    return np.searchsorted(np.asarray(class_names), col.astype(str).to_numpy()).astype(np.int64), class_names
+
+
+def _read_text_file(p: Path):
+    """A text table as a DataFrame: CSV, Parquet, JSON Lines, or ``.txt`` (one text per line, column ``text``)."""
+    import pandas as pd
+
+    suffix = p.suffix.lower()
+    if suffix == ".txt":
+        lines = p.read_text(encoding="utf-8", errors="strict").splitlines()
+        return pd.DataFrame({"text": [t for t in lines if t.strip()]})
+    if suffix in (".jsonl", ".ndjson"):
+        import json
+
+        rows = []
+        with open(p, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{p} line {i} is not valid JSON ({e.msg}); give one JSON object per line") from None
+                if not isinstance(row, dict):
+                    raise InputError(f"{p} line {i} is a JSON {type(row).__name__}, not an object; give one object per line")
+                rows.append(row)
+        return pd.DataFrame(rows)
+    if suffix in TABLE_SUFFIXES:
+        return pd.read_csv(p, keep_default_na=False, na_values=[""]) if suffix == ".csv" else pd.read_parquet(p)
+    raise InputError(f"{p} is not a text table; give .csv, .parquet, .jsonl or .txt for text data")
+
+
+def _load_text_table(p: Path, text, label, sensitive, member, name: str) -> Dataset:
+    """A table with one text column (see :func:`load_dataset`)."""
+    try:
+        import pandas as pd  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise InputError("reading text tables needs pandas; pip install 'assay[tabular]'") from e
+    try:
+        df = _read_text_file(p)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"cannot read {p} as a text table ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the file") from None
+    df.columns = [str(c) for c in df.columns]
+    if len(df) == 0:
+        raise InputError(f"{p} has no rows; give a non-empty text file")
+    if text is None:
+        if "text" not in df.columns:
+            raise InputError(f"{p} has no column 'text' (columns: {', '.join(list(df.columns)[:20])}); name the text column with --text-column")
+        text = "text"
+    if label is None and "label" in df.columns:
+        label = "label"
+    sensitive_cols = _columns(sensitive)
+    named = [text] + ([label] if label else []) + sensitive_cols + ([member] if member else [])
+    missing = [c for c in named if c not in df.columns]
+    if missing:
+        raise InputError(f"{p} has no column(s) {', '.join(map(repr, missing))}; its columns are {', '.join(list(df.columns)[:20])}")
+    if len(set(named)) != len(named):
+        raise InputError("the text, label, sensitive and member columns must be different columns; use each once")
+    col = df[text]
+    empty = col.isna().to_numpy()
+    if empty.any():
+        raise InputError(f"text column {text!r} is missing in rows {np.flatnonzero(empty)[:5].tolist()}; fill or drop those rows")
+    not_str = [i for i, v in enumerate(col) if not isinstance(v, str)]
+    if not_str:
+        raise InputError(f"text column {text!r} holds {type(col.iloc[not_str[0]]).__name__} values (rows {not_str[:5]}), "
+                         "not text; check --text-column")
+    y, class_names = _table_labels(df, label, p)
+    groups = {c: df[c].astype(str).to_numpy() if df[c].dtype == object else df[c].to_numpy() for c in sensitive_cols}
+    member_mask = None if member is None else _as_bool(df[member].to_numpy(), f"column {member!r}")
+    return Dataset(x=col.to_numpy(dtype=object), y=y, name=name, groups=groups, member=member_mask,
+                   class_names=class_names, kind="text")
 
 
 # ----------------------------------------------------------------------------- images

@@ -474,6 +474,8 @@ class GroupMetrics:
         m = self._metric(metric)
         vals = self._values[m.name]
         hi, lo = int(np.nanargmax(vals)), int(np.nanargmin(vals))
+        if hi == lo and self.n_groups > 1:  # every group equal (e.g. all perfect): test any pair, gap 0
+            lo = 1 if hi == 0 else 0
         tests = self.pairwise_tests(metric, alpha=alpha)
         pairs = list(itertools.combinations(range(self.n_groups), 2))
         row = tests.iloc[pairs.index((min(hi, lo), max(hi, lo)))]

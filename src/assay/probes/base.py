@@ -185,6 +185,7 @@ class Probe:
     requires: ClassVar[frozenset[str]] = frozenset()  # target capabilities, any one set of them
     requires_any: ClassVar[tuple[frozenset[str], ...]] = ()  # alternatives: satisfied if one is
     needs: ClassVar[frozenset[str]] = frozenset({"labels"})  # dataset fields: labels, groups, members, ood
+    accepts_text: ClassVar[bool] = False  # runs on text data (Dataset.kind == "text"); see docs/text.md
     default_policy: ClassVar[dict[str, Threshold]] = {}
     # execution order within an audit (lower first); the report keeps the plan's order. Probes whose
     # findings other probes read (robustness finds gradient masking) run early.
@@ -207,6 +208,8 @@ class Probe:
 
     def check(self, target, data) -> str | None:
         """Why the probe cannot run on this target/data (None if it can)."""
+        if data is not None and data.kind == "text" and not self.accepts_text:
+            return f"{self.name} works on numeric inputs (pixels or features), not text; docs/text.md lists the text probes"
         caps = target.capabilities
         if self.requires and not self.requires <= caps:
             return f"needs target capabilities {sorted(self.requires)}, target has {sorted(caps)}"

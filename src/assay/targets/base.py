@@ -1,7 +1,7 @@
 """The model under test, seen only through what it exposes.
 
 A :class:`Target` answers queries on batches of inputs (tensors in the target's declared input
-space, ``bounds``) and counts every queried sample against a hard :class:`QueryBudget`. It declares
+space, ``bounds``; or lists of strings for a text target, ``inputs == "text"``) and counts every queried sample against a hard :class:`QueryBudget`. It declares
 its capabilities so that probes can check their requirements before running:
 
 ``scores``     logits or probabilities per class (``output`` says which)
@@ -107,11 +107,14 @@ class Target(ABC):
     input_shape : per-sample input shape, e.g. ``(1, 8, 8)`` or ``(n_features,)``.
     bounds : ``(low, high)`` value range of valid inputs in the space the target is queried in.
     output : ``"logits"``, ``"probs"`` or ``"labels"``: what :meth:`scores` returns.
+    inputs : ``"tensor"`` (a batch is a tensor of shape ``(N, *input_shape)``) or ``"text"`` (a batch
+        is a sequence of ``N`` strings, ``input_shape == ()``).
     """
 
     kind: str = "target"
     output: str = "logits"
     remote: bool = False  # queried over a network: every charge is written down before it is sent
+    inputs: str = "tensor"  # "text": batches are lists of strings
 
     def __init__(
         self,
@@ -180,16 +183,18 @@ class Target(ABC):
         return self._scores(x).argmax(dim=1)
 
     # ----------------------------------------------------------------- helpers
-    def _chunked(self, x: torch.Tensor, fn) -> torch.Tensor:
+    def _chunked(self, x, fn) -> torch.Tensor:
         x = self._check_input(x)
-        n = x.shape[0]
+        n = len(x)
         self.budget.charge(n)
         outs = [fn(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
         if not outs:
             return torch.empty((0, self.num_classes) if fn == self._scores else (0,))
         return self._check_output(torch.cat(outs))
 
-    def _check_input(self, x) -> torch.Tensor:
+    def _check_input(self, x):
+        if self.inputs == "text":
+            return self._check_texts(x)
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(x)
         if tuple(x.shape[1:]) != self.input_shape:
@@ -198,6 +203,17 @@ class Target(ABC):
                 "reshape the data or pass --input-shape"
             )
         return x
+
+    def _check_texts(self, texts) -> list[str]:
+        if isinstance(texts, str):  # one text, not its characters
+            texts = [texts]
+        if isinstance(texts, torch.Tensor) or not hasattr(texts, "__len__"):
+            raise TargetError(f"{self.name} takes a list of strings; got {type(texts).__name__}")
+        texts = list(texts)
+        bad = next((t for t in texts if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TargetError(f"{self.name} takes a list of strings; got {type(bad).__name__} items")
+        return texts
 
     def _check_output(self, out: torch.Tensor) -> torch.Tensor:
         if out.dtype.is_floating_point and not torch.isfinite(out).all():

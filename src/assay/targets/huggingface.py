@@ -91,6 +91,7 @@ class HuggingFaceTextTarget(Target):
 
     kind = "huggingface-text"
     output = "logits"
+    inputs = "text"
 
     def __init__(
         self,
@@ -128,18 +129,6 @@ class HuggingFaceTextTarget(Target):
     def device(self) -> torch.device:
         return self._device
 
-    def _chunked(self, texts, fn) -> torch.Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise TargetError(f"{self.name} takes a list of strings; got {type(texts[0]).__name__} items")
-        self.budget.charge(len(texts))
-        outs = [fn(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
-        if not outs:
-            return torch.empty((0, self.num_classes))
-        return self._check_output(torch.cat(outs))
-
     @torch.no_grad()
     def _scores(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
@@ -153,8 +142,27 @@ class HuggingFaceTextTarget(Target):
 
     def describe(self):
         d = super().describe()
-        d.update(source=self.source, class_names=self.class_names, input="text")
+        d.update(source=self.source, class_names=self.class_names, input="text", max_length=self.max_length)
         return d
+
+    def fingerprint(self) -> str:
+        """The weights, the config and the tokenizer's vocabulary and rules, not the directory's name: two
+        models that differ in any of them never share a checkpoint; the same model moved does."""
+        import hashlib
+        import json
+
+        h = hashlib.sha256(f"{self.kind}|{self.num_classes}|{self.max_length}".encode())
+        for k, v in self.model.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        config = {k: v for k, v in self.model.config.to_dict().items() if "name_or_path" not in k}
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # a fast tokenizer serialises its whole pipeline
+            h.update(backend.to_str().encode())
+        else:
+            h.update(json.dumps(sorted(self.tokenizer.get_vocab().items())).encode())
+        return h.hexdigest()[:16]
 
 
 def _image_size(processor, config) -> tuple[int, int]:

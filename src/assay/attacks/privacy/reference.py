@@ -227,6 +227,16 @@ def _factory_in_input_space(factory, target) -> _FactoryModel:
 
 
 # ------------------------------------------------------------- inference
+def _estimator_log_probs(model, rows, num_classes: int) -> torch.Tensor:
+    """An estimator's ``predict_proba`` spread over all classes (it knows only those it saw), clipped."""
+    p = np.asarray(model.predict_proba(rows), dtype=np.float64)
+    full = np.full((len(p), num_classes), 0.0)
+    full[:, np.asarray(model.classes_, dtype=np.int64)] = p
+    full = np.clip(full, 1e-12, None)
+    full /= full.sum(1, keepdims=True)
+    return torch.from_numpy(np.log(full)).float()
+
+
 @torch.no_grad()
 def predict_log_probs(model: Any, x: torch.Tensor, num_classes: int, batch_size: int = 1024) -> torch.Tensor:
     """Log-probabilities (N, num_classes) float32 of any supported model on ``x``.
@@ -234,18 +244,20 @@ def predict_log_probs(model: Any, x: torch.Tensor, num_classes: int, batch_size:
     Torch modules are put in eval mode and run under ``no_grad`` (dropout and batch-norm in
     training mode give a different, noisier model: a known pitfall of membership tools).
     """
+    if isinstance(x, np.ndarray) and x.dtype == object:  # texts: a callable or estimator on strings
+        if hasattr(model, "predict_proba"):
+            return _estimator_log_probs(model, list(x), num_classes)
+        if callable(model) and not isinstance(model, nn.Module):
+            return torch.log_softmax(torch.as_tensor(model(list(x))).double(), dim=1).float()
+        raise InputError(f"a text recipe returned {type(model).__name__}; return a callable mapping a list of strings "
+                         "to logits, or an estimator whose predict_proba takes a list of strings")
     if isinstance(model, nn.Module):
         model.eval()
         dev = next((p.device for p in model.parameters()), torch.device("cpu"))
         out = torch.cat([model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
         return torch.log_softmax(out.double(), dim=1).float()
     if hasattr(model, "predict_proba"):
-        p = np.asarray(model.predict_proba(x.reshape(len(x), -1).numpy()), dtype=np.float64)
-        full = np.full((len(x), num_classes), 0.0)
-        full[:, np.asarray(model.classes_, dtype=np.int64)] = p
-        full = np.clip(full, 1e-12, None)
-        full /= full.sum(1, keepdims=True)
-        return torch.from_numpy(np.log(full)).float()
+        return _estimator_log_probs(model, x.reshape(len(x), -1).numpy(), num_classes)
     if callable(model):
         out = torch.as_tensor(model(x)).double()
         return torch.log_softmax(out, dim=1).float()
@@ -290,7 +302,7 @@ def _train_one(item: tuple[int, int], shared: dict) -> np.ndarray:
         torch.set_num_threads(1)  # one worker per core: avoid oversubscription
     x, y, views = shared["x"], shared["y"], shared["views"]
     member = shared["in_mask"][index]
-    model = shared["recipe"].train(x[member], y[member], model_seed)
+    model = shared["recipe"].train(x[member.numpy()] if isinstance(x, np.ndarray) else x[member], y[member], model_seed)
     q, n = views.shape[0], views.shape[1]
     flat = views.reshape(q * n, *views.shape[2:])
     lp = predict_log_probs(model, flat, shared["num_classes"])
@@ -329,16 +341,22 @@ def train_reference_models(
     """
     from assay.audit.executors import InProcessExecutor
 
-    x = torch.as_tensor(x).float()
+    text = isinstance(x, np.ndarray) and x.dtype == object  # a text pool: the recipe trains on strings
+    x = x if text else torch.as_tensor(x).float()
     y = torch.as_tensor(y).long()
     n = len(x)
     if n < 4:
         raise InputError(f"the population pool has {n} records; reference models need a larger pool")
-    views = x.unsqueeze(0) if views is None else views
+    views = (x[None] if text else x.unsqueeze(0)) if views is None else views
     num_classes = int(num_classes or int(y.max()) + 1)
     in_mask = balanced_membership(n_models, n, seed)
     executor = executor or InProcessExecutor()
-    view_hash = hashlib.sha256(views.contiguous().numpy().tobytes()).hexdigest()[:12]
+    if text:
+        from assay.data.dataset import text_digest
+
+        view_hash = hashlib.sha256(text_digest(views.reshape(-1))).hexdigest()[:12]
+    else:
+        view_hash = hashlib.sha256(views.contiguous().numpy().tobytes()).hexdigest()[:12]
     keys = [
         hashlib.sha256(f"{cache_key}|{recipe.identity}|{seed}|{r}|{view_hash}|{n}".encode()).hexdigest()[:24]
         for r in range(n_models)

@@ -28,6 +28,7 @@ class GroupFairness(Probe):
         "accuracy parity gaps with Holm-corrected significance tests; small groups flagged."
     )
     needs = frozenset({"labels", "groups"})
+    accepts_text = True
     requires_any = (frozenset({"scores"}), frozenset({"labels"}))
     # a gap fails only when it is both large and statistically significant; a large gap that the data
     # cannot confirm is a warning (collect more data)

@@ -15,6 +15,8 @@ def slice_features(data) -> tuple[np.ndarray | dict, list[str]]:
     """Columns to slice on: the tabular features (or, for images, ink mass and mean row/column of
     ink) and every sensitive attribute. Never the true label: a slice "label = hard class" would
     flag every model with hard examples; the label instead stratifies the test (see find_slices)."""
+    if data.kind == "text":
+        return _text_slice_features(data)
     cols: dict[str, np.ndarray] = {}
     x = data.x.numpy()
     if data.kind == "tabular" and x.ndim == 2:
@@ -34,6 +36,17 @@ def slice_features(data) -> tuple[np.ndarray | dict, list[str]]:
     return cols, list(cols)
 
 
+def _text_slice_features(data) -> tuple[dict, list[str]]:
+    """Text data: simple features of the input (length in words, mean word length, non-ASCII
+    characters; :func:`assay.data.text.text_features`) and the sensitive attributes, never the label."""
+    from assay.data.text import text_features
+
+    cols: dict[str, np.ndarray] = dict(text_features(data.x))
+    for k, v in data.groups.items():
+        cols[f"group:{k}"] = np.asarray(v).astype(str)
+    return cols, list(cols)
+
+
 @register
 class SliceFinding(Probe):
     name = "fairness.slices"
@@ -45,6 +58,7 @@ class SliceFinding(Probe):
         "confidence (Cochran-Mantel-Haenszel test, Benjamini-Hochberg), ranked by the gap."
     )
     needs = frozenset({"labels"})
+    accepts_text = True
     requires_any = (frozenset({"scores"}), frozenset({"labels"}))
     default_policy = {"worst_slice_gap": Threshold(warn_above=0.1, fail_above=0.25)}
 

@@ -43,16 +43,19 @@ def check_attacks(attacks, target, n_reference: int, lira_variant: str) -> list[
     return list(dict.fromkeys(attacks))
 
 
-def plan_attacks(p: "AttackParams", target) -> tuple[list[str], dict[str, str]]:
+def plan_attacks(p: "AttackParams", target, data=None) -> tuple[list[str], dict[str, str]]:
     """The attacks that can run, and why the others cannot.
 
     Reference-model attacks (LiRA, RMIA) need reference models: ``reference_models`` (a directory of
     model files), a ``recipe``, or a target assay can clone and retrain (a Python torch model, a
     scikit-learn estimator, or a TorchScript / weights file with ``--factory``). Without any of
     them they are reported as not run, with the reason, and the attacks that need no reference
-    models still run: an audit never loses the baseline and label-only attacks to a missing recipe."""
+    models still run: an audit never loses the baseline and label-only attacks to a missing recipe.
+    The label-only attack perturbs numeric inputs, which text has not."""
     attacks = check_attacks(p.attacks, target, p.n_reference, p.lira_variant)
     not_run: dict[str, str] = {}
+    if getattr(data, "kind", None) == "text" and "label_only" in attacks:
+        not_run["label_only"] = "it adds Gaussian noise to numeric inputs, and text has none"
     if any(a in REF_ATTACKS for a in attacks) and not p.reference_models:
         if p.recipe is not None:  # the user's own recipe: a bad one is a mistake to fix, not a reason to skip
             recipe_for_target(target, p.recipe, **train_settings(p))
@@ -65,8 +68,8 @@ def plan_attacks(p: "AttackParams", target) -> tuple[list[str], dict[str, str]]:
                         not_run[a] = str(e)
     runnable = [a for a in attacks if a not in not_run]
     if not runnable:
-        raise InputError(f"no requested membership attack can run: {next(iter(not_run.values()))}; "
-                         "or add attacks=baseline,label_only")
+        raise InputError("no requested membership attack can run: "
+                         + "; ".join(f"{a}: {w}" for a, w in not_run.items()) + "; add attacks=baseline")
     return runnable, not_run
 
 
@@ -136,7 +139,11 @@ class ScoreSettings:
     reference_models: str | None = None
 
 
-def query_views(x: torch.Tensor, augment: bool) -> torch.Tensor:
+def query_views(x: torch.Tensor | np.ndarray, augment: bool) -> torch.Tensor | np.ndarray:
+    if isinstance(x, np.ndarray):  # texts: the one view is the texts themselves
+        if augment:
+            raise InputError("augment=True applies to images (N, C, H, W); set augment=false for text")
+        return x[None]
     if not augment:
         return x.unsqueeze(0)
     if x.dim() != 4:

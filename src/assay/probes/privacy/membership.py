@@ -33,6 +33,7 @@ class MembershipProbe(Probe):
     description = "LiRA / RMIA / population / label-only membership attacks: TPR at low FPR, AUC, epsilon bound"
     requires_any = (frozenset({SCORES}), frozenset({LABELS}))
     needs = frozenset({"labels", "members"})
+    accepts_text = True
     default_policy = {
         "max_tpr_at_fpr[fpr=0.01]": Threshold(warn_above=0.03, fail_above=0.10),
         "max_tpr_at_fpr[fpr=0.001]": Threshold(warn_above=0.005, fail_above=0.02),
@@ -65,7 +66,7 @@ class MembershipProbe(Probe):
         if n_mem < 10 or n_non < 10:
             raise NotApplicable(f"{n_mem} members and {n_non} non-members; give at least 10 of each (ideally thousands)")
         fprs = sh.check_fprs(p.fprs, n_non)
-        attacks, not_run = sh.plan_attacks(p, target)
+        attacks, not_run = sh.plan_attacks(p, target, data)
         settings = sh.settings_from(p, attacks, ctx.seed)
         seed = settings.seed
         queries0 = target.queries
@@ -90,6 +91,9 @@ class MembershipProbe(Probe):
             evidence.append(Evidence("text", "Not estimable", {"text": (
                 f"TPR at FPR {', '.join(f'{f:g}' for f in not_est)} is not estimable with {n_non} non-members "
                 f"(FPR f needs at least 1/f); these metrics are NaN, not 0.")}))
+        if not_run:
+            evidence.append(Evidence("text", "Attacks not run", {"text": " ".join(
+                f"{a} was not run: {why}." for a, why in not_run.items())}))
         low = next((t for t in reversed(best.tprs) if t.estimable), best.tpr0)
         warnings = []
         if not_run:
@@ -102,7 +106,8 @@ class MembershipProbe(Probe):
             evidence=evidence,
             summary=(f"{best.name} identifies {low.value:.1%} of members at FPR {low.fpr:g} "
                      f"(95% CI {low.low:.1%}-{low.high:.1%}; chance {low.fpr:.1%}), AUC {best.auc:.3f}, "
-                     f"{n_mem} members / {n_non} non-members"),
+                     f"{n_mem} members / {n_non} non-members"
+                     + (f"; not run: {', '.join(not_run)} (see evidence)" if not_run else "")),
             accounting={"queries": target.queries - queries0, "seconds": round(time.perf_counter() - t0, 3),
                         "seed": seed, "members": n_mem, "non_members": n_non, "strongest": best.name,
                         "attacks_not_run": not_run, **info},

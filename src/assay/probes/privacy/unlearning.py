@@ -101,7 +101,7 @@ class UnlearningProbe(Probe):
         if forget.sum() < 10 or heldout.sum() < 10:
             raise NotApplicable(f"{int(forget.sum())} forget and {int(heldout.sum())} heldout rows; give at least 10 of each")
         fprs = sh.check_fprs(p.fprs, int(heldout.sum()))
-        attacks, not_run = sh.plan_attacks(p, target)
+        attacks, not_run = sh.plan_attacks(p, target, data)
         settings = sh.settings_from(p, attacks, ctx.seed)
         seed = settings.seed
         # reference models clone the unlearned target's architecture (or follow the recipe), so the

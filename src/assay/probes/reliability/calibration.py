@@ -23,6 +23,7 @@ class Calibration(Probe):
         "intervals, a reliability diagram, and what temperature scaling fitted on half the data would gain on the other half."
     )
     requires = frozenset({"scores"})
+    accepts_text = True
     # ECE is capped by the error rate (an accurate model can be wildly overconfident with a small
     # ECE), so overconfidence is also judged by the fitted temperature and by how much NLL it
     # costs, each only when its whole interval crosses the bound

@@ -25,6 +25,7 @@ class OutOfDistribution(Probe):
     )
     requires = frozenset({"scores"})
     needs = frozenset()
+    accepts_text = True
     default_policy = {"auroc": Threshold(warn_below=0.8), "fpr_at_95tpr": Threshold(warn_above=0.5)}
 
     @dataclass
@@ -59,7 +60,9 @@ class OutOfDistribution(Probe):
     def run(self, ctx):
         p = self.params
         t, data = ctx.target, ctx.data
-        if data.x_ood is not None:
+        if data.kind == "text":
+            x_ood, source = _text_ood(data, p.shift, ctx.seed)
+        elif data.x_ood is not None:
             x_ood = data.x_ood
             if tuple(x_ood.shape[1:]) != tuple(t.input_shape):
                 raise InputError(f"OOD inputs have shape {tuple(x_ood.shape[1:])} but the model takes {t.input_shape}; give OOD data of the same shape")
@@ -113,3 +116,13 @@ class OutOfDistribution(Probe):
         summary = f"best detector {best.name} = {best.value:.3f} [{best.low:.3f}, {best.high:.3f}] on {len(x_ood)} OOD inputs ({source})"
         return self.finding(metrics=metrics, evidence=evidence, summary=summary, warnings=warnings,
                             accounting={"queries": t.queries, "ood_source": source, "n_ood": len(x_ood)})
+
+
+def _text_ood(data, shift: str, seed: int):
+    """A text model's OOD set: the dataset's own (--ood), else a text analogue of ``shift``
+    (:func:`assay.data.text.shifted_texts`: words permuted, letters noised, or random-word text)."""
+    from assay.data.text import shifted_texts
+
+    if data.x_ood is not None:
+        return data.x_ood, "dataset x_ood"
+    return shifted_texts(data.x, shift, seed=seed), f"built-in text shift '{shift}' of the test texts"

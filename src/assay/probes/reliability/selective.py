@@ -16,6 +16,7 @@ class Selective(Probe):
     title = "Selective prediction"
     description = "Risk-coverage curve of abstaining on low-confidence inputs: AURC, excess AURC over the oracle, coverage at a target accuracy."
     requires = frozenset({"scores"})
+    accepts_text = True
     default_policy = {"excess_aurc": Threshold(warn_above=0.05)}
 
     @dataclass
