@@ -52,7 +52,7 @@ def test_cli_standard_suite_on_a_text_model_never_errors(sentiment_model, tmp_pa
     ood = by["reliability.ood"]
     assert ood["accounting"]["ood_source"] == ("dataset x_ood" if fmt == "jsonl" else "built-in text shift 'permute' of the test texts")
     mem = by["privacy.membership"]
-    assert set(mem["accounting"]["not_run"]) == {"lira", "rmia"} and "recipe" in mem["accounting"]["not_run"]["lira"]
+    assert set(mem["accounting"]["attacks_not_run"]) == {"lira", "rmia"} and "recipe" in mem["accounting"]["attacks_not_run"]["lira"]
     if fmt == "jsonl":
         rep = json.loads((out / "report.json").read_text())
         assert rep["accounting"]["queries"] <= 4000
@@ -89,9 +89,10 @@ def test_slices_find_long_texts_a_truncating_model_gets_wrong_and_never_slice_on
     rep = assay.audit(target, (short + long_, ys + yl), probes=["fairness.slices"])
     f = rep.findings[0]
     assert "label" not in f.accounting["features"] and "words" in f.accounting["features"]
-    assert f.verdict == "fail" and f.metric("significant_slices").value >= 1
-    worst = f.evidence[0].data["rows"][0]
-    assert "words" in str(worst[0])
+    # compared at the same confidence, the cut reviews (where the model is unsure) still stand out
+    assert f.verdict in ("warn", "fail") and f.metric("significant_slices").value >= 1
+    significant = [r for r in f.evidence[0].data["rows"] if r[6] < 0.05]
+    assert any(str(r[0]).startswith("words ") for r in significant), significant
     # the same model reading whole texts has no such slice
     whole = HuggingFaceTarget.from_pretrained(sentiment_model, device="cpu")
     assert assay.audit(whole, (short + long_, ys + yl), probes=["fairness.slices"]).findings[0].verdict == "pass"

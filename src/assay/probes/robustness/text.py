@@ -84,10 +84,8 @@ class TextRobustnessProbe(Probe):
     def run(self, ctx):
         p = self._validated()
         target, data = ctx.target, ctx.data
-        n_all = len(data)
-        n = min(n_all, p.max_samples)
-        # a seeded random subset, sorted: the first rows of a file are often one class or one source
-        idx = torch.randperm(n_all, generator=ctx.generator(31))[:n].sort().values if n < n_all else torch.arange(n)
+        idx = ctx.sample(p.max_samples, salt=31)  # seeded, class-stratified, recorded in the report
+        n = len(idx)
         texts = [data.x[i] for i in idx.tolist()]
         y = data.y[idx]
         clean = ctx.clean_scores()[idx]
