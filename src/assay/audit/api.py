@@ -17,7 +17,7 @@ def as_target(model: Any, data: Dataset | None = None, **target_options: Any) ->
     if isinstance(model, Target):
         return model
     input_shape = target_options.pop("input_shape", None)
-    if input_shape is None and data is not None:
+    if input_shape is None and data is not None and hasattr(data, "x"):  # text data has no input tensor
         input_shape = tuple(data.x.shape[1:])
     try:
         import torch
@@ -44,8 +44,12 @@ def as_target(model: Any, data: Dataset | None = None, **target_options: Any) ->
 
 
 def as_dataset(data: Any, **loader_options: Any) -> Dataset:
-    if isinstance(data, Dataset):
+    from assay.data.language import LanguageData, load_language_data
+
+    if isinstance(data, (Dataset, LanguageData)):
         return data
+    if isinstance(data, (str, Path)) and str(data).lower().endswith(".jsonl"):
+        return load_language_data(data)  # texts for the language probes
     if isinstance(data, tuple) and len(data) in (2, 3):
         return Dataset(data[0], data[1], groups=data[2] if len(data) == 3 else {})
     if isinstance(data, (str, Path)):

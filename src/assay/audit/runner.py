@@ -104,14 +104,16 @@ class Runner:
     def run(self):
         from assay.report.schema import AuditReport
 
-        validate(self.data, self.target)
+        tensor_data = isinstance(self.data, Dataset)  # language audits read texts (assay.data.language)
+        if tensor_data:
+            validate(self.data, self.target)
         started = time.time()
         ns = self.fingerprint()
         clean = CleanCache(self.target, self.data, self.checkpoint, ns + "/clean")
         # The clean forward pass, shared by every probe, runs first: an unreachable model, a budget
         # too small for it, or a broken model fails the audit here, before any probe starts.
         probes = [planned.build() for planned in self.plan.probes]
-        if any(p.requires or p.requires_any for p in probes):
+        if tensor_data and any(p.requires or p.requires_any for p in probes):
             clean.labels()
         findings: list[Finding] = []
         resumed_units = resumed_findings = 0
