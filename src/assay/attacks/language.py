@@ -152,7 +152,9 @@ def canary_exposure(
             raise InputError(f"samples={samples} is too few to estimate a rank; use at least 100")
         cands = fmt.sample(samples, rng)
         method = "sampled"
-    scored = target.logprobs([canary.prefix] * (len(cands) + 1), [canary.secret] + cands)
+    # BPE tokenizers attach a space to the word after it: score "... is" + " 493817", as trained
+    head, gap = _split_trailing_space(canary.prefix)
+    scored = target.logprobs([head] * (len(cands) + 1), [gap + c for c in [canary.secret] + cands])
     bits = np.array([-s.total / LN2 for s in scored])  # log-perplexity in bits
     secret_bits, cand_bits = float(bits[0]), bits[1:]
     better = int((cand_bits <= secret_bits).sum())
@@ -175,6 +177,11 @@ def canary_exposure(
     return Exposure(canary, e, low, high, log2_size, method, m, better, secret_bits, cand_bits)
 
 
+def _split_trailing_space(prefix: str) -> tuple[str, str]:
+    head = prefix.rstrip()
+    return (head, prefix[len(head):]) if head else (prefix, "")
+
+
 def _skewnorm_cdf(values: np.ndarray, x: float) -> float:
     """P(V <= x) under a skew-normal fitted to ``values`` (Secret Sharer, section 4.3)."""
     from scipy import stats
@@ -192,14 +199,17 @@ def greedy_extracts(target: LanguageModelTarget, canaries: Sequence[Canary], *, 
     outs = []
     for n in sorted(set(lengths)):  # one batch per length keeps max_new_tokens tight
         idx = [i for i, m in enumerate(lengths) if m == n]
-        gens = target.generate([canaries[i].prefix for i in idx], max_new_tokens=n + slack_tokens, chat=chat)
+        gens = target.generate([_split_trailing_space(canaries[i].prefix)[0] for i in idx],
+                               max_new_tokens=n + slack_tokens, chat=chat)
         outs += list(zip(idx, (g.text for g in gens)))
     return [t for _, t in sorted(outs)]
 
 
 def extracted(canary: Canary, text: str) -> bool:
-    """Whether generated ``text`` starts with the secret (after leading white space)."""
-    return text.lstrip().startswith(canary.secret) or (canary.prefix[-1:].isspace() and text.startswith(canary.secret))
+    """Whether ``text``, generated after the prefix without its trailing white space, starts with
+    that white space (if any) and then the secret."""
+    gap = _split_trailing_space(canary.prefix)[1]
+    return text.startswith(gap + canary.secret) or (not gap and text.lstrip().startswith(canary.secret))
 
 
 def _token_lengths(target, texts: Sequence[str]) -> list[int]:

@@ -129,6 +129,9 @@ class CausalLMTarget(LanguageModelTarget):
     tokenizer : its tokenizer; the chat template (if any) comes from it.
     device : ``"auto"`` (CUDA, then MPS, then CPU), or a torch device.
     system_prompt : a system message put before chat prompts that have none.
+    add_bos : start every raw-text prompt with the BOS token (when the tokenizer does not add it
+        itself), so that a text is scored and continued as it is seen at the start of a training
+        sequence; the empty prompt is the BOS token alone.
     query_budget, token_budget : hard limits (one query per prompt; prompt plus generated tokens).
     max_batch_size, max_batch_tokens : batching limits of the engine (it halves on out-of-memory).
 
@@ -148,6 +151,7 @@ class CausalLMTarget(LanguageModelTarget):
         *,
         device: str | torch.device | None = "auto",
         system_prompt: str | None = None,
+        add_bos: bool = True,
         query_budget: int | None = None,
         token_budget: int | None = None,
         max_batch_size: int = 32,
@@ -163,6 +167,7 @@ class CausalLMTarget(LanguageModelTarget):
         self.model = model.to(self._device).eval()
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
+        self.add_bos = bool(add_bos)
         self.source = source
         self.engine = GenerationEngine(self.model, tokenizer, max_batch_size=max_batch_size,
                                        max_batch_tokens=max_batch_tokens)
@@ -210,8 +215,12 @@ class CausalLMTarget(LanguageModelTarget):
         raise TargetError(f"{self.name}'s tokenizer has neither a BOS nor an EOS token to start an empty prompt")
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of raw text (with the tokenizer's own special tokens, e.g. a BOS)."""
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        """Token ids of raw text: the tokenizer's own special tokens, and a BOS first (``add_bos``)."""
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        if self.add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids.insert(0, int(bos))
+        return ids
 
     def encode_continuation(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -270,7 +279,7 @@ class CausalLMTarget(LanguageModelTarget):
                 h.update(k.encode())
                 h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             h.update(json.dumps(getattr(self.tokenizer, "chat_template", None) or "").encode())
-            h.update(str(self.system_prompt).encode())
+            h.update(f"{self.system_prompt}|{self.add_bos}".encode())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
