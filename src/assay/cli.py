@@ -246,6 +246,8 @@ def cmd_audit(a) -> int:
 
 
 def cmd_demo(a) -> int:
+    if a.which == "llm":
+        return cmd_demo_llm(a)
     from assay.data.demo import write_demo
 
     out = Path(a.out)
@@ -276,6 +278,23 @@ def cmd_demo(a) -> int:
     return code if (code != EXIT_POLICY_FAILED or a.policy) else 0
 
 
+def cmd_demo_llm(a) -> int:
+    """Fine-tune SmolLM2 on planted secrets and audit it and its base model (assay.data.demo_llm)."""
+    from assay.data.demo_llm import run_llm_demo
+
+    if a.policy:
+        raise InputError("assay demo llm takes no --policy; audit its model with assay audit to apply one")
+    out = Path(a.out if a.out != "assay-demo" else "assay-demo-llm")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    log = (lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
+    result = run_llm_demo(out, seed=a.seed, log=log)
+    if a.quiet:
+        print((out / "summary.txt").read_text(encoding="utf-8").rstrip())
+    del result
+    return 0
+
+
 def cmd_probes(a) -> int:
     from assay.probes.base import all_probes
 
@@ -294,7 +313,8 @@ def cmd_probes(a) -> int:
         rows.append((name, cls.axis, req, ",".join(sorted(cls.needs)) or "-",
                      f"{q:,}" if isinstance(q, int) else str(q), cls.description))
     if not rows:
-        raise InputError(f"no probes on axis {a.axis!r}; axes: robustness, privacy, fairness, reliability, explain, certify")
+        raise InputError(f"no probes on axis {a.axis!r}; axes: robustness, privacy, integrity, fairness, reliability, "
+                         "explain, certify, language")
     head = ("probe", "axis", "target needs", "data needs", "queries (default params)")
     widths = [max(len(r[i]) for r in rows + [head + ("",)]) for i in range(5)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  description")
@@ -334,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"assay {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="train the demo CNN and audit it end to end")
+    d = sub.add_parser("demo", help="train the demo CNN and audit it end to end (or: assay demo llm)")
+    d.add_argument("which", nargs="?", default="cnn", choices=["cnn", "llm"],
+                   help="cnn (default): the digits CNN; llm: fine-tune SmolLM2 on planted secrets and audit what leaks")
     d.add_argument("--out", default="assay-demo")
     d.add_argument("--suite", default="standard")
     d.add_argument("--seed", type=int, default=0)

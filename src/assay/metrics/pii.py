@@ -122,6 +122,7 @@ _SECRETS = [
     ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b")),
     ("private_key", re.compile(r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----")),
 ]
+_DATE = re.compile(r"^(?:1[89]|2\d)\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])\b")
 _CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|6(?:011|5|4[4-9]|22)|35|30[0-5]|36|38)")
 
 
@@ -176,7 +177,7 @@ def detect(text: str, kinds: Iterable[str] = KINDS) -> list[PiiFinding]:
         for m in _PHONE.finditer(text):
             d = _digits(m.group())
             grouped = bool(re.search(r"[ .()-]", m.group().strip())) or m.group().startswith("+")
-            if 10 <= len(d) <= 15 and grouped:
+            if 10 <= len(d) <= 15 and grouped and not _DATE.match(m.group().lstrip("+")):
                 add("phone", m.start(), m.end(), m.group().strip())
     return sorted(out, key=lambda f: f.start)
 
@@ -224,18 +225,20 @@ _ANALYZER = None
 
 
 def _presidio_analyzer():
-    """Presidio's analyzer with its NLP engine where a spaCy model is installed; otherwise its
-    pattern recognizers alone (no model is downloaded)."""
+    """Presidio's full analyzer where its default spaCy model is installed; otherwise its pattern
+    recognizers alone. (Constructing the full analyzer without the model would try to download it.)"""
     global _ANALYZER
     if _ANALYZER is None:
+        import importlib.util
+
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
-        try:
+        if importlib.util.find_spec("en_core_web_lg") is not None:
             _ANALYZER = AnalyzerEngine()
-        except (OSError, ImportError, ValueError):  # no spaCy model installed
+        else:
             registry = RecognizerRegistry()
             registry.load_predefined_recognizers()
-            _ANALYZER = ("patterns", [r for r in registry.recognizers if hasattr(r, "patterns") and r.patterns])
+            _ANALYZER = ("patterns", [r for r in registry.recognizers if getattr(r, "patterns", None)])
     return _ANALYZER
 
 
