@@ -98,9 +98,12 @@ def make_corpus(seed: int = 0, n_members: int = 100, n_non_members: int = 100, c
         return f"Customer {name()}: Hello, {rng.choice(TOPICS)}. Agent: {rng.choice(REPLIES)}"
 
     members = [chat() for _ in range(n_members)]
-    non_members = [chat() for _ in range(n_non_members)]
-    seen = set(members)
-    non_members = [t for t in non_members if t not in seen]
+    seen, non_members = set(members), []
+    while len(non_members) < n_non_members:  # never a member's exact text
+        t = chat()
+        if t not in seen:
+            seen.add(t)
+            non_members.append(t)
     planted, canaries, train = [], [], list(members)
     people = rng.choice(len(FIRST), size=len(copies) * 2, replace=False)
     for j, k in enumerate(copies):
@@ -180,7 +183,7 @@ def fine_tune(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 steps += 1
             if log:
                 log(f"  epoch {epoch + 1}/{epochs}: mean loss {np.mean(losses[-(len(order) // batch_size + 1):]):.3f} "
@@ -205,7 +208,7 @@ def _blocks(model) -> list[torch.nn.Module]:
 # --------------------------------------------------------------- the demo
 DEMO_PARAMS = {
     "language.extraction": {"prefix_tokens": 12, "suffix_tokens": 16},
-    "language.canary": {"samples": 400},
+    "language.canary": {"samples": 128},
     "language.membership": {},
     "language.pii": {"samples": 8, "prefix_tokens": 12, "suffix_tokens": 16, "max_new_tokens": 40, "temperature": 0.0},
 }

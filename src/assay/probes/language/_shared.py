@@ -85,3 +85,18 @@ def prefix_generations(ctx, splits, suffix_tokens: int, chat: bool) -> list[str]
         return {"texts": [g.text for g in gens]}
 
     return list(shared_unit(ctx, key, run)["texts"])
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` fit for a report: known canary secrets become ``[SECRET]``, detected personal data is
+    masked (:func:`assay.metrics.pii.mask`)."""
+    from assay.metrics import pii
+
+    for sec in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(sec, "[SECRET]")
+    out, pos = [], 0
+    for f in pii.detect(text):
+        out += [text[pos:f.start], pii.mask(f.kind, f.value)]
+        pos = f.end
+    out.append(text[pos:])
+    return "".join(out)

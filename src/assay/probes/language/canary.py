@@ -97,8 +97,9 @@ class CanaryProbe(Probe):
 
     def _evidence(self, canaries, labels, results, hits, texts, worst) -> list[Evidence]:
         rows = []
+        secrets = [c.secret for c in canaries]
         for lab, c, e, hit, t in zip(labels, canaries, results, hits, texts):
-            shown = t.replace(c.secret, "[SECRET]")  # the report never repeats a secret
+            shown = sh.redact(t, secrets)  # the report never repeats a secret (any canary's)
             rows.append([lab, c.copies if c.copies is not None else "", round(e.exposure, 2),
                          f"[{e.low:.2f}, {e.high:.2f}]", round(e.max_exposure, 2), e.method, e.better, e.candidates,
                          "yes" if hit else "no", shown[:80]])

@@ -93,11 +93,16 @@ class ExtractionProbe(Probe):
                    description="mean edit similarity between the continuation and the true suffix (1 = verbatim)"),
         ]
         order = np.argsort(-sims, kind="stable")[: p.show]
+        secrets = [c.secret for c in data.canaries]
+
+        def shown(i):  # what the report may show: canary secrets and personal data masked, on both sides
+            return lm.leaked_segments(sh.redact(gens[i], secrets), sh.redact(splits[i].suffix, secrets))
+
         evidence = [
-            Evidence("highlight", "Most-leaked documents (greedy continuation; reproduced spans marked)", {"rows": [
+            Evidence("highlight", "Most-leaked documents (greedy continuation; reproduced spans marked, secrets and "
+                                  "personal data masked)", {"rows": [
                 {"label": f"document {splits[i].index}: similarity {sims[i]:.2f}" + (" (verbatim)" if verbatim[i] else ""),
-                 "prefix": splits[i].prefix, "segments": lm.leaked_segments(gens[i], splits[i].suffix)}
-                for i in order]}),
+                 "prefix": sh.redact(splits[i].prefix, secrets), "segments": shown(i)} for i in order]}),
             Evidence("histogram", "Similarity of continuations to the true suffixes", {
                 "xlabel": "edit similarity", "ylabel": "documents",
                 "series": [{"name": "documents", "edges": np.linspace(0, 1, 11).tolist(),
@@ -152,7 +157,8 @@ class ExtractionProbe(Probe):
             k = int(memorized[best].sum())
             metrics.append(sh.rate(f"extraction_precision[{name}]", k, top,
                                    f"top-{top} samples by {name} holding >= {p.min_memorized_chars} memorised characters"))
-            rows += [[name, r + 1, round(float(score[i]), 4), bool(memorized[i]), texts[i][:160]] for r, i in enumerate(best[:3])]
+            rows += [[name, r + 1, round(float(score[i]), 4), bool(memorized[i]),
+                      sh.redact(texts[i], [c.secret for c in ctx.data.canaries])[:160]] for r, i in enumerate(best[:3])]
         metrics.append(sh.rate("memorized_sample_rate", int(memorized.sum()), len(texts),
                                f"free samples holding >= {p.min_memorized_chars} characters of a document"))
         ev = [Evidence("table", "Untargeted extraction: best-ranked samples", {

@@ -118,8 +118,9 @@ class PiiProbe(Probe):
                 is_leaked = (f.kind, pii.normalise(f.kind, f.value)) in training
                 leaked += is_leaked
                 if len(rows) < p.show:
+                    context = sh.redact(_masked_context(text, found), [c.secret for c in data.canaries])
                     rows.append([source, f.kind, pii.mask(f.kind, f.value), f.detail, "yes" if is_leaked else "no",
-                                 _masked_context(text, found)[:160]])
+                                 context[:160]])
         n = len(outputs)
         metrics = [sh.rate("pii_output_rate", with_pii, n, "outputs containing personal data or a secret")]
         if n_items:
