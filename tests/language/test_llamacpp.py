@@ -19,20 +19,22 @@ pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not 
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("llamacpp") / "server.log"
+    out = open(log, "wb")  # a file, not a pipe: the server logs a lot and would block on a full pipe
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+                            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "2"})
     import httpx
 
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"llama.cpp server exited: {proc.stderr.read().decode()[-500:]}")
+            pytest.fail(f"llama.cpp server exited: {log.read_text(errors='replace')[-500:]}")
         try:
             if httpx.get(url + "/models", timeout=2).status_code == 200:
                 break
@@ -44,6 +46,7 @@ def server():
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+    out.close()
 
 
 def test_chat_completion_leaks_the_system_prompt_secret(server):
@@ -64,7 +67,13 @@ def test_completions_and_token_budget_on_a_real_server(server):
     assert t.tokens <= 150
 
 
-def test_echoed_logprobs_agree_with_the_local_dequantized_model(server):
+def test_echoed_logprobs_from_llama_cpp_python_are_shifted_by_one(server):
+    """llama-cpp-python 0.3's echoed prompt log-probabilities are not OpenAI's log p(t_i | t_<i) but
+    log p(t_i | t_<=i), the next-token distribution read at the token's own position (upstream issue
+    abetlen/llama-cpp-python#1983). Pinned here against the local dequantized model, so that the
+    fix is noticed; until then echo_logprobs must not be used with that server (docs/language.md)."""
+    import torch
+
     from assay.targets.causal_lm import CausalLMTarget
 
     remote = ChatTarget(server, echo_logprobs=True)
@@ -72,7 +81,11 @@ def test_echoed_logprobs_agree_with_the_local_dequantized_model(server):
     r = remote.logprobs(["The quick brown fox"], [text[len("The quick brown fox"):]])[0]
     local = CausalLMTarget.from_gguf(smollm2_gguf(), device="cpu", add_bos=False)
     lo = local.logprobs(["The quick brown fox"], [text[len("The quick brown fox"):]])[0]
-    assert r.tokens == lo.tokens  # the same vocabulary, split the same way
-    # llama.cpp computes with the Q4_1 weights and quantized activations, the local model in float32
-    assert np.corrcoef(r.logprobs, lo.logprobs)[0, 1] > 0.9
-    assert abs(r.logprobs.sum() - lo.logprobs.sum()) < 0.15 * abs(lo.logprobs.sum()) + 2
+    assert r.tokens == lo.tokens  # the same vocabulary, split the same way: the offsets are read right
+    ids = local.tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lp = local.model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    same_position = np.array([float(lp[i, ids[i]]) for i in range(len(ids))])[-len(lo.tokens):]
+    # Q4_1 arithmetic against float32: close, not equal
+    assert np.corrcoef(r.logprobs, same_position)[0, 1] > 0.99
+    assert np.corrcoef(r.logprobs, lo.logprobs)[0, 1] < 0.5  # not the conditional probabilities
