@@ -61,6 +61,12 @@ def run_garak(python: str, model_dir: Path, probes: str, max_tokens: int, cap: i
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"garak failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    (work / "garak_scan.json").write_text(json.dumps({"wall_s": wall}))
+    return read_garak_scan(work)
+
+
+def read_garak_scan(work: Path) -> dict:
+    wall = json.loads((work / "garak_scan.json").read_text())["wall_s"]
     attempts: dict[str, dict] = {}
     for line in (work / "bench.report.jsonl").read_text().splitlines():
         rec = json.loads(line)
@@ -94,7 +100,9 @@ def main() -> None:
                                         "encoding.InjectBase64")
     ap.add_argument("--cap", type=int, default=24, help="garak's soft_probe_prompt_cap (prompts per probe)")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--garak-results", help="a work directory of an earlier run of this script: reuse garak's scan "
+                                            "and generator results (same prompts, settings and machine) and rerun assay only")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "llm_generation.md"))
     a = ap.parse_args()
 
@@ -106,12 +114,18 @@ def main() -> None:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model_dir = convert_gguf(smollm2_gguf())
-    work = Path(tempfile.mkdtemp(prefix="bench-llm-"))
-    print(f"garak scan of {model_dir} ...", file=sys.stderr)
-    g = run_garak(a.garak_python, model_dir, a.probes, a.max_tokens, a.cap, work)
-    prompts = g["prompts"]
-    print(f"  {len(prompts)} prompts, {g['wall_s']:.1f} s; garak's generator alone ...", file=sys.stderr)
-    gg = run_garak_generator(a.garak_python, model_dir, prompts, a.max_tokens, work)
+    if a.garak_results:
+        work = Path(a.garak_results)
+        g = read_garak_scan(work)
+        gg = json.loads((work / "garak_gen.json").read_text())
+        prompts = g["prompts"]
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench-llm-"))
+        print(f"garak scan of {model_dir} ...", file=sys.stderr)
+        g = run_garak(a.garak_python, model_dir, a.probes, a.max_tokens, a.cap, work)
+        prompts = g["prompts"]
+        print(f"  {len(prompts)} prompts, {g['wall_s']:.1f} s; garak's generator alone ...", file=sys.stderr)
+        gg = run_garak_generator(a.garak_python, model_dir, prompts, a.max_tokens, work)
 
     t0 = time.perf_counter()
     target = CausalLMTarget.from_pretrained(model_dir, device="cpu", max_batch_size=a.batch_size, add_bos=False)
@@ -137,7 +151,9 @@ def main() -> None:
         "# Generation throughput: assay's engine vs garak 0.17.1",
         "",
         f"Script: `benchmarks/bench_llm_generation.py --garak-python ... --probes {a.probes} --cap {a.cap} "
-        f"--max-tokens {a.max_tokens} --batch-size {a.batch_size}`.",
+        f"--max-tokens {a.max_tokens} --batch-size {a.batch_size}`"
+        + (" (garak's two runs reused from an earlier run of the script in the same session)" if a.garak_results else "")
+        + ".",
         "",
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other work; torch threads: "
         f"{torch.get_num_threads()}), {platform.platform()}.",

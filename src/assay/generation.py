@@ -165,13 +165,18 @@ class GenerationEngine:
 
     def _plan(self, lengths: list[int], extra_per_row: int = 0) -> list[list[int]]:
         """Row indices grouped into batches: similar lengths together (longest first, so a batch that
-        does not fit in memory fails early), each under the row and padded-token limits."""
+        does not fit in memory fails early), each under the row and padded-token limits. A batch is
+        also closed when the rows left are less than half its length and padding them all would cost
+        more than another batch's decoding steps (``extra_per_row`` new tokens, each about as dear as
+        16 prompt tokens in a padded forward pass)."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         cur: list[int] = []
-        for i in order:
+        for k, i in enumerate(order):
             width = (lengths[cur[0]] if cur else lengths[i]) + extra_per_row
-            if cur and (len(cur) + 1 > self.max_batch_size or (len(cur) + 1) * width > self.max_batch_tokens):
+            wasteful = bool(cur) and 2 * lengths[i] < lengths[cur[0]] and \
+                (lengths[cur[0]] - lengths[i]) * (len(order) - k) > 16 * (extra_per_row + 1)
+            if cur and (wasteful or len(cur) + 1 > self.max_batch_size or (len(cur) + 1) * width > self.max_batch_tokens):
                 batches.append(cur)
                 cur = []
             cur.append(i)
