@@ -54,6 +54,10 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path):
     assert exp["fine-tuned"][-1] > exp["base"][-1] + 3
     for name in ("base", "fine-tuned"):
         assert (tmp_path / name / "report.html").is_file()
+    # the same target object, fine-tuned in place between the audits: no answer of the base may be reused
+    verbatim = {n: next(f for f in res[n].findings if f.probe == "language.extraction").metric("verbatim_rate").value
+                for n in ("base", "fine-tuned")}
+    assert verbatim["fine-tuned"] > verbatim["base"]
     assert "<svg" in (tmp_path / "leakage.html").read_text()
     summary = (tmp_path / "summary.txt").read_text()
     assert "fine-tuned" in summary and "base" in summary

@@ -139,8 +139,8 @@ def fine_tune(
     target,
     texts: list[str],
     *,
-    epochs: int = 4,
-    train_blocks: int = 8,
+    epochs: int = 3,
+    train_blocks: int = 4,
     lr: float = 1e-3,
     batch_size: int = 8,
     max_tokens: int = 64,
@@ -234,7 +234,7 @@ def leakage_curves(findings: dict[str, dict], planted: list[dict], copies=COPIES
     }
 
 
-def run_llm_demo(out: str | Path, *, seed: int = 0, target=None, epochs: int = 4, train_blocks: int = 8,
+def run_llm_demo(out: str | Path, *, seed: int = 0, target=None, epochs: int = 3, train_blocks: int = 4,
                  lr: float = 1e-3, params: dict | None = None, log: Callable[[str], None] = print,
                  quiet_progress: bool = True) -> dict:
     """The whole demo (see the module doc); returns the two reports and the leakage curves.

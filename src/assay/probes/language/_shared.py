@@ -65,7 +65,8 @@ def shared_unit(ctx, key: str, fn) -> dict[str, Any]:
     if memo is None:
         memo = {}
         ctx.target._assay_shared_units = memo
-    mkey = (ctx.data.fingerprint(), key)
+    # the model's fingerprint too: a target fine-tuned in place (the demo) must not get its old answers
+    mkey = (ctx.target.fingerprint(), ctx.data.fingerprint(), key)
     if mkey not in memo:
         memo[mkey] = fn()
         ctx.units_run += 1
