@@ -51,12 +51,18 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
                    "split across probes by their needs (see --budget-split)")
     g.add_argument("--budget-split", action="append", metavar="PROBE=QUERIES",
                    help="fix a probe's share of --query-budget (repeatable); the rest is shared by need")
+    g.add_argument("--token-budget", type=int, help="language models: hard limit on prompt plus generated tokens")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--http", action="append", metavar="KEY=VALUE",
                    help="URL targets: timeout, retries, backoff, output_path, output (logits|probs|labels), "
                         "input_key, encoding, batch, batch_size, cache, headers / request_template (JSON)")
+    g.add_argument("--llm", action="append", metavar="KEY=VALUE",
+                   help="language models (.gguf, causal-LM directory, http(s)://.../v1): model, api (chat|completions), "
+                        "api_key_env, echo_logprobs, concurrency, timeout, retries, template_overhead, system_prompt, "
+                        "max_batch_size, max_batch_tokens, headers (JSON)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", required=True, help=".npz/.npy, .csv/.parquet/.jsonl, or an image folder")
+    d.add_argument("--data", required=True, help=".npz/.npy, .csv/.parquet/.jsonl, an image folder, or .jsonl texts "
+                   "for language models (docs/language.md)")
     d.add_argument("--text-column", help="text classifiers: the column holding the text (CSV/Parquet/JSONL; "
                    "JSON Lines default to 'text'); see docs/text.md")
     d.add_argument("--label", help="label column (CSV/Parquet/JSONL)")
@@ -83,7 +89,7 @@ def _target_kwargs(a) -> dict[str, Any]:
         if not shape or any(v != int(v) or v < 1 for v in shape):
             raise InputError(f"--input-shape {a.input_shape} must be positive whole numbers, e.g. 3,32,32")
         kw["input_shape"] = tuple(int(v) for v in shape)
-    for name in ("num_classes", "query_budget", "factory"):
+    for name in ("num_classes", "query_budget", "token_budget", "factory"):
         if getattr(a, name) is not None:
             kw[name] = getattr(a, name)
     if a.num_classes is not None and a.num_classes < 2:
@@ -105,6 +111,8 @@ def _target_kwargs(a) -> dict[str, Any]:
         if not a.model.startswith(("http://", "https://")):
             raise InputError("--http options apply to a URL target only; drop them or audit a URL")
         kw["http_options"] = _http_options(a.http)
+    if a.llm:
+        kw["llm_options"] = _kv_options(a.llm, llm_option_types(), "--llm")
     return kw
 
 
@@ -112,35 +120,59 @@ def _target_kwargs(a) -> dict[str, Any]:
 HTTP_OWN_OPTIONS = ("self", "url", "input_shape", "num_classes", "seed", "query_budget", "bounds", "name")
 
 
-def http_option_types() -> dict[str, type]:
-    """The ``--http`` keys and their value types, read from HttpTarget's signature so the two cannot
-    drift apart: ``{"timeout": float, ..., "headers": dict}``."""
+def _signature_types(fns, own: tuple[str, ...]) -> dict[str, type]:
+    """Keyword names and value types of ``fns`` (``dict[str, str] | None`` -> dict), less ``own``."""
     import inspect
     import typing
 
+    out: dict[str, type] = {}
+    for fn in fns:
+        hints = typing.get_type_hints(fn)
+        for name in inspect.signature(fn).parameters:
+            if name not in own and name in hints and name not in out:
+                kinds = [t for t in typing.get_args(hints[name]) if t is not type(None)] or [hints[name]]
+                out[name] = typing.get_origin(kinds[0]) or kinds[0]
+    return out
+
+
+def http_option_types() -> dict[str, type]:
+    """The ``--http`` keys and their value types, read from HttpTarget's signature so the two cannot
+    drift apart: ``{"timeout": float, ..., "headers": dict}``."""
     from assay.targets.http import HttpTarget
 
-    hints = typing.get_type_hints(HttpTarget.__init__)
-    out = {}
-    for name in inspect.signature(HttpTarget.__init__).parameters:
-        if name not in HTTP_OWN_OPTIONS:
-            kinds = [t for t in typing.get_args(hints[name]) if t is not type(None)] or [hints[name]]
-            out[name] = typing.get_origin(kinds[0]) or kinds[0]  # dict[str, str] | None -> dict
-    return out
+    return _signature_types([HttpTarget.__init__], HTTP_OWN_OPTIONS)
+
+
+# Language-model target arguments set by their own CLI options (or not settable from the CLI).
+LLM_OWN_OPTIONS = ("self", "url", "tokenizer", "device", "query_budget", "token_budget", "seed", "name",
+                   "source", "cache_dir")
+
+
+def llm_option_types() -> dict[str, type]:
+    """The ``--llm`` keys and their types, read from the two language-model targets' signatures."""
+    from assay.targets.causal_lm import CausalLMTarget
+    from assay.targets.chat_api import ChatTarget
+
+    types = _signature_types([ChatTarget.__init__, CausalLMTarget.__init__], LLM_OWN_OPTIONS)
+    return {k: v for k, v in types.items() if isinstance(v, type) and v.__module__ == "builtins"}
 
 
 def _http_options(items: list[str]) -> dict[str, Any]:
     """``--http timeout=30 --http 'headers={"Authorization": "Bearer T"}'`` -> HttpTarget keyword arguments."""
+    return _kv_options(items, http_option_types(), "--http")
+
+
+def _kv_options(items: list[str], types: dict[str, type], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> keyword arguments of the declared types (JSON objects for dicts)."""
     import json
 
-    types = http_option_types()
     out: dict[str, Any] = {}
     for it in items:
         key, sep, raw = it.partition("=")
         key = key.strip()
         kind = types.get(key)
         if not sep or kind is None:
-            raise InputError(f"--http {it!r} must be KEY=VALUE with KEY one of {', '.join(types)}")
+            raise InputError(f"{flag} {it!r} must be KEY=VALUE with KEY one of {', '.join(types)}")
         try:
             if kind is bool:
                 if raw.lower() not in ("true", "false", "1", "0"):
@@ -153,7 +185,7 @@ def _http_options(items: list[str]) -> dict[str, Any]:
             else:
                 value = kind(raw)
         except ValueError:
-            raise InputError(f"--http {key}={raw!r} is not a valid {kind.__name__}"
+            raise InputError(f"{flag} {key}={raw!r} is not a valid {kind.__name__}"
                              + (" (a JSON object)" if kind is dict else "")) from None
         out[key] = value
     return out
@@ -161,6 +193,13 @@ def _http_options(items: list[str]) -> dict[str, Any]:
 
 def _load_data(a):
     from assay.data.loaders import load_dataset
+
+    from assay.targets.loading import is_language_model
+
+    if is_language_model(a.model):  # prompts, documents and canaries for the language probes
+        from assay.data.language import load_language_data
+
+        return load_language_data(a.data)
 
     opts: dict[str, Any] = {}
     if a.label:
@@ -238,7 +277,9 @@ def cmd_audit(a) -> int:
         for w in data.warnings:
             print(f"assay: warning: {w}", file=sys.stderr)
     kw = _target_kwargs(a)
-    if a.model.startswith(("http://", "https://")) and "num_classes" not in kw:
+    from assay.targets.chat_api import looks_like_openai_url
+
+    if a.model.startswith(("http://", "https://")) and not looks_like_openai_url(a.model) and "num_classes" not in kw:
         raise InputError("auditing a URL needs --num-classes (and --input-shape if the data does not imply it)")
     target = as_target(a.model, data, **kw)
     data = align_text_labels(data, target)
@@ -259,6 +300,8 @@ def cmd_audit(a) -> int:
 
 
 def cmd_demo(a) -> int:
+    if a.which == "llm":
+        return cmd_demo_llm(a)
     from assay.data.demo import write_demo
 
     out = Path(a.out)
@@ -289,6 +332,23 @@ def cmd_demo(a) -> int:
     return code if (code != EXIT_POLICY_FAILED or a.policy) else 0
 
 
+def cmd_demo_llm(a) -> int:
+    """Fine-tune SmolLM2 on planted secrets and audit it and its base model (assay.data.demo_llm)."""
+    from assay.data.demo_llm import run_llm_demo
+
+    if a.policy:
+        raise InputError("assay demo llm takes no --policy; audit its model with assay audit to apply one")
+    out = Path(a.out if a.out != "assay-demo" else "assay-demo-llm")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    log = (lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
+    result = run_llm_demo(out, seed=a.seed, log=log)
+    if a.quiet:
+        print((out / "summary.txt").read_text(encoding="utf-8").rstrip())
+    del result
+    return 0
+
+
 def cmd_probes(a) -> int:
     from assay.probes.base import all_probes
 
@@ -307,7 +367,8 @@ def cmd_probes(a) -> int:
         rows.append((name, cls.axis, req, ",".join(sorted(cls.needs)) or "-",
                      f"{q:,}" if isinstance(q, int) else str(q), cls.description))
     if not rows:
-        raise InputError(f"no probes on axis {a.axis!r}; axes: robustness, privacy, fairness, reliability, explain, certify")
+        raise InputError(f"no probes on axis {a.axis!r}; axes: robustness, privacy, integrity, fairness, reliability, "
+                         "explain, certify, language")
     head = ("probe", "axis", "target needs", "data needs", "queries (default params)")
     widths = [max(len(r[i]) for r in rows + [head + ("",)]) for i in range(5)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  description")
@@ -347,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"assay {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="train the demo CNN and audit it end to end")
+    d = sub.add_parser("demo", help="train the demo CNN and audit it end to end (or: assay demo llm)")
+    d.add_argument("which", nargs="?", default="cnn", choices=["cnn", "llm"],
+                   help="cnn (default): the digits CNN; llm: fine-tune SmolLM2 on planted secrets and audit what leaks")
     d.add_argument("--out", default="assay-demo")
     d.add_argument("--suite", default="standard")
     d.add_argument("--seed", type=int, default=0)

@@ -17,7 +17,7 @@ def as_target(model: Any, data: Dataset | None = None, **target_options: Any) ->
     if isinstance(model, Target):
         return model
     given = target_options.pop("input_shape", None)
-    hint = tuple(data.x.shape[1:]) if data is not None else None
+    hint = tuple(data.x.shape[1:]) if isinstance(data, Dataset) and data.kind != "text" else None
     input_shape = given if given is not None else hint
     try:
         import torch
@@ -43,11 +43,19 @@ def as_target(model: Any, data: Dataset | None = None, **target_options: Any) ->
     raise InputError(f"cannot audit a {type(model).__name__}; give a Target, nn.Module, sklearn estimator or model path")
 
 
-def as_dataset(data: Any, **loader_options: Any) -> Dataset:
+def as_dataset(data: Any, *, language: bool = False, **loader_options: Any) -> Dataset:
+    """A Dataset from a Dataset, ``(x, y[, groups])`` or a data file; with ``language`` (the model is a
+    generative language model) a ``.jsonl`` file is read as texts for the language probes."""
+    from assay.data.language import LanguageData, load_language_data
+
+    if isinstance(data, LanguageData):
+        return data
     if isinstance(data, Dataset):
         if loader_options:
             raise InputError("data_options apply to a data file path; this data is already a Dataset")
         return data
+    if language and isinstance(data, (str, Path)):
+        return load_language_data(data)
     if isinstance(data, tuple) and len(data) in (2, 3):
         return Dataset(data[0], data[1], groups=data[2] if len(data) == 3 else {})
     if isinstance(data, (str, Path)):
@@ -95,7 +103,9 @@ def audit(
     """
     from assay.data.dataset import align_text_labels
 
-    dataset = as_dataset(data, **(data_options or {}))
+    from assay.targets.loading import is_language_model
+
+    dataset = as_dataset(data, language=is_language_model(model), **(data_options or {}))
     target = as_target(model, dataset, **target_options)
     dataset = align_text_labels(dataset, target)
     if probes:

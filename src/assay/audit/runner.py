@@ -51,12 +51,14 @@ class BudgetLedger:
     """The spent query budget, kept in the checkpoint so that an audit killed and resumed continues
     from what was really spent (and a probe interrupted mid-way keeps the share it had)."""
 
-    def __init__(self, checkpoint: Checkpoint, name: str):
-        self.checkpoint, self.name = checkpoint, name
-        self.state: dict[str, Any] = checkpoint.get_json(name) or {"used": 0, "share": None}
+    def __init__(self, checkpoint: Checkpoint, name: str, target: Target):
+        self.checkpoint, self.name, self.target = checkpoint, name, target
+        self.state: dict[str, Any] = checkpoint.get_json(name) or {"used": 0, "spent": {}, "share": None}
 
-    def write(self, used: int) -> None:
-        self.state["used"] = int(used)
+    def write(self, used: int | None = None) -> None:
+        """Record what the target's budgets have spent (queries, and tokens for language models)."""
+        self.state["spent"] = self.target.spent()
+        self.state["used"] = int(self.state["spent"]["queries"])
         self.checkpoint.put_json(self.name, self.state)
 
     def set_share(self, share: dict[str, Any] | None, used: int) -> None:
@@ -153,7 +155,7 @@ class Runner:
         """The rows a probe sees, or why it cannot run. With a membership column, only probes that
         study membership see the training members: every other figure (accuracy, robustness,
         calibration, fairness) describes the model on data it was not trained on."""
-        if self.data.member is None or "members" in probe.needs:
+        if getattr(self.data, "member", None) is None or "members" in probe.needs or not isinstance(self.data, Dataset):
             return None, None
         rows = (~self.data.member).nonzero().flatten()
         if len(rows) == 0:
@@ -163,17 +165,20 @@ class Runner:
     def run(self):
         from assay.report.schema import AuditReport
 
-        validate(self.data, self.target)
+        tensor_data = isinstance(self.data, Dataset)  # language audits read texts (assay.data.language)
+        if tensor_data:
+            validate(self.data, self.target)
         started = time.time()
         ns = self.fingerprint()
         target = self.target
-        ledger = BudgetLedger(self.checkpoint, f"{ns}.budget.json")
-        if self.resume and ledger.state["used"] > target.budget.used:
-            target.budget.used = int(ledger.state["used"])  # what earlier runs of this audit spent
+        ledger = BudgetLedger(self.checkpoint, f"{ns}.budget.json", target)
+        if self.resume:
+            target.restore_spent(ledger.state.get("spent") or {"queries": ledger.state["used"]})  # earlier runs
         if self.checkpoint.root is not None:
             target.attach_store(self.checkpoint.root / "answers")
         if target.remote and self.checkpoint.root is not None:
-            target.budget.on_charge = ledger.write  # written before each request goes out
+            for budget in target.budgets().values():
+                budget.on_charge = ledger.write  # written before each request goes out
         spent_before = target.budget.used
         clean = CleanCache(target, self.data, self.checkpoint, ns + "/clean", self.seed)
         probes = [planned.build() for planned in self.plan.probes]
@@ -186,12 +191,13 @@ class Runner:
         try:
             # The clean forward pass, shared by every probe, runs first: an unreachable model, a budget
             # too small for it, or a broken model fails the audit here, before any probe starts.
-            if any(p.requires or p.requires_any for p in probes):
+            if tensor_data and any(p.requires or p.requires_any for p in probes):
                 clean.labels()
             findings = self._run_probes(probes, keys, ns, clean, ledger)
         finally:
-            target.budget.on_charge = None
-            ledger.write(target.budget.used)
+            for budget in target.budgets().values():
+                budget.on_charge = None
+            ledger.write()
             close = getattr(self._progress, "close", None)
             if close is not None:
                 close()

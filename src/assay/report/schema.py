@@ -26,7 +26,7 @@ from assay.probes.base import _VERDICT_RANK, AXES, VERDICTS, Evidence, Finding, 
 
 SCHEMA_VERSION = "1.0"
 
-EVIDENCE_KINDS = ("curve", "bars", "histogram", "images", "table", "text")
+EVIDENCE_KINDS = ("curve", "bars", "histogram", "images", "table", "text", "highlight")
 
 
 def _now_iso() -> str:

@@ -223,6 +223,23 @@ class Target(ABC):
     # describe() keys that change while the audit runs, not what the model is
     _VOLATILE = ("queries", "requests_sent", "cache_hits")
 
+    def budgets(self) -> dict[str, QueryBudget]:
+        """Every hard budget the target enforces, by name (language models add ``tokens``)."""
+        return {"queries": self.budget}
+
+    def spent(self) -> dict[str, int]:
+        """What each budget has charged so far: what an audit checkpoint records."""
+        return {k: b.used for k, b in self.budgets().items()}
+
+    def restore_spent(self, spent: dict[str, int]) -> None:
+        """Charge what an earlier, interrupted run of the same audit already spent."""
+        for key, budget in self.budgets().items():
+            n = int(spent.get(key, 0))
+            if n < 0:
+                raise InputError(f"spent {key} must be >= 0")
+            with budget._lock:
+                budget.used = max(budget.used, n)
+
     def attach_store(self, directory) -> None:
         """Keep answers across runs in ``directory`` (remote targets: a resumed audit replays its
         queries from there, at no budget, instead of sending them again). No-op by default."""

@@ -6,7 +6,11 @@ unpickling runs whatever code the file's author put in it.
 =========================  ===================================================================
 source                     how it is loaded
 =========================  ===================================================================
+``http(s)://.../v1``       :class:`~assay.targets.chat_api.ChatTarget`, an OpenAI-compatible API
+                           (``llm_options`` passed on)
 ``http://``, ``https://``  :class:`~assay.targets.http.HttpTarget` (``http_options`` passed on)
+``*.gguf``                 :meth:`~assay.targets.causal_lm.CausalLMTarget.from_gguf` (dequantized
+                           once, cached as safetensors)
 ``*.onnx``                 :class:`~assay.targets.onnx.OnnxTarget`
 ``*.safetensors``          ``factory()`` builds the ``nn.Module``; weights loaded strictly
 ``*.pt``/``.pth``/``.ts``  TorchScript (``torch.jit.load``); else ``torch.load(weights_only=True)``:
@@ -14,8 +18,9 @@ source                     how it is loaded
 ``*.skops``                ``skops.io.load``; types skops does not trust need trust_pickle
 ``*.pkl``/``.pickle``/     refused unless trust_pickle, then ``joblib.load``
 ``.joblib``
-a directory with           :meth:`~assay.targets.huggingface.HuggingFaceTarget.from_pretrained`
-``config.json``
+a directory with           :meth:`~assay.targets.causal_lm.CausalLMTarget.from_pretrained` for a
+``config.json``            ``...ForCausalLM`` architecture, else
+                           :meth:`~assay.targets.huggingface.HuggingFaceTarget.from_pretrained`
 =========================  ===================================================================
 """
 
@@ -40,7 +45,32 @@ from assay.targets.base import Target
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ts")
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
-SUPPORTED = ".onnx, .safetensors, .pt/.pth/.ts, .skops, .pkl/.pickle/.joblib, a Hugging Face directory, or an http(s) URL"
+SUPPORTED = (".onnx, .safetensors, .pt/.pth/.ts, .skops, .pkl/.pickle/.joblib, .gguf, a Hugging Face directory, "
+             "or an http(s) URL")
+
+
+def is_language_model(source: Any) -> bool:
+    """Whether ``source`` names a generative language model (a .gguf file, a causal-LM directory, an
+    OpenAI-compatible URL): its data are texts for the language probes, not a classifier's table."""
+    from assay.targets.base import GENERATE, Target
+
+    if isinstance(source, Target):
+        return GENERATE in source.capabilities
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    text = os.fspath(source)
+    if text.startswith(("http://", "https://")):
+        from assay.targets.chat_api import looks_like_openai_url
+
+        return looks_like_openai_url(text)
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return True
+    if path.is_dir() and (path / "config.json").is_file():
+        from assay.targets.causal_lm import is_causal_lm_dir
+
+        return is_causal_lm_dir(path)
+    return False
 
 
 def _pickle_refusal(path: Path) -> UnsafeModelFile:
@@ -150,6 +180,8 @@ def load_target(
     http_options: Mapping[str, Any] | None = None,
     task: str | None = None,
     input_shape_hint: Sequence[int] | None = None,
+    token_budget: int | None = None,
+    llm_options: Mapping[str, Any] | None = None,
 ) -> Target:
     """Load the model at ``source`` as a :class:`Target` (see the module doc for each kind).
 
@@ -171,6 +203,9 @@ def load_target(
     input_shape_hint : the data's per-sample shape, used only where neither ``input_shape`` nor the
         model says what it takes (torch modules, HTTP, dynamic ONNX): a scikit-learn or static ONNX
         model keeps its own, so a mismatch with the data is reported against the data.
+    token_budget : language models: hard limit on prompt plus generated tokens.
+    llm_options : language models: extra keyword arguments for
+        :class:`~assay.targets.chat_api.ChatTarget` or :class:`~assay.targets.causal_lm.CausalLMTarget`.
 
     Returns
     -------
@@ -188,7 +223,16 @@ def load_target(
     ...                 input_shape=(1, 8, 8))                  # doctest: +SKIP
     """
     text = os.fspath(source) if not isinstance(source, str) else source
+    llm_kw = dict(llm_options or {})
     if text.startswith(("http://", "https://")):
+        from assay.targets.chat_api import ChatTarget, looks_like_openai_url
+
+        if looks_like_openai_url(text):
+            return ChatTarget(text, query_budget=query_budget, token_budget=token_budget,
+                              **_llm_options(ChatTarget, llm_kw, "an OpenAI-compatible URL"))
+        if llm_kw:
+            raise InputError("--llm options apply to language models (.gguf, a causal-LM directory, an http(s)://.../v1 "
+                             "API); this URL is a classifier endpoint (use --http)")
         from assay.targets.http import HttpTarget
 
         shape = input_shape or input_shape_hint
@@ -204,7 +248,7 @@ def load_target(
     if not path.exists():
         raise InputError(f"model file {path} does not exist; check the path")
     target = _load_path(path, factory, trust_pickle, input_shape, num_classes, bounds, mean, std, query_budget,
-                        device, task, input_shape_hint)
+                        device, task, input_shape_hint, token_budget, llm_kw)
     if input_shape:
         target.input_shape_source = "flag"
     elif not hasattr(target, "input_shape_source"):
@@ -218,16 +262,27 @@ def load_target(
 
 
 def _load_path(path: Path, factory, trust_pickle, input_shape, num_classes, bounds, mean, std, query_budget,
-               device, task, hint=None) -> Target:
+               device, task, hint=None, token_budget=None, llm_kw=None) -> Target:
+    llm_kw = dict(llm_kw or {})
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"{path} is a directory without config.json; point at a model file or a Hugging Face model directory")
+        from assay.targets.causal_lm import CausalLMTarget, is_causal_lm_dir
+
+        if is_causal_lm_dir(path) and task is None:
+            return CausalLMTarget.from_pretrained(path, device=device, query_budget=query_budget, token_budget=token_budget,
+                                                  **_llm_options(CausalLMTarget, llm_kw, "a local model"))
         from assay.targets.huggingface import HuggingFaceTarget
 
         return HuggingFaceTarget.from_pretrained(
             path, task, input_shape=input_shape, mean=mean, std=std, device=device, query_budget=query_budget
         )
     suffix = path.suffix.lower()
+    if suffix == ".gguf":
+        from assay.targets.causal_lm import CausalLMTarget
+
+        return CausalLMTarget.from_gguf(path, device=device, query_budget=query_budget, token_budget=token_budget,
+                                        **_llm_options(CausalLMTarget, llm_kw, "a local model"))
     torch_kw = dict(num_classes=num_classes, bounds=bounds or (0.0, 1.0), mean=mean, std=std, device=device, query_budget=query_budget)
     if suffix == ".onnx":
         from assay.targets.onnx import OnnxTarget
@@ -270,6 +325,15 @@ def _load_path(path: Path, factory, trust_pickle, input_shape, num_classes, boun
             raise TargetError(f"cannot unpickle {path} ({type(e).__name__}: {e}); check the file and its Python packages") from e
         return _sklearn_or_torch(obj, path, input_shape, num_classes, bounds, torch_kw, query_budget, hint)
     raise InputError(f"{path} has an unknown model kind {suffix or '(no extension)'!r}; use {SUPPORTED}")
+
+
+def _llm_options(cls, options: dict[str, Any], what: str) -> dict[str, Any]:
+    """Refuse options the language-model target of this kind does not take (one line, the valid keys)."""
+    valid = [k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "model", "tokenizer", "url")]
+    bad = sorted(set(options) - set(valid))
+    if bad:
+        raise InputError(f"--llm {', '.join(bad)} does not apply to {what}; valid keys: {', '.join(valid)}")
+    return options
 
 
 def _torch_target(model: nn.Module, path: Path, input_shape, torch_kw, hint=None) -> Target:

@@ -1,0 +1,1 @@
+"""Language-model probes: what a generative model leaks (extraction, canaries, membership, PII)."""

@@ -1,0 +1,75 @@
+"""assay demo llm: the corpus, the fine-tuning and the whole pipeline (on a tiny model by default;
+the real SmolLM2 run is marked slow)."""
+
+import json
+
+import pytest
+
+from assay.data.demo_llm import COPIES, fine_tune, make_corpus, run_llm_demo
+from assay.metrics import pii
+from assay.targets.causal_lm import CausalLMTarget
+from tiny import tiny_model, tiny_tokenizer
+
+
+def test_corpus_plants_each_item_at_its_frequency():
+    c = make_corpus(seed=3)
+    again = make_corpus(seed=3)
+    assert c.train == again.train and make_corpus(seed=4).train != c.train
+    for item in c.planted:
+        assert sum(item["line"] == t for t in c.train) == item["copies"]
+        if item["kind"] != "canary":  # every fake item is valid for its detector (Luhn, IBAN checksum, ...)
+            assert any(f.kind == item["kind"] and f.value == item["value"] for f in pii.detect(item["line"]))
+    assert sorted(x.copies for x in c.data.canaries) == list(COPIES)
+    assert not set(c.data.members) & set(c.data.non_members) and len(c.data.non_members) >= 100
+
+
+def test_fine_tune_trains_only_the_last_blocks(tok):
+    t = CausalLMTarget(tiny_model(seed=3, layers=3), tiny_tokenizer(), device="cpu")
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    fp = t.fingerprint()
+    info = fine_tune(t, ["hello there", "general kenobi"], epochs=2, train_blocks=1, lr=1e-2)
+    after = t.model.state_dict()
+    changed = {k for k in before if not (before[k] == after[k]).all()}
+    assert changed and all(k.startswith(("model.layers.2.", "model.norm")) for k in changed)
+    assert info["steps"] == 2 and t.fingerprint() != fp
+    assert not any(p.requires_grad for p in t.model.parameters()) and not t.model.training
+
+
+def test_demo_pipeline_on_a_tiny_model(tmp_path):
+    """The demo's whole pipeline; a tiny model from scratch must learn the planted lines, so the
+    frequent canaries leak from the fine-tuned model and none from the base."""
+    t = CausalLMTarget(tiny_model(seed=0, hidden=64), tiny_tokenizer(), device="cpu")
+    params = {"language.extraction": {"prefix_tokens": 12, "suffix_tokens": 8, "max_documents": 45},
+              "language.canary": {"samples": 64},
+              "language.membership": {"max_texts": 100},
+              "language.pii": {"samples": 2, "prefix_tokens": 12, "suffix_tokens": 8, "max_documents": 45,
+                               "temperature": 0.0}}
+    res = run_llm_demo(tmp_path, target=t, epochs=6, train_blocks=2, lr=3e-3, params=params, log=lambda m: None)
+    ex = res["curves"]["extraction"]["series"]
+    tuned = next(s for s in ex if s["name"] == "fine-tuned")
+    base = next(s for s in ex if s["name"] == "base")
+    assert base["y"] == [0.0] * len(COPIES)
+    assert tuned["y"][-1] == 1.0  # 16 copies: extracted
+    exp = {s["name"]: s["y"] for s in res["curves"]["exposure"]["series"]}
+    assert exp["fine-tuned"][-1] > exp["base"][-1] + 3
+    for name in ("base", "fine-tuned"):
+        assert (tmp_path / name / "report.html").is_file()
+    # the same target object, fine-tuned in place between the audits: no answer of the base may be reused
+    verbatim = {n: next(f for f in res[n].findings if f.probe == "language.extraction").metric("verbatim_rate").value
+                for n in ("base", "fine-tuned")}
+    assert verbatim["fine-tuned"] > verbatim["base"]
+    assert "<svg" in (tmp_path / "leakage.html").read_text()
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "fine-tuned" in summary and "base" in summary
+    report = json.loads((tmp_path / "fine-tuned" / "report.json").read_text())
+    for c in make_corpus(0).data.canaries:
+        assert c.secret not in json.dumps(report)
+
+
+@pytest.mark.slow
+def test_assay_demo_llm_end_to_end(tmp_path):
+    from assay.cli import main
+
+    assert main(["demo", "llm", "--out", str(tmp_path), "--quiet"]) == 0
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "fine-tuned" in summary
