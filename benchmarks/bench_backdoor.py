@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-from assay.audit.plan import plan_from_names
-from assay.audit.runner import Runner
+from assay.engine.plan import plan_from_names
+from assay.engine.runner import Runner
 from assay.data import Dataset
-from assay.data.demo import DigitsCNN, load_digits_splits, train_classifier
+from assay.data.demo import DigitsCNN, load_digits_splits
+from assay.train.classifier import train_classifier
 from assay.targets import TorchTarget
 
 

@@ -47,7 +47,7 @@ def data():
 
 
 def prepare():
-    from assay.attacks.smoothing import train_with_noise
+    from assay.guarantees.smoothing import train_with_noise
 
     xtr, ytr, _, _ = data()
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ def worker(lib: str, k: int, n: int) -> dict:
     base = reset_peak_rss()
     t = time.perf_counter()
     if lib in ("assay", "assay (optimize=False)"):
-        from assay.attacks.smoothing import Smoothed
+        from assay.guarantees.smoothing import Smoothed
 
         with torch.no_grad():
             r = Smoothed(m, 10, sigma=SIGMA, optimize=lib == "assay").certify(x, n0=N0, n=n, alpha=ALPHA, seed=0)

@@ -3,7 +3,7 @@ import torch
 
 from assay.data import Dataset, validate
 from assay.errors import BudgetExceeded, InputError
-from assay.probes.base import Finding, Metric, Threshold
+from assay.findings import Finding, Metric, Threshold
 from assay.stats import clopper_pearson, wilson
 from assay.targets import TorchTarget
 

@@ -1,10 +1,17 @@
 """assay: red-team and audit the trustworthiness of machine-learning models.
 
-``assay.audit(model, data, ...)`` runs an audit (see :func:`assay.audit.api.audit`).
+``assay.audit(model, data, ...)`` runs an audit (see :func:`assay.engine.api.audit`).
 """
 
-__version__ = "0.1.0"
+from assay.version import __version__
 
-from assay import audit  # noqa: E402  (a callable package: assay.audit(...) is the Python API)
+
+def audit(model, data, **kwargs):
+    """Audit ``model`` on ``data``; the Python API of ``assay audit`` (see :func:`assay.engine.api.audit`
+    for the arguments). Returns the :class:`~assay.report.schema.AuditReport`."""
+    from assay.engine.api import audit as run
+
+    return run(model, data, **kwargs)
+
 
 __all__ = ["__version__", "audit"]

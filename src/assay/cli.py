@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from assay import __version__
+from assay.version import __version__
 from assay.errors import AssayError, InputError
 
 EXIT_POLICY_FAILED = 1
@@ -264,9 +264,9 @@ def _write_and_summarise(report, out: Path, quiet: bool = False) -> int:
 
 
 def cmd_audit(a) -> int:
-    from assay.audit.api import as_target
-    from assay.audit.plan import load_policy, load_suite, plan_from_names
-    from assay.audit.runner import Runner
+    from assay.engine.api import as_target
+    from assay.engine.plan import load_policy, load_suite, plan_from_names
+    from assay.engine.runner import Runner
     from assay.data.dataset import align_text_labels
 
     if a.quiet:  # read when transformers / huggingface_hub are first imported, i.e. later
@@ -287,7 +287,7 @@ def cmd_audit(a) -> int:
     if a.probe:
         plan = plan_from_names(a.probe, params)
     else:
-        from assay.audit.plan import apply_params
+        from assay.engine.plan import apply_params
 
         plan = apply_params(load_suite(a.suite), params)
     out = Path(a.out)
@@ -334,7 +334,7 @@ def cmd_demo(a) -> int:
 
 def cmd_demo_llm(a) -> int:
     """Fine-tune SmolLM2 on planted secrets and audit it and its base model (assay.data.demo_llm)."""
-    from assay.data.demo_llm import run_llm_demo
+    from assay.demos import run_llm_demo
 
     if a.policy:
         raise InputError("assay demo llm takes no --policy; audit its model with assay audit to apply one")

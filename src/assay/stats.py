@@ -35,17 +35,23 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> Interval:
     return Interval(low, high, level, "clopper-pearson")
 
 
-def clopper_pearson_one_sided_lower(k: int, n: int, level: float = 0.95) -> float:
-    """One-sided lower confidence bound for k/n (e.g. certification, DP auditing)."""
-    if k == 0 or n <= 0:
-        return 0.0
-    return float(_st.beta.ppf(1.0 - level, k, n - k + 1))
+def clopper_pearson_one_sided_lower(k, n, level: float = 0.95):
+    """One-sided lower confidence bound for k/n (certification, DP auditing); ``k`` (and ``n``) may
+    be arrays, then the bounds are an array."""
+    k_arr, n_arr = np.asarray(k), np.asarray(n)
+    with np.errstate(all="ignore"):
+        lo = _st.beta.ppf(1.0 - level, k_arr, np.maximum(n_arr - k_arr + 1, 1))
+    out = np.where((k_arr <= 0) | (n_arr <= 0), 0.0, lo)
+    return float(out) if out.ndim == 0 else out
 
 
-def clopper_pearson_one_sided_upper(k: int, n: int, level: float = 0.95) -> float:
-    if n <= 0 or k >= n:
-        return 1.0
-    return float(_st.beta.ppf(level, k + 1, n - k))
+def clopper_pearson_one_sided_upper(k, n, level: float = 0.95):
+    """One-sided upper confidence bound for k/n; ``k`` (and ``n``) may be arrays."""
+    k_arr, n_arr = np.asarray(k), np.asarray(n)
+    with np.errstate(all="ignore"):
+        hi = _st.beta.ppf(level, k_arr + 1, np.maximum(n_arr - k_arr, 1))
+    out = np.where((n_arr <= 0) | (k_arr >= n_arr), 1.0, hi)
+    return float(out) if out.ndim == 0 else out
 
 
 def wilson(k: int, n: int, level: float = 0.95) -> Interval:

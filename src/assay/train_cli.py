@@ -86,7 +86,7 @@ def cmd_train(a) -> int:
                    f"with noise_multiplier={res.noise_multiplier:.4g}, {res.steps} steps at sample rate "
                    f"{res.sample_rate:.4g} ({res.accountant.upper()} accountant) -> {out}")
     else:
-        from assay.data.demo import train_classifier
+        from assay.train.classifier import train_classifier
 
         if a.batch_size < 1:
             raise InputError("--batch-size must be >= 1")

@@ -1,11 +1,10 @@
-import math
 
 import pytest
 import torch
 from scipy.optimize import brentq
 from scipy.stats import binom, norm
 
-from assay.attacks.smoothing import ABSTAIN, Smoothed, certified_accuracy, max_certifiable_radius
+from assay.guarantees.smoothing import ABSTAIN, Smoothed, certified_accuracy, max_certifiable_radius
 
 
 class Const(torch.nn.Module):
@@ -83,7 +82,7 @@ def test_memory_bound_respected():
 
 
 def test_noise_training_certifies_more_and_curve_is_monotone(demo):
-    from assay.attacks.smoothing import train_with_noise
+    from assay.guarantees.smoothing import train_with_noise
     from assay.data.demo import DigitsCNN
 
     _, s = demo
@@ -121,8 +120,8 @@ def test_optimized_base_votes_like_the_original_and_keeps_target_counting(demo):
 
 
 def test_fast_inference_leaves_randomized_and_hooked_models_alone(demo):
-    from assay.attacks.smoothing import NoisyModel
-    from assay.targets.torch import fast_inference
+    from assay.guarantees.smoothing import NoisyModel
+    from assay.inference import fast_inference
 
     model, s = demo
     x = s.x_test[:32]

@@ -1,7 +1,6 @@
-import torch
 
-from assay.attacks.smoothing import Smoothed, certified_accuracy
-from assay.audit.context import ProbeContext
+from assay.guarantees.smoothing import Smoothed, certified_accuracy
+from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
 from assay.probes.certify.smoothing import SmoothingProbe
 from assay.targets.torch import TorchTarget

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assay.cli import main
 from assay.errors import InputError
 
 PY = sys.executable

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from assay.audit.context import ProbeContext
+from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
 from assay.errors import InputError
 from assay.explain.attributions import (
@@ -145,7 +145,7 @@ def test_explain_probe_evidence(demo, demo_target):
     img = next(e for e in f.evidence if e.kind == "images")
     first = img.data["rows"][0]["images"]
     assert [i["label"] for i in first] == ["input", "integrated_gradients (red +, blue -)"]
-    from assay.report.images import png_size
+    from assay.images import png_size
 
     assert png_size(first[1]["png"]) == (64, 64)  # 8x8 upscaled
     assert f.metric("randomization_rank_correlation[saliency]").value < 0.5

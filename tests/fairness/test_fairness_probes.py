@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from assay.audit.context import ProbeContext
+from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
 from assay.data.demo_fairness import demo_sensitive_attribute
 from assay.errors import InputError

@@ -4,9 +4,9 @@ model with a planted 2x2 trigger next to the clean demo model."""
 import pytest
 import torch
 
-from assay.attacks.backdoor import anomaly_index, mask_shape, reverse_engineer_triggers
-from assay.audit.plan import plan_from_names
-from assay.audit.runner import Runner
+from assay.integrity.neural_cleanse import anomaly_index, mask_shape, reverse_engineer_triggers
+from assay.engine.plan import plan_from_names
+from assay.engine.runner import Runner
 from assay.data import Dataset
 from assay.errors import InputError
 from assay.targets import TorchTarget
@@ -23,7 +23,8 @@ def stamp_corner(x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def backdoored(demo):
     """The demo CNN retrained with 10% extra poisoned copies: trigger stamped, label TARGET_CLASS."""
-    from assay.data.demo import DigitsCNN, train_classifier
+    from assay.data.demo import DigitsCNN
+    from assay.train.classifier import train_classifier
 
     _, s = demo
     idx = torch.randperm(len(s.x_train), generator=torch.Generator().manual_seed(0))[:100]

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from assay.data.demo_llm import COPIES, fine_tune, make_corpus, run_llm_demo
+from assay.data.demo_llm import COPIES, fine_tune, make_corpus
+from assay.demos import run_llm_demo
 from assay.metrics import pii
 from assay.targets.causal_lm import CausalLMTarget
 from tiny import tiny_model, tiny_tokenizer

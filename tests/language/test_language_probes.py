@@ -9,8 +9,8 @@ import pytest
 
 import assay
 from assay.attacks import language as lm
-from assay.audit.plan import load_suite
-from assay.audit.runner import Runner
+from assay.engine.plan import load_suite
+from assay.engine.runner import Runner
 from assay.cli import main
 from assay.data.language import Canary, LanguageData
 from assay.probes.base import get_probe
@@ -39,7 +39,7 @@ def data(corpus):
 
 
 def run_probe(name, target, data, **params):
-    from assay.audit.context import ProbeContext
+    from assay.engine.context import ProbeContext
 
     probe = get_probe(name)(**params)
     assert probe.check(target, data) is None

@@ -6,16 +6,16 @@ import pytest
 import torch
 from scipy import stats
 
-from assay.attacks.privacy_audit import (
+from assay.guarantees.dp_audit import (
     epsilon_from_rates,
-    epsilon_lower_bound,
+    split_half_epsilon_bound,
     load_recipe,
     make_canaries,
     membership_scores,
     one_run_lower_bound,
     one_run_p_value,
 )
-from assay.audit.context import ProbeContext
+from assay.engine.context import ProbeContext
 from assay.errors import InputError
 from assay.probes.privacy.dp_audit import DPAuditProbe
 
@@ -41,7 +41,7 @@ def test_epsilon_from_rates_hand_values():
 
 def test_threshold_bound_perfect_separation_hand_computed():
     s = np.r_[np.ones(100), np.zeros(100)]
-    b = epsilon_lower_bound(s, s > 0.5, level=0.95)
+    b = split_half_epsilon_bound(s, s > 0.5, level=0.95)
     # evaluation half: 50 members, 50 non-members, no errors; each rate bounded at 0.975 one-sided:
     # P[0 errors | rate p] = (1 - p)^50 = 0.025  ->  p_hi = 1 - 0.025^(1/50)
     p_hi = 1 - 0.025 ** (1 / 50)
@@ -53,7 +53,7 @@ def test_threshold_bound_matches_scipy_on_its_counts():
     rng = np.random.default_rng(1)
     m = rng.random(600) < 0.5
     s = rng.normal(size=600) + 1.5 * m
-    b = epsilon_lower_bound(s, m, delta=1e-3, level=0.9, seed=3)
+    b = split_half_epsilon_bound(s, m, delta=1e-3, level=0.9, seed=3)
     tp, fp = round(b.tpr * b.n_members), round(b.fpr * b.n_nonmembers)
     fn = b.n_members - tp
     one = 1 - 0.1 / 2
@@ -75,7 +75,7 @@ def test_bounds_are_valid_for_a_pure_dp_mechanism():
         m = rng.random(2000) < 0.5
         keep = rng.random(2000) < p
         s = np.where(keep, m, ~m).astype(float) + 0.01 * rng.random(2000)
-        lb = epsilon_lower_bound(s, m, seed=int(rng.integers(1 << 30))).epsilon
+        lb = split_half_epsilon_bound(s, m, seed=int(rng.integers(1 << 30))).epsilon
         ob = one_run_lower_bound(s, m).epsilon
         above_threshold += lb > eps
         above_one_run += ob > eps

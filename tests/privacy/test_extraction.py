@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from assay.attacks.extraction import extract
-from assay.audit.context import ProbeContext
+from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
 from assay.errors import InputError
 from assay.probes.privacy.extraction import ExtractionProbe
@@ -16,7 +16,8 @@ def _mlp(d=64, k=10):
 
 @pytest.fixture(scope="module")
 def digits_target():
-    from assay.data.demo import load_digits_splits, train_classifier
+    from assay.data.demo import load_digits_splits
+    from assay.train.classifier import train_classifier
 
     s = load_digits_splits(0, n_train=600)
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from assay.attacks.inversion import identification, invert_blackbox, invert_whitebox, total_variation
-from assay.audit.context import ProbeContext
+from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
 from assay.errors import InputError
 from assay.probes.privacy.inversion import InversionProbe, leakage_score
@@ -17,7 +17,8 @@ def _linear():
 @pytest.fixture(scope="module")
 def models():
     """A leaky softmax regression on the digits and the same model trained on shuffled labels."""
-    from assay.data.demo import load_digits_splits, train_classifier
+    from assay.data.demo import load_digits_splits
+    from assay.train.classifier import train_classifier
 
     s = load_digits_splits(0, n_train=600)
     torch.manual_seed(0)

@@ -1,6 +1,5 @@
 """Reference models, the membership and unlearning probes on real (tiny) trained models."""
 
-import math
 import sys
 import textwrap
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from assay.attacks.privacy import auc, label_only_scores, lira_scores, logit_confidence, tpr_at_fpr
+from assay.attacks.privacy import label_only_scores
 from assay.attacks.privacy.reference import (
     SklearnRecipe,
     TorchRecipe,
@@ -18,10 +17,10 @@ from assay.attacks.privacy.reference import (
     predict_log_probs,
     train_reference_models,
 )
-from assay.audit.context import ProbeContext
-from assay.audit.executors import InProcessExecutor, ProcessPoolExecutorAdapter
+from assay.engine.context import ProbeContext
+from assay.parallel import InProcessExecutor, ProcessPoolExecutorAdapter
 from assay.data.dataset import Dataset
-from assay.data.demo import train_classifier
+from assay.train.classifier import train_classifier
 from assay.errors import InputError, NotApplicable
 from assay.probes.privacy.membership import MembershipProbe
 from assay.probes.privacy.unlearning import UnlearningProbe
@@ -143,7 +142,7 @@ def test_function_recipe_through_a_process_pool(tmp_path, monkeypatch):
     (tmp_path / "my_recipe_mod.py").write_text(textwrap.dedent("""
         import torch
         from torch import nn
-        from assay.data.demo import train_classifier
+        from assay.train.classifier import train_classifier
 
         def train(x, y, seed):
             torch.manual_seed(seed)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from assay.audit.context import ProbeContext
+from assay.engine.context import ProbeContext
 from assay.data import Dataset
 from assay.probes.robustness.blackbox import BlackBoxProbe
 from assay.probes.robustness.evasion import EvasionProbe

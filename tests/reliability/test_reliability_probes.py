@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from assay.audit.context import ProbeContext
+from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
 from assay.errors import InputError
 from assay.probes.reliability.calibration import Calibration
@@ -31,7 +31,7 @@ def test_calibration_probe(demo, demo_target):
 
 
 def test_calibration_warns_when_an_interval_misses_its_estimate():
-    from assay.probes.base import Metric
+    from assay.findings import Metric
 
     ok = Metric("ece", 0.05, 0.03, 0.08)
     biased = Metric("adaptive_ece", 0.198, 0.212, 0.388)

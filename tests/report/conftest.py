@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assay.probes.base import Evidence, Finding, Metric
+from assay.findings import Evidence, Finding, Metric
 from assay.report import AuditReport
-from assay.report.images import perturbation_png_b64, to_png_b64
+from assay.images import perturbation_png_b64, to_png_b64
 from assay.stats import clopper_pearson, wilson
 
 

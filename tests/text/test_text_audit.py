@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from conftest import NEG_B, POS_B, build_text_model, sentences, write_table
 
 import assay

@@ -24,7 +24,7 @@ from assay.attacks.apgd import apgd, apgd_targeted
 from assay.attacks.base import AttackResult, check_norm, flat_norm, is_success
 from assay.attacks.minnorm import fmn_targeted
 from assay.attacks.square import square
-from assay.targets.torch import fast_inference
+from assay.inference import fast_inference
 
 Unit = Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]]
 

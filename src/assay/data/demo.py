@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from assay.train.classifier import train_classifier  # noqa: F401  (also imported from here by the arena)
+
 
 class DigitsCNN(nn.Module):
     """Two 3x3 conv layers, max-pool, two linear layers: 1x8x8 -> 10 logits."""
@@ -55,38 +57,6 @@ def load_digits_splits(seed: int = 0, n_train: int = 1000) -> DemoSplits:
     x, y = x[perm], y[perm]
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return DemoSplits(t(x[:n_train]), t(y[:n_train]), t(x[n_train:]), t(y[n_train:]))
-
-
-def train_classifier(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epochs: int = 30,
-    lr: float = 2e-3,
-    batch_size: int = 64,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-    noise_sigma: float = 0.0,
-) -> nn.Module:
-    """Plain seeded Adam training loop (``noise_sigma`` > 0 adds Gaussian input noise)."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
-    n = len(x)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            xb = x[idx]
-            if noise_sigma > 0:
-                xb = xb + noise_sigma * torch.randn(xb.shape, generator=g)
-            opt.zero_grad()
-            loss_fn(model(xb), y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 def train_demo_model(seed: int = 0, epochs: int = 30) -> tuple[nn.Module, DemoSplits]:

@@ -1,4 +1,5 @@
 """Audit-level tests, one subpackage per trust axis. Importing a module registers its probes."""
-from assay.probes.base import Evidence, Finding, Metric, Probe, Threshold, all_probes, get_probe, register
+from assay.findings import Evidence, Finding, Metric, Threshold
+from assay.probes.base import Probe, all_probes, get_probe, register
 
 __all__ = ["Evidence", "Finding", "Metric", "Probe", "Threshold", "all_probes", "get_probe", "register"]

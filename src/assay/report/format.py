@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from assay.probes.base import Threshold
+from assay.findings import Threshold
 
 def fmt(v: Any, digits: int = 4) -> str:
     """Numbers for people: 4 significant digits, ``n/a`` for missing / NaN, short exponents.

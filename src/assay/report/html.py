@@ -1,7 +1,7 @@
 """Self-contained HTML report: one file, inline CSS and SVG, images as data URIs, no JavaScript.
 
 The page is rendered by Jinja2 (autoescaping on) from ``templates/report.html.j2``; charts come from
-:mod:`assay.report.charts`, images from :mod:`assay.report.images`. Nothing is fetched from the
+:mod:`assay.report.charts`, images from :mod:`assay.images`. Nothing is fetched from the
 network when the page is opened, so a report can be archived, mailed or attached to a CI run as is.
 """
 
@@ -16,8 +16,9 @@ import jinja2
 from markupsafe import Markup
 
 from assay.errors import InputError
-from assay.probes.base import _VERDICT_RANK, AXES
-from assay.report import charts, images
+from assay.findings import AXES, VERDICT_RANK
+from assay import images
+from assay.report import charts
 from assay.report.format import finding_reason, fmt, fmt_ci, policy_rows
 from assay.report.schema import EVIDENCE_KINDS, AuditReport
 
@@ -124,9 +125,9 @@ def _headline(f) -> str:
     if not f.metrics:
         return ""
     m = f.metrics[0]
-    checks = [c for c in f.checks if isinstance(c, dict) and c.get("verdict") in _VERDICT_RANK]
+    checks = [c for c in f.checks if isinstance(c, dict) and c.get("verdict") in VERDICT_RANK]
     if checks:
-        worst = max(checks, key=lambda c: _VERDICT_RANK[c["verdict"]])
+        worst = max(checks, key=lambda c: VERDICT_RANK[c["verdict"]])
         m = next((x for x in f.metrics if x.name == worst.get("metric")), m)
     ci = fmt_ci(m.low, m.high)
     unit = f" {m.unit}" if m.unit else ""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from assay.probes.base import AXES
+from assay.findings import AXES
 from assay.report.format import finding_reason, fmt, fmt_ci
 from assay.report.schema import AuditReport
 

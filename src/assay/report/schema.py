@@ -14,15 +14,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import platform
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from assay.errors import InputError
-from assay.probes.base import _VERDICT_RANK, AXES, VERDICTS, Evidence, Finding, Metric, _clean_json
+from assay.version import __version__, versions  # noqa: F401  (versions: part of the report API)
+from assay.findings import AXES, VERDICTS, Evidence, Finding, Metric, clean_json, worst_verdict  # noqa: F401
 
 SCHEMA_VERSION = "1.0"
 
@@ -31,44 +30,6 @@ EVIDENCE_KINDS = ("curve", "bars", "histogram", "images", "table", "text", "high
 
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _assay_version() -> str:
-    import assay
-
-    return assay.__version__
-
-
-def versions() -> dict[str, str]:
-    """Versions recorded in ``accounting["versions"]``: python, assay, torch, numpy, platform."""
-    out = {"python": platform.python_version(), "assay": _assay_version()}
-    for name in ("torch", "numpy"):
-        mod = sys.modules.get(name)
-        if mod is None:
-            try:
-                mod = __import__(name)
-            except ImportError:  # pragma: no cover - both are hard dependencies
-                mod = None
-        out[name] = getattr(mod, "__version__", "not installed")
-    out["platform"] = platform.platform(terse=True)
-    return out
-
-
-def worst_verdict(verdicts) -> str:
-    """Worst verdict by rank (error > fail > warn > pass > info, skipped); ``info`` for none.
-
-    Example
-    -------
-    >>> worst_verdict(["pass", "warn", "info"])
-    'warn'
-    """
-    verdicts = list(verdicts)
-    if not verdicts:
-        return "info"
-    top = max(_VERDICT_RANK[v] for v in verdicts)
-    if top > 0:
-        return next(v for v, r in _VERDICT_RANK.items() if r == top)
-    return "info" if "info" in verdicts else "skipped"
 
 
 @dataclass
@@ -80,7 +41,7 @@ class AuditReport:
 
     Example
     -------
-    >>> from assay.probes.base import Finding, Metric
+    >>> from assay.findings import Finding, Metric
     >>> r = AuditReport(findings=[Finding("robustness.evasion", "robustness", "Evasion",
     ...                                   metrics=[Metric("robust_accuracy", 0.4, 0.3, 0.5)],
     ...                                   verdict="fail")])
@@ -89,7 +50,7 @@ class AuditReport:
     """
 
     schema_version: str = SCHEMA_VERSION
-    assay_version: str = field(default_factory=_assay_version)
+    assay_version: str = __version__
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created_at: str = field(default_factory=_now_iso)
     seed: int = 0
@@ -121,7 +82,7 @@ class AuditReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict; NaN and infinities become ``None`` (JSON ``null``), numpy / torch
         numbers plain numbers, nested dataclasses (e.g. policy Thresholds) dicts."""
-        return _clean_json(dataclasses.asdict(self))
+        return clean_json(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "report.json") -> AuditReport:
@@ -143,7 +104,7 @@ class AuditReport:
         own_major, own_minor = _parse_version(SCHEMA_VERSION)
         if major != own_major:
             raise InputError(
-                f"{source} has report schema {version}, this assay {_assay_version()} reads schema "
+                f"{source} has report schema {version}, this assay {__version__} reads schema "
                 f"{own_major}.x; use an assay release that reads schema {major}.x"
             )
         newer = minor > own_minor  # fields a newer minor version added are ignored

@@ -56,7 +56,7 @@ def summary_table(report: AuditReport, width: int | None = None, max_metrics: in
 
     Example
     -------
-    >>> from assay.probes.base import Finding, Metric
+    >>> from assay.findings import Finding, Metric
     >>> r = AuditReport(findings=[Finding("privacy.membership", "privacy", "Membership",
     ...     metrics=[Metric("auc", 0.61, 0.58, 0.64)], verdict="warn")]).compute_summary()
     >>> print(summary_table(r, width=80))  # doctest: +NORMALIZE_WHITESPACE

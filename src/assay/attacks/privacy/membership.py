@@ -3,7 +3,7 @@
 Every function here works on tensors of model outputs (logits, log-probabilities or probabilities)
 and labels, so it applies to any framework. Every score follows one convention: **higher means
 more likely a member** of the target's training set. Turning scores into TPR at low FPR, AUC and an
-epsilon lower bound is :mod:`assay.attacks.privacy.metrics`' job.
+epsilon lower bound is :mod:`assay.metrics.privacy`' job.
 
 Attacks
 -------

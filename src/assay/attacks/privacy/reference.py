@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from assay.attacks.privacy_audit import RECIPE_SIGNATURE
-from assay.attacks.privacy_audit import load_recipe as _load_entry_point  # imports and checks "module:fn"
+from assay.train.recipes import RECIPE_SIGNATURE
+from assay.train.recipes import load_recipe as _load_entry_point  # imports and checks "module:fn"
 from assay.errors import InputError
 
 
@@ -156,7 +156,7 @@ class TorchRecipe(Recipe):
         return model
 
     def train(self, x, y, seed):
-        from assay.data.demo import train_classifier
+        from assay.train.classifier import train_classifier
 
         model = self.fresh(seed)
         with torch.random.fork_rng():
@@ -326,7 +326,7 @@ def train_reference_models(
     """Train ``n_models`` reference models on balanced halves of the pool ``(x, y)`` and return
     their log-probabilities on ``views`` (Q, N, ...) (default: the pool itself, Q = 1).
 
-    Training runs on ``executor`` (:mod:`assay.audit.executors`; in-process by default), one work
+    Training runs on ``executor`` (:mod:`assay.parallel`; in-process by default), one work
     item per model. With ``cache_dir`` each model's outputs are stored under a key of
     (``cache_key`` (e.g. target and data fingerprints), recipe, seed, model index, views) and
     reused by later runs.
@@ -339,7 +339,7 @@ def train_reference_models(
     >>> refs.log_probs.shape, refs.in_mask.sum(0).unique().tolist()
     (torch.Size([2, 1, 40, 2]), [1])
     """
-    from assay.audit.executors import InProcessExecutor
+    from assay.parallel import InProcessExecutor
 
     text = isinstance(x, np.ndarray) and x.dtype == object  # a text pool: the recipe trains on strings
     x = x if text else torch.as_tensor(x).float()

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from assay.attacks.smoothing import ABSTAIN, NoisyModel, Smoothed, certified_accuracy, max_certifiable_radius
+from assay.guarantees.smoothing import ABSTAIN, NoisyModel, Smoothed, certified_accuracy, max_certifiable_radius
 from assay.errors import InputError
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.stats import clopper_pearson
 from assay.targets.base import GRADIENTS
 
@@ -74,7 +75,7 @@ class SmoothingProbe(Probe):
 
         out = ctx.unit(f"certify-s{p.sigma}-n{p.n}-a{p.alpha}-k{k}", work)
         pred, radius = out["prediction"].long(), out["radius"].float()
-        from assay.attacks.smoothing import CertifyResult
+        from assay.guarantees.smoothing import CertifyResult
 
         res = CertifyResult(pred, radius, out["p_lower"], out["counts"])
         radii = sorted(p.radii)

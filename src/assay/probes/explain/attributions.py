@@ -19,8 +19,9 @@ from assay.explain.attributions import (
     smoothgrad,
 )
 from assay.metrics.resample import interval_of, row_bootstrap_weights
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
-from assay.report.images import heatmap_png_b64, to_png_b64
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
+from assay.images import heatmap_png_b64, to_png_b64
 from assay.targets.base import GRADIENTS
 
 GRADIENT_METHODS = ("integrated_gradients", "saliency", "smoothgrad")

@@ -8,7 +8,8 @@ import numpy as np
 
 from assay.errors import InputError
 from assay.metrics.groups import CRITERIA, GroupMetrics
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 
 BINARY_CRITERIA = ("demographic_parity", "equalized_odds", "accuracy_parity")
 MULTICLASS_CRITERIA = ("accuracy_parity",)

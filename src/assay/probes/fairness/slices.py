@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from assay.metrics.slices import find_slices
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.targets.base import SCORES
 
 

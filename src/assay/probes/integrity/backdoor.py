@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from assay.attacks.backdoor import TriggerResult, anomaly_index, mask_shape, median, reverse_engineer_triggers
+from assay.integrity.neural_cleanse import TriggerResult, anomaly_index, mask_shape, median, reverse_engineer_triggers
 from assay.errors import InputError, NotApplicable
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.stats import clopper_pearson
 from assay.targets.base import GRADIENTS
 
@@ -192,7 +193,7 @@ class Backdoor(Probe):
     def _trigger_images(res, classes, l1, ai, held, xh, yh, bounds, count) -> Evidence | None:
         if res.pattern.dim() != 4 or count <= 0:
             return None
-        from assay.report.images import to_png_b64
+        from assay.images import to_png_b64
 
         lo, hi = bounds
         rows = []

@@ -9,7 +9,7 @@ from typing import Any
 
 from assay.data.language import LanguageData
 from assay.errors import InputError
-from assay.probes.base import Metric
+from assay.findings import Metric
 from assay.stats import clopper_pearson
 from assay.targets.llm import LanguageModelTarget
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from assay.attacks import language as lm
-from assay.probes.base import Evidence, Finding, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Finding, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.targets.base import GENERATE
 from assay.targets.llm import LOGPROBS

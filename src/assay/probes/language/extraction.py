@@ -22,7 +22,8 @@ import numpy as np
 
 from assay.attacks import language as lm
 from assay.errors import InputError
-from assay.probes.base import Evidence, Finding, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Finding, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.stats import bootstrap
 from assay.targets.base import GENERATE

@@ -16,7 +16,8 @@ import numpy as np
 
 from assay.attacks import language as lm
 from assay.errors import InputError
-from assay.probes.base import Finding, Probe, Threshold, register
+from assay.findings import Finding, Threshold
+from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.probes.privacy import _shared as psh
 from assay.targets.llm import LOGPROBS

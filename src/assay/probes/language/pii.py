@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from assay.attacks import language as lm
 from assay.errors import InputError
 from assay.metrics import pii
-from assay.probes.base import Evidence, Finding, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Finding, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.targets.base import GENERATE
 

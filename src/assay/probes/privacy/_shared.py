@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from assay.attacks.privacy import membership as mia
-from assay.attacks.privacy import metrics as mm
+from assay.metrics import privacy as mm
 from assay.attacks.privacy.reference import ReferenceSet, recipe_for_target, train_reference_models
 from assay.errors import InputError, NotApplicable
-from assay.probes.base import Evidence, Metric
+from assay.findings import Evidence, Metric
 from assay.stats import clopper_pearson
 from assay.targets.base import LABELS, SCORES
 

@@ -1,7 +1,7 @@
 """privacy.dp_audit: does a training recipe's differential-privacy claim survive a canary audit?
 
 This audits the training RECIPE (``recipe="package.module:train_fn"``, see
-:mod:`assay.attacks.privacy_audit`), not the deployed model: the probe trains ``n_models`` fresh
+:mod:`assay.guarantees.dp_audit`), not the deployed model: the probe trains ``n_models`` fresh
 models on the audit data (``ctx.data``: the recipe's training data) with canaries inserted at
 random, and bounds the epsilon the recipe can satisfy from below. The target is not queried.
 """
@@ -13,16 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from assay.attacks.privacy_audit import (
+from assay.guarantees.dp_audit import (
     CANARY_KINDS,
     canary_audit,
-    epsilon_lower_bound,
+    split_half_epsilon_bound,
     load_recipe,
     one_run_lower_bound,
     roc_points,
 )
 from assay.errors import InputError
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 
 
 @register
@@ -103,7 +104,7 @@ class DPAuditProbe(Probe):
         s, m = trials.scores.reshape(-1), trials.member.reshape(-1)
         if m.sum() < 2 or (~m).sum() < 2:
             raise InputError("too few member or non-member trials drawn; raise n_canaries or n_models")
-        jb = epsilon_lower_bound(s, m, delta=p.delta, level=p.confidence, seed=seed)
+        jb = split_half_epsilon_bound(s, m, delta=p.delta, level=p.confidence, seed=seed)
         ob = one_run_lower_bound(s, m, delta=p.delta, level=p.confidence, seed=seed)
         lb = max(jb.epsilon, ob.epsilon)
         # two bounds at the same level: the max holds at 1 - 2 (1 - level) (union bound); say so

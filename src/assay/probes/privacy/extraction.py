@@ -9,7 +9,8 @@ import torch
 
 from assay.attacks.extraction import extract, transfer_attack
 from assay.errors import InputError, NotApplicable
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.stats import clopper_pearson
 from assay.targets.base import LABELS, SCORES
 

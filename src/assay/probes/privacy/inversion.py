@@ -10,7 +10,8 @@ import torch
 from assay.attacks.extraction import build_surrogate, fit_classifier
 from assay.attacks.inversion import identification, invert_blackbox, invert_whitebox
 from assay.errors import InputError, NotApplicable
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.stats import bootstrap, clopper_pearson
 from assay.targets.base import GRADIENTS, SCORES
 
@@ -198,7 +199,7 @@ def _images(recon, classes, class_means, bounds, identified) -> Evidence | None:
     """One row per class: the class mean from the data, then each restart's reconstruction."""
     if recon.dim() != 5 or recon.shape[2] not in (1, 3):  # (restarts, K, C, H, W) images only
         return None
-    from assay.report.images import to_png_b64
+    from assay.images import to_png_b64
 
     lo, hi = bounds
     span = (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else (float(class_means.min()), float(class_means.max()))

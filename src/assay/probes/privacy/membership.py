@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from assay.errors import InputError, NotApplicable
-from assay.probes.base import Evidence, Finding, Probe, Threshold, register
+from assay.findings import Evidence, Finding, Threshold
+from assay.probes.base import Probe, register
 from assay.probes.privacy import _shared as sh
 from assay.targets.base import LABELS, SCORES
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from assay.audit.context import ProbeContext
 from assay.errors import InputError, NotApplicable
-from assay.probes.base import Finding, Metric, Probe, Threshold, register
+from assay.findings import Finding, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.probes.privacy import _shared as sh
 from assay.targets.base import LABELS, SCORES
 
@@ -119,9 +119,9 @@ class UnlearningProbe(Probe):
         if retrained is None:
             metrics += sh.max_metrics(summaries)
         else:
-            rctx = ProbeContext(retrained, data, seed=ctx.seed, probe_name=f"{self.name}/retrained",
-                                executor=ctx.executor, workdir=ctx.workdir)
-            rscores, _ = sh.compute_scores(rctx, retrained, settings, refs=refs)
+            # the retrained model answers on the same records with the same reference outputs; the
+            # audit's shared clean predictions are the unlearned model's, so they are not used
+            rscores, _ = sh.compute_scores(ctx, retrained, settings, shared_clean=False, refs=refs)
             rsumm = {a: sh.summarize(a, s[sel], is_forget, fprs, seed) for a, s in rscores.items()}
             gaps = []
             for s in summaries:
@@ -153,7 +153,7 @@ class UnlearningProbe(Probe):
 
 def _auc_gap_interval(s_a: np.ndarray, s_b: np.ndarray, is_pos: np.ndarray, seed: int, n: int = 200) -> tuple[float, float]:
     """Paired, stratified bootstrap of AUC(a) - AUC(b) on the same records."""
-    from assay.attacks.privacy.metrics import auc
+    from assay.metrics.privacy import auc
 
     rng = np.random.default_rng(seed)
     pos, neg = np.nonzero(is_pos)[0], np.nonzero(~is_pos)[0]

@@ -10,7 +10,8 @@ import torch
 
 from assay.errors import InputError
 from assay.metrics.ood import DetectionTerms, ash_logits, energy_score, msp_score, shifted_copy
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.targets.base import GRADIENTS
 
 

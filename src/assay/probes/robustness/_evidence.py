@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from assay.probes.base import Evidence
+from assay.findings import Evidence
 
 
 def example_images(x: torch.Tensor, x_adv: torch.Tensor, y, pred_adv, idx, bounds, title: str) -> Evidence | None:
     """Original | adversarial | amplified perturbation for a few broken points (images only)."""
     if x.dim() != 4 or len(idx) == 0:
         return None
-    from assay.report.images import perturbation_png_b64, to_png_b64
+    from assay.images import perturbation_png_b64, to_png_b64
 
     lo, hi = bounds
     rows = []

@@ -8,7 +8,8 @@ from typing import Literal
 import torch
 
 from assay.errors import InputError
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.probes.robustness._evidence import example_images
 from assay.probes.robustness._space import threat_space
 from assay.stats import clopper_pearson

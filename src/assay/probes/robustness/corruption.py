@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from assay.attacks.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from assay.shifts.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from assay.errors import InputError
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.stats import wilson
 
 

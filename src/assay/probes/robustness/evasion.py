@@ -14,7 +14,8 @@ from assay.attacks.autoattack import autoattack
 from assay.attacks.minnorm import fmn, robust_accuracy_from_norms
 from assay.attacks.randomized import vote
 from assay.errors import InputError
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.probes.robustness._evidence import example_images
 from assay.probes.robustness._space import threat_space
 from assay.stats import bootstrap, clopper_pearson

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 
 from assay.attacks.text import EDITS, greedy_text_attack
 from assay.errors import InputError
-from assay.probes.base import Evidence, Metric, Probe, Threshold, register
+from assay.findings import Evidence, Metric, Threshold
+from assay.probes.base import Probe, register
 from assay.stats import clopper_pearson
 from assay.targets.base import SCORES
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from assay.audit.plan import apply_params, load_policy, load_suite, plan_from_names
-from assay.audit.runner import Runner
+from assay.engine.plan import apply_params, load_policy, load_suite, plan_from_names
+from assay.engine.runner import Runner
 from assay.data.dataset import Dataset
 from assay.errors import InputError
 from assay.targets.base import Target

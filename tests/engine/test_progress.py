@@ -1,7 +1,7 @@
 import io
 import time
 
-from assay.audit.progress import LineProgress
+from assay.engine.progress import LineProgress
 
 
 class Clock:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 import traceback
 import uuid
@@ -20,31 +19,18 @@ from typing import Any, Callable
 
 import torch
 
-from assay import __version__
-from assay.audit.checkpoint import Checkpoint
-from assay.audit.context import CleanCache, ProbeContext, seeded
-from assay.audit.executors import Executor, make_executor
-from assay.audit.plan import Plan, Policy, rules_for
-from assay.audit.progress import make_progress
+from assay.version import __version__, versions
+from assay.engine.checkpoint import Checkpoint
+from assay.engine.context import CleanCache, ProbeContext, seeded
+from assay.parallel import Executor, make_executor
+from assay.engine.plan import Plan, Policy, rules_for
+from assay.engine.progress import make_progress
 from assay.data.dataset import Dataset, validate
 from assay.errors import AssayError, BudgetExceeded, InputError, NotApplicable
-from assay.probes.base import Finding, Threshold, outside_interval
+from assay.findings import Finding, Threshold, outside_interval
 from assay.targets.base import Target
 
 CHECKPOINT_DIRNAME = ".assay-checkpoint"
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import torch
-
-    return {
-        "assay": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-    }
 
 
 class BudgetLedger:

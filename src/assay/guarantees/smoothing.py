@@ -121,7 +121,7 @@ class Smoothed:
         """The base classifier, swapped once for its inference-optimized equivalent when it is a
         torch module (see :func:`assay.targets.torch.fast_inference`; same function, checked)."""
         if self._fast is None:
-            from assay.targets.torch import fast_inference
+            from assay.inference import fast_inference
 
             self._fast = fast_inference(self.base, example) if self.optimize and isinstance(self.base, torch.nn.Module) \
                 else self.base
@@ -182,7 +182,7 @@ class NoisyModel(torch.nn.Module):
 
 def train_with_noise(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, **kw) -> torch.nn.Module:
     """Gaussian-noise augmentation training (Cohen et al.'s recipe), so the model certifies well."""
-    from assay.data.demo import train_classifier
+    from assay.train.classifier import train_classifier
 
     return train_classifier(model, x, y, noise_sigma=sigma, **kw)
 

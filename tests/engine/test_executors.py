@@ -1,6 +1,6 @@
 import pytest
 
-from assay.audit.executors import InProcessExecutor, ProcessPoolExecutorAdapter, make_executor
+from assay.parallel import InProcessExecutor, ProcessPoolExecutorAdapter, make_executor
 from assay.errors import InputError
 
 

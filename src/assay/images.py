@@ -219,6 +219,6 @@ def png_size(png_b64: str) -> tuple[int, int]:
     except (ValueError, TypeError):
         raise InputError("image is not valid base64; give the PNG bytes base64-encoded") from None
     if head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
-        raise InputError("image is not a PNG; encode it with assay.report.images.to_png_b64")
+        raise InputError("image is not a PNG; encode it with assay.images.to_png_b64")
     w, h = struct.unpack(">II", head[16:24])
     return int(w), int(h)

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import torch
 
-from assay.audit.checkpoint import Checkpoint
-from assay.audit.executors import Executor, InProcessExecutor
+from assay.engine.checkpoint import Checkpoint
+from assay.parallel import Executor, InProcessExecutor
 from assay.data.dataset import Dataset
 from assay.targets.base import SCORES, Target
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from assay.errors import InputError
-from assay.probes.base import AXES, Probe, Threshold, all_probes, get_probe
+from assay.findings import AXES, Threshold
+from assay.probes.base import Probe, all_probes, get_probe
 
 SUITES_DIR = Path(__file__).parent / "suites"
 

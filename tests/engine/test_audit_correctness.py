@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import assay
-from assay.audit.plan import load_policy, plan_from_names
-from assay.audit.runner import Runner, water_fill
+from assay.engine.plan import load_policy, plan_from_names
+from assay.engine.runner import Runner, water_fill
 from assay.cli import main as cli_main
 from assay.errors import InputError
 from assay.report import read_json

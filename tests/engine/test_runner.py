@@ -1,14 +1,11 @@
-import json
 
 import pytest
-import torch
 
 import assay
-from assay.audit.plan import load_policy, load_suite, plan_from_names
-from assay.audit.runner import Runner
+from assay.engine.plan import load_policy, load_suite, plan_from_names
+from assay.engine.runner import Runner
 from assay.data import Dataset
 from assay.errors import InputError
-from assay.targets import TorchTarget
 
 
 def _data(demo, n=120):
@@ -39,7 +36,6 @@ def test_partial_units_are_reused_after_interruption(tmp_path, demo_target, demo
     plan = plan_from_names(["robustness.corruption"], {"robustness.corruption": {"severities": [1, 2]}})
     runner = Runner(demo_target, data, plan, out_dir=tmp_path, seed=0)
     # simulate a crash after the first units: run the probe's context for one unit only
-    from assay.audit.context import ProbeContext
 
     calls = []
 
@@ -112,7 +108,7 @@ def test_bug_in_a_probe_does_not_lose_other_findings(demo_target, demo, monkeypa
 
 
 def test_interval_that_misses_its_estimate_is_a_warning(demo_target, demo, monkeypatch):
-    from assay.probes.base import Metric
+    from assay.findings import Metric
     from assay.probes.reliability.selective import Selective
 
     def run(self, ctx):

@@ -1,0 +1,110 @@
+"""The demos' orchestration: train or fine-tune the demo models, audit them and write the reports.
+
+``assay demo`` (the digits CNN) runs through the CLI's audit command; ``assay demo llm`` runs
+:func:`run_llm_demo`. The demo data and models themselves are in :mod:`assay.data`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from assay.data.demo_llm import COPIES, DEMO_PARAMS, fine_tune, make_corpus, smollm2_gguf
+
+
+def leakage_curves(findings: dict[str, dict], planted: list[dict], copies=COPIES) -> dict:
+    """Exposure and greedy-extraction rate per copy count, for each audited model (curve evidence)."""
+    series_e, series_x = [], []
+    for model_name, by_probe in findings.items():
+        canary = by_probe["language.canary"]
+        e = [canary.metric(f"exposure[{k}x]") for k in copies]
+        series_e.append({"name": model_name, "x": list(copies), "y": [m.value for m in e],
+                         "low": [m.low for m in e], "high": [m.high for m in e]})
+        table = next(ev for ev in canary.evidence if ev.kind == "table")
+        hit = {row[0]: row[8] == "yes" for row in table.data["rows"]}
+        series_x.append({"name": model_name, "x": list(copies), "y": [float(hit[f"{k}x"]) for k in copies]})
+    return {
+        "exposure": {"xlabel": "copies in the fine-tuning data", "ylabel": "canary exposure (bits)", "logx": True,
+                     "series": series_e + [{"name": "maximum (log2 10^6)", "x": list(copies),
+                                            "y": [float(np.log2(1e6))] * len(copies), "style": "dashed"}]},
+        "extraction": {"xlabel": "copies in the fine-tuning data", "ylabel": "secret extracted by greedy decoding",
+                       "logx": True, "series": series_x},
+    }
+
+
+def run_llm_demo(out: str | Path, *, seed: int = 0, target=None, epochs: int = 3, train_blocks: int = 4,
+                 lr: float = 1e-3, params: dict | None = None, log: Callable[[str], None] = print,
+                 quiet_progress: bool = True) -> dict:
+    """The whole demo (see the module doc); returns the two reports and the leakage curves.
+
+    ``target`` replaces SmolLM2 (tests use a tiny model); it is fine-tuned in place, so the base
+    model is audited first."""
+    from assay.engine.plan import load_suite
+    from assay.engine.runner import Runner
+    from assay.report import render_all
+    from assay.report.charts import curve_svg
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if target is None:
+        from assay.targets.causal_lm import CausalLMTarget
+
+        path = smollm2_gguf()
+        log(f"Loading {path.name} (dequantized once, then cached) ...")
+        target = CausalLMTarget.from_gguf(path, device="cpu")
+    corpus = make_corpus(seed)
+    corpus.data.write_jsonl(out / "texts.jsonl")
+    log(f"Corpus: {len(corpus.train)} training texts ({len(corpus.data.members)} chats, "
+        f"{len(corpus.planted)} planted items at {', '.join(map(str, COPIES))} copies)")
+    params = {k: dict(v) for k, v in (params or DEMO_PARAMS).items()}
+
+    def audit(name: str) -> dict:
+        plan = load_suite("language")
+        for pp in plan.probes:
+            pp.params.update(params.get(pp.name, {}))
+        log(f"Auditing the {name} model ...")
+        report = Runner(target, corpus.data, plan, out_dir=out / name, seed=seed, resume=False,
+                        log=lambda m: log("  " + m)).run()
+        render_all(report, out / name)
+        return report
+
+    base = audit("base")
+    log(f"Fine-tuning the last {train_blocks} blocks for {epochs} epochs ...")
+    info = fine_tune(target, corpus.train, epochs=epochs, train_blocks=train_blocks, lr=lr, seed=seed, log=log)
+    tuned = audit("fine-tuned")
+    by = {"fine-tuned": {f.probe: f for f in tuned.findings}, "base": {f.probe: f for f in base.findings}}
+    curves = leakage_curves(by, corpus.planted)
+    svg = "".join(str(curve_svg(curves[k], t)) for k, t in (("exposure", "Canary exposure against copies"),
+                                                             ("extraction", "Greedy extraction against copies")))
+    (out / "leakage.html").write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>assay demo llm: leakage against copies</title>"
+        "</head><body style='font-family:sans-serif'><h1>Leakage grows with repetition</h1>" + svg + "</body></html>",
+        encoding="utf-8")
+    summary = _summary(by, info, time.time() - t0)
+    (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+    log(summary)
+    log(f"Reports: {out / 'fine-tuned' / 'report.html'}, {out / 'base' / 'report.html'}; plot: {out / 'leakage.html'}")
+    return {"base": base, "fine-tuned": tuned, "curves": curves, "training": info, "seconds": time.time() - t0}
+
+
+def _summary(by: dict, info: dict, seconds: float) -> str:
+    lines = [f"Fine-tuning: {info['steps']} steps, {info['trainable_parameters']:,} trainable parameters, "
+             f"final loss {info['final_loss']:.3f}, {info['seconds']:.0f} s",
+             f"{'model':<12} {'copies':>6} {'exposure (bits)':>16} {'extracted':>10}"]
+    for name, f in by.items():
+        canary = f["language.canary"]
+        table = next(ev for ev in canary.evidence if ev.kind == "table")
+        for row in table.data["rows"]:
+            lines.append(f"{name:<12} {row[1]:>6} {row[2]:>16.1f} {row[8]:>10}")
+    for name, f in by.items():
+        ex, mem, pii = f["language.extraction"], f["language.membership"], f["language.pii"]
+        lines.append(f"{name}: verbatim extraction {ex.metric('verbatim_rate').value:.0%} of documents, "
+                     f"membership AUC {mem.metric('max_auc').value:.2f}, planted PII leaked: "
+                     f"{int(pii.metric('leaked_items').value)} items; verdicts "
+                     + ", ".join(f"{k.split('.')[1]} {v.verdict}" for k, v in f.items()))
+    lines.append(f"Demo time: {seconds:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Verifiable guarantees: certification by randomized smoothing, auditing a differential-privacy claim."""

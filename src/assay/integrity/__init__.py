@@ -1,0 +1,1 @@
+"""Integrity: detecting backdoors (Neural Cleanse trigger reverse-engineering)."""

@@ -1,0 +1,1 @@
+"""Distribution shifts a model should survive: common corruptions."""
