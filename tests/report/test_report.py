@@ -336,11 +336,12 @@ def test_render_all_writes_the_three_files(sample_report, tmp_path):
     assert paths["html"].read_text(encoding="utf-8").count('class="finding ') == len(sample_report.findings)
 
 
-@pytest.mark.parametrize("module", ["schema", "images", "charts", "html", "junit", "text", "__init__"])
+@pytest.mark.parametrize("module", ["report.schema", "images", "report.charts", "report.html", "report.junit",
+                                    "report.text", "report"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib
 
-    mod = importlib.import_module("assay.report" if module == "__init__" else f"assay.report.{module}")
+    mod = importlib.import_module(f"assay.{module}")
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
