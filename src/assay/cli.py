@@ -25,11 +25,11 @@ def _floats(s: str, what: str) -> list[float]:
 
 
 def _parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``--param robustness.evasion.eps=0.1,0.2`` -> {"robustness.evasion": {"eps": "0.1,0.2"}}."""
+    """``--param robustness.evasion.eps_linf=0.1,0.2`` -> {"robustness.evasion": {"eps_linf": "0.1,0.2"}}."""
     out: dict[str, dict[str, Any]] = {}
     for it in items or []:
         if "=" not in it or "." not in it.split("=", 1)[0]:
-            raise InputError(f"--param {it!r} must look like PROBE.KEY=VALUE, e.g. robustness.evasion.eps=0.1")
+            raise InputError(f"--param {it!r} must look like PROBE.KEY=VALUE, e.g. robustness.evasion.eps_linf=0.1")
         lhs, value = it.split("=", 1)
         probe, key = lhs.rsplit(".", 1)
         out.setdefault(probe, {})[key] = value
@@ -316,9 +316,9 @@ def cmd_demo(a) -> int:
     # the demo measures robustness at 0.05-0.2, where the curve actually moves.
     if a.suite in ("quick", "standard", "full"):
         eps = "0.1" if a.suite == "quick" else "0.05,0.1,0.2"
-        argv += ["--param", f"robustness.evasion.eps_linf={eps}", "--param", f"robustness.blackbox.eps={eps}"]
+        argv += ["--param", f"robustness.evasion.eps_linf={eps}", "--param", f"robustness.blackbox.eps_linf={eps}"]
         if a.suite != "quick":
-            argv += ["--param", "privacy.extraction.transfer_eps=0.15",
+            argv += ["--param", "privacy.extraction.eps_linf=0.15",
                      "--param", "robustness.evasion.max_samples=200"]
     if a.quiet:
         argv.append("--quiet")

@@ -19,8 +19,12 @@ VERDICT_RANK = {"skipped": 0, "info": 0, "pass": 1, "warn": 2, "fail": 3, "error
 
 @dataclass
 class Metric:
-    """One number with its uncertainty. ``name`` may carry a qualifier in brackets, e.g.
-    ``robust_accuracy[linf,eps=0.0314]``; policies match on the full name or the base name."""
+    """One number with its uncertainty.
+
+    ``labels`` say which variant of a metric this is (``{"norm": "linf", "eps": 0.0314}``); ``name``
+    is the display name built from them (``robust_accuracy[linf,eps=0.0314]``, see
+    :meth:`labelled`). Policies match a rule on the display name, on the base name (every variant),
+    or on the base name and a subset of the labels (numbers compared to 4 significant digits)."""
 
     name: str
     value: float
@@ -31,10 +35,44 @@ class Metric:
     level: float = 0.95
     method: str = ""
     description: str = ""
+    labels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_name(self) -> str:
         return self.name.split("[", 1)[0]
+
+    @classmethod
+    def labelled(cls, base: str, labels: dict[str, Any], value: float, *args: Any,
+                 keyed: dict[str, str | tuple[str, str]] | None = None, **kw: Any) -> Metric:
+        """A metric whose display name is built from its labels: a label in ``keyed`` shows as
+        ``key=value`` with that format spec (or ``(shown key, spec)``), any other as its bare value,
+        in the labels' order.
+
+        >>> Metric.labelled("robust_accuracy", {"norm": "linf", "eps": 8 / 255}, 0.4, keyed={"eps": ".4g"}).name
+        'robust_accuracy[linf,eps=0.03137]'
+        """
+        keyed = keyed or {}
+
+        def part(k, v):
+            if k not in keyed:
+                return str(v)
+            shown, spec = keyed[k] if isinstance(keyed[k], tuple) else (k, keyed[k])
+            return f"{shown}={format(v, spec)}"
+
+        parts = [part(k, v) for k, v in labels.items()]
+        name = f"{base}[{','.join(parts)}]" if parts else base
+        return cls(name, value, *args, labels=dict(labels), **kw)
+
+    def matches(self, labels: dict[str, Any]) -> bool:
+        """Whether every given label has this metric's value (numbers to 4 significant digits)."""
+        for k, want in labels.items():
+            have = self.labels.get(k)
+            if isinstance(want, (int, float)) and isinstance(have, (int, float)) and not isinstance(want, bool):
+                if f"{float(want):.4g}" != f"{float(have):.4g}":
+                    return False
+            elif str(have) != str(want):
+                return False
+        return True
 
 
 @dataclass
@@ -61,6 +99,7 @@ class Threshold:
     fail_above: float | None = None
     warn_above: float | None = None
     on: str = "value"
+    labels: dict[str, Any] | None = None  # only metrics with these labels (e.g. {eps = 0.0314})
 
     def __post_init__(self):
         if self.on not in ("value", "interval"):
@@ -81,8 +120,9 @@ class Threshold:
 
     def describe(self) -> str:
         parts = [f"{k.replace('_', ' ')} {v:g}" for k, v in dataclasses.asdict(self).items()
-                 if v is not None and k != "on"]
-        return ", ".join(parts) + (" (whole interval)" if self.on == "interval" else "")
+                 if v is not None and k not in ("on", "labels")]
+        where = f" where {', '.join(f'{k}={v}' for k, v in self.labels.items())}" if self.labels else ""
+        return ", ".join(parts) + (" (whole interval)" if self.on == "interval" else "") + where
 
 
 @dataclass
@@ -130,16 +170,29 @@ class Finding:
         self.checks = []
         verdict = "info" if not rules else "pass"
         for m in self.metrics:
-            rule = rules.get(m.name) or rules.get(m.base_name)
-            if rule is None or m.value != m.value:  # NaN: nothing to judge
+            if m.value != m.value:  # NaN: nothing to judge
                 continue
-            v = rule.verdict(m.value, m.low, m.high)
-            self.checks.append({"metric": m.name, "value": m.value, "rule": rule.describe(), "verdict": v})
-            if VERDICT_RANK[v] > VERDICT_RANK[verdict]:
-                verdict = v
+            for rule in rules_for_metric(rules, m):
+                v = rule.verdict(m.value, m.low, m.high)
+                self.checks.append({"metric": m.name, "value": m.value, "rule": rule.describe(), "verdict": v})
+                if VERDICT_RANK[v] > VERDICT_RANK[verdict]:
+                    verdict = v
         if self.warnings and verdict == "pass":
             verdict = "warn"
         self.verdict = verdict
+
+
+def rules_for_metric(rules: dict[str, Any], m: Metric) -> list[Threshold]:
+    """The rules that judge ``m``: those under its display name, else those under its base name whose
+    ``labels`` it matches (a rule without labels judges every variant). A name may hold one rule or
+    a list of them."""
+    found = rules.get(m.name)
+    if found is None:
+        found = rules.get(m.base_name)
+    if found is None:
+        return []
+    candidates = found if isinstance(found, list) else [found]
+    return [r for r in candidates if not r.labels or m.matches(r.labels)]
 
 
 def outside_interval(metrics: list[Metric]) -> list[Metric]:

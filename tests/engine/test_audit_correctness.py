@@ -160,7 +160,7 @@ def test_one_probe_cannot_starve_the_rest(demo, demo_target):
     t = TorchTarget(model, input_shape=(1, 8, 8), num_classes=10, device="cpu", query_budget=3000)
     data = Dataset(s.x_test[:100], s.y_test[:100])
     plan = plan_from_names(["robustness.blackbox", "robustness.corruption"],
-                           {"robustness.blackbox": {"max_samples": 40, "queries_per_sample": 500, "eps": [0.05]},
+                           {"robustness.blackbox": {"max_samples": 40, "queries_per_sample": 500, "eps_linf": [0.05]},
                             "robustness.corruption": {"max_samples": 100, "severities": [1]}})
     r = Runner(t, data, plan).run()
     split = r.accounting["budget_split"]
@@ -198,3 +198,36 @@ def test_seed_reaches_membership_and_randomized_models_reproduce():
     assert vals[0] != vals[2]
     assert runs[0].findings[0].accounting["seed"] == 1
     assert "randomness" in " ".join(runs[0].findings[1].warnings)
+
+
+def test_policy_rules_select_metric_variants_by_label(tmp_path):
+    """A rule keyed by base name and labels judges that variant only; an array holds one rule per
+    variant; labels that match no metric make the finding an error (a typo cannot pass a gate)."""
+    net, x, y = _linear_task()
+    pol = tmp_path / "p.toml"
+    pol.write_text('["robustness.corruption"]\n'
+                   'accuracy = [{ fail_below = 1.01, labels = { corruption = "gaussian_noise", severity = 1 } }]\n')
+    r = assay.audit(net, (x, y), probes=["robustness.corruption"], policy=pol, bounds=(-10, 10),
+                    params={"robustness.corruption": {"severities": [1, 2]}})
+    f = r.findings[0]
+    judged = [c["metric"] for c in f.checks if c["rule"].startswith("fail below 1.01")]
+    assert judged == ["accuracy[gaussian_noise,severity=1]"] and f.verdict == "fail"
+    m = f.metric("accuracy[gaussian_noise,severity=2]")
+    assert m.labels == {"corruption": "gaussian_noise", "severity": 2}
+    pol.write_text('["robustness.corruption"]\naccuracy = { fail_below = 0.1, labels = { severity = 7 } }\n')
+    r = assay.audit(net, (x, y), probes=["robustness.corruption"], policy=pol, bounds=(-10, 10),
+                    params={"robustness.corruption": {"severities": [1]}})
+    assert r.findings[0].verdict == "error" and "match no metric" in r.findings[0].error
+
+
+def test_reports_of_schema_1_0_still_read():
+    """Metric labels came with schema 1.1: a 1.0 report without them reads, its metrics unlabelled."""
+    from assay.findings import Finding, Metric
+    from assay.report.schema import AuditReport
+
+    d = AuditReport(findings=[Finding("p.q", "robustness", "t", metrics=[Metric("m[x]", 0.5)])]).to_dict()
+    d["schema_version"] = "1.0"
+    for m in d["findings"][0]["metrics"]:
+        del m["labels"]
+    r = AuditReport.from_dict(d)
+    assert r.findings[0].metrics[0].labels == {} and r.findings[0].metrics[0].name == "m[x]"

@@ -60,7 +60,7 @@ def _audit(url, data, out, budget):
     cmd = [sys.executable, "-m", "assay", "audit", url, "--num-classes", "10", "--input-shape", "1,8,8",
            "--query-budget", str(budget), "--data", str(data), "--probe", "robustness.blackbox",
            "--param", "robustness.blackbox.max_samples=30", "--param", "robustness.blackbox.queries_per_sample=150",
-           "--param", "robustness.blackbox.eps=0.05,0.1", "--out", str(out), "--quiet"]
+           "--param", "robustness.blackbox.eps_linf=0.05,0.1", "--out", str(out), "--quiet"]
     return subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=SRC), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

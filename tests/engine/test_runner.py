@@ -100,7 +100,7 @@ def test_bug_in_a_probe_does_not_lose_other_findings(demo_target, demo, monkeypa
         raise RuntimeError("boom")
 
     plan = plan_from_names(["robustness.corruption", "robustness.blackbox"],
-                           {"robustness.blackbox": {"max_samples": 4, "queries_per_sample": 20, "eps": [0.3]}})
+                           {"robustness.blackbox": {"max_samples": 4, "queries_per_sample": 20, "eps_linf": [0.3]}})
     monkeypatch.setattr(CorruptionProbe, "run", broken)
     report = Runner(demo_target, _data(demo, 20), plan).run()
     assert report.findings[0].verdict == "error" and "boom" in report.findings[0].error

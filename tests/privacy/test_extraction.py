@@ -44,7 +44,7 @@ def test_probe_steals_a_faithful_copy_within_budget_and_transfers(digits_target)
     model, data = digits_target
     target = TorchTarget(model, input_shape=(1, 8, 8), num_classes=10, device="cpu", query_budget=len(data) + 400)
     probe = ExtractionProbe(query_budget=400, rounds=3, surrogate="mlp", epochs=20, transfer_samples=60,
-                            transfer_eps=0.15, transfer_steps=10)
+                            eps_linf=0.15, transfer_steps=10)
     f = probe.run(ProbeContext(target, data, seed=0, probe_name="ext"))
     f.apply_policy(probe.default_policy)
     assert f.metric("fidelity").value > 0.85

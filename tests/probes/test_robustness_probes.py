@@ -72,7 +72,7 @@ def test_blackbox_never_exceeds_the_budget(demo):
     ctx = _ctx(t, demo, 30)
     ctx.clean_scores()
     # at eps 0.05 most digits resist, so 500 queries each cannot fit in what is left of 1,500
-    f = BlackBoxProbe(eps=[0.05], queries_per_sample=500, max_samples=30).run(ctx)
+    f = BlackBoxProbe(eps_linf=[0.05], queries_per_sample=500, max_samples=30).run(ctx)
     assert t.queries <= 1500
     assert f.metric("queries_used").value <= 1500 - 30
     assert any("budget" in w for w in f.warnings)
@@ -90,7 +90,7 @@ def test_label_only_target_uses_hopskipjump(demo, demo_target):
                 return demo_target.net(x).argmax(1)
 
     t = LabelsOnly(num_classes=10, input_shape=(1, 8, 8), capabilities={LABELS})
-    f = BlackBoxProbe(norm="l2", eps=[1.0, 3.0], queries_per_sample=300, max_samples=12).run(_ctx(t, demo, 12))
+    f = BlackBoxProbe(norms=["l2"], eps_l2=[1.0, 3.0], queries_per_sample=300, max_samples=12).run(_ctx(t, demo, 12))
     r1, r3 = (f.metric(f"robust_accuracy[l2,eps={e:.4g}]").value for e in (1.0, 3.0))
     assert r3 <= r1 and r3 < 0.9
     assert f.accounting["attack"] == "hopskipjump"
@@ -108,7 +108,7 @@ def test_blackbox_on_a_tabular_sklearn_model():
     t = SklearnTarget(LogisticRegression().fit(X, y), bounds=(0.0, 1.0), query_budget=20_000)
     ctx = ProbeContext(t, Dataset(X[:60], y[:60]))
     # tabular epsilons are in per-feature standard deviations (features here span ~0.15 sd in [0, 1])
-    f = BlackBoxProbe(eps=[0.25, 1.0], queries_per_sample=200, max_samples=60).run(ctx)
+    f = BlackBoxProbe(eps_linf=[0.25, 1.0], queries_per_sample=200, max_samples=60).run(ctx)
     assert f.accounting["space"] == "standardized"
     clean = (t.labels(torch.from_numpy(X[:60])) == torch.from_numpy(y[:60])).float().mean().item()
     r1, r2 = (f.metric(f"robust_accuracy[linf,eps={e:.4g}]").value for e in (0.25, 1.0))

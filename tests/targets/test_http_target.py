@@ -348,7 +348,7 @@ def test_blackbox_probe_spends_budget_only_on_queries_that_reach_the_server(srv)
     with torch.no_grad():
         y = srv.model(x).argmax(1)
     t = make(srv)
-    params = {"robustness.blackbox": {"eps": [0.05], "queries_per_sample": 100, "max_samples": 16}}
+    params = {"robustness.blackbox": {"eps_linf": [0.05], "queries_per_sample": 100, "max_samples": 16}}
     first = assay.audit(t, (x, y), probes=["robustness.blackbox"], params=params, seed=0)
     spent = t.queries
     assert spent > 20

@@ -12,6 +12,19 @@ from assay.errors import InputError
 from assay.targets.base import Target
 
 
+def _options_for(callee, options: dict[str, Any], what: str) -> dict[str, Any]:
+    """The options ``callee`` takes, read from its signature (no hand-kept list to drift); an option it
+    does not take is an error, not silently dropped."""
+    import inspect
+
+    params = inspect.signature(callee).parameters
+    unknown = sorted(k for k in options if k not in params)
+    if unknown:
+        valid = [k for k, v in params.items() if v.kind == v.KEYWORD_ONLY]
+        raise InputError(f"option(s) {', '.join(unknown)} do not apply to {what}; it takes {', '.join(valid)}")
+    return options
+
+
 def as_target(model: Any, data: Dataset | None = None, **target_options: Any) -> Target:
     """A Target from a Target, an nn.Module, a scikit-learn estimator, a model file or a URL."""
     if isinstance(model, Target):
@@ -19,27 +32,25 @@ def as_target(model: Any, data: Dataset | None = None, **target_options: Any) ->
     given = target_options.pop("input_shape", None)
     hint = tuple(data.x.shape[1:]) if isinstance(data, Dataset) and data.kind != "text" else None
     input_shape = given if given is not None else hint
-    try:
-        import torch
+    import torch
 
-        if isinstance(model, torch.nn.Module):
-            from assay.targets.torch import TorchTarget
+    if isinstance(model, torch.nn.Module):
+        from assay.targets.torch import TorchTarget
 
-            if input_shape is None:
-                raise InputError("give input_shape for a torch model (or data to infer it from)")
-            opts = {k: v for k, v in target_options.items()
-                    if k in ("num_classes", "bounds", "mean", "std", "device", "query_budget", "batch_size", "name")}
-            return TorchTarget(model, input_shape=input_shape, **opts)
-    except ImportError:  # pragma: no cover
-        pass
+        if input_shape is None:
+            raise InputError("give input_shape for a torch model (or data to infer it from)")
+        return TorchTarget(model, input_shape=input_shape,
+                           **_options_for(TorchTarget.__init__, target_options, "a torch model in memory"))
     if hasattr(model, "predict") and not isinstance(model, (str, Path)):
         from assay.targets.sklearn import SklearnTarget
 
-        return SklearnTarget(model, input_shape=input_shape, **target_options)
+        return SklearnTarget(model, input_shape=input_shape,
+                             **_options_for(SklearnTarget.__init__, target_options, "a scikit-learn estimator"))
     if isinstance(model, (str, Path)):
         from assay.targets.loading import load_target
 
-        return load_target(str(model), input_shape=given, input_shape_hint=hint, **target_options)
+        return load_target(str(model), input_shape=given, input_shape_hint=hint,
+                           **_options_for(load_target, target_options, "a model file or URL"))
     raise InputError(f"cannot audit a {type(model).__name__}; give a Target, nn.Module, sklearn estimator or model path")
 
 

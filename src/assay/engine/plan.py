@@ -30,11 +30,22 @@ SUITES_DIR = Path(__file__).parent / "suites"
 
 @dataclass
 class PlannedProbe:
+    """A probe of the plan with its parameters; validated and built once (``probe``), when the plan is."""
+
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    _built: tuple[str, Probe] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def probe(self) -> Probe:
+        """The built probe; built again only if the parameters changed since (``apply_params``)."""
+        key = repr(sorted(self.params.items()))
+        if self._built is None or self._built[0] != key:
+            self._built = (key, get_probe(self.name)(**self.params))
+        return self._built[1]
 
     def build(self) -> Probe:
-        return get_probe(self.name)(**self.params)
+        return self.probe
 
 
 @dataclass
@@ -160,21 +171,31 @@ def load_policy(path: str | Path | None) -> Policy:
             out.optional.add(probe)
         out[probe] = {}
         for metric, rule in rules.items():
-            if not isinstance(rule, dict):
-                raise InputError(f"policy rule {probe}.{metric} must be a table like {{ fail_below = 0.5 }}")
-            bad = {k: v for k, v in rule.items() if k != "on" and (not isinstance(v, (int, float)) or isinstance(v, bool))}
-            if bad:
-                k, v = next(iter(bad.items()))
-                raise InputError(f"policy rule {probe}.{metric}: {k} = {v!r} must be a number (write {k} = 0.5, "
-                                 "without quotes)")
-            try:
-                out[probe][metric] = Threshold(**rule)
-            except TypeError:
-                raise InputError(
-                    f"policy rule {probe}.{metric} has unknown keys {sorted(rule)}; use fail_below, "
-                    "warn_below, fail_above, warn_above (and on = \"interval\" to judge the whole interval)"
-                ) from None
+            entries = rule if isinstance(rule, list) else [rule]
+            out[probe][metric] = [_threshold(probe, metric, e) for e in entries]
+            if not isinstance(rule, list):
+                out[probe][metric] = out[probe][metric][0]
     return out
+
+
+def _threshold(probe: str, metric: str, rule: Any) -> Threshold:
+    """One rule table: numeric bounds, ``on``, and ``labels`` (the metric variants it judges)."""
+    if not isinstance(rule, dict):
+        raise InputError(f"policy rule {probe}.{metric} must be a table like {{ fail_below = 0.5 }} (or a list of them)")
+    bad = {k: v for k, v in rule.items()
+           if k not in ("on", "labels") and (not isinstance(v, (int, float)) or isinstance(v, bool))}
+    if bad:
+        k, v = next(iter(bad.items()))
+        raise InputError(f"policy rule {probe}.{metric}: {k} = {v!r} must be a number (write {k} = 0.5, without quotes)")
+    if "labels" in rule and not isinstance(rule["labels"], dict):
+        raise InputError(f"policy rule {probe}.{metric}: labels must be a table like {{ eps = 0.0314 }}")
+    try:
+        return Threshold(**rule)
+    except TypeError:
+        raise InputError(
+            f"policy rule {probe}.{metric} has unknown keys {sorted(rule)}; use fail_below, warn_below, fail_above, "
+            "warn_above, on = \"interval\" (judge the whole interval) and labels = { ... } (which variants)"
+        ) from None
 
 
 def _did_you_mean(name: str, choices) -> str:

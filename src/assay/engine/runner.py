@@ -129,8 +129,9 @@ class Runner:
         must not pass because its rule silently matched nothing."""
         if f.verdict in ("error", "skipped"):
             return
-        names = {m.name for m in f.metrics} | {m.base_name for m in f.metrics}
-        unmatched = sorted(k for k in self.policy.get(f.probe, {}) if k not in names)
+        unmatched = sorted(k for k, rules in self.policy.get(f.probe, {}).items()
+                           if not any(m.name == k or (m.base_name == k and (not r.labels or m.matches(r.labels)))
+                                      for m in f.metrics for r in (rules if isinstance(rules, list) else [rules])))
         if unmatched:
             f.error = (f"policy rule(s) {', '.join(unmatched)} for {f.probe} match no metric it reports; "
                        f"its metrics: {', '.join(sorted({m.base_name for m in f.metrics}))}")
@@ -167,7 +168,7 @@ class Runner:
                 budget.on_charge = ledger.write  # written before each request goes out
         spent_before = target.budget.used
         clean = CleanCache(target, self.data, self.checkpoint, ns + "/clean", self.seed)
-        probes = [planned.build() for planned in self.plan.probes]
+        probes = [planned.probe for planned in self.plan.probes]  # built once, when the plan was validated
         keys = [f"{p.name}-" + hashlib.sha256(json.dumps(pp.params, sort_keys=True, default=str).encode()).hexdigest()[:10]
                 for pp, p in zip(self.plan.probes, probes)]
         unknown = sorted(set(self.budget_split) - {p.name for p in probes})
@@ -213,7 +214,8 @@ class Runner:
             },
             policy={
                 "source": self.policy_source,
-                "rules": {k: {m: vars(t) for m, t in v.items()} for k, v in self.policy.items()},
+                "rules": {k: {m: ([vars(r) for r in t] if isinstance(t, list) else vars(t)) for m, t in v.items()}
+                          for k, v in self.policy.items()},
                 "optional": sorted(getattr(self.policy, "optional", ())),
                 "gate": gate,
             },

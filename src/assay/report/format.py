@@ -59,7 +59,10 @@ def finding_reason(f) -> str:
 
 
 def describe_rule(rule: Any) -> str:
-    """``fail below 0.5, warn below 0.7`` from a Threshold or its dict (None bounds dropped)."""
+    """``fail below 0.5, warn below 0.7`` from a Threshold or its dict (None bounds dropped); a list of
+    rules (one per labelled variant) is joined with ``; ``."""
+    if isinstance(rule, list):
+        return "; ".join(describe_rule(r) for r in rule)
     if isinstance(rule, Threshold):
         return rule.describe()
     if isinstance(rule, dict):
@@ -76,7 +79,7 @@ def policy_rows(rules: Any) -> list[tuple[str, str, str]]:
     if not isinstance(rules, dict):
         return rows
     for key, value in rules.items():
-        nested = isinstance(value, dict) and value and all(isinstance(v, (dict, Threshold)) for v in value.values())
+        nested = isinstance(value, dict) and value and all(isinstance(v, (dict, list, Threshold)) for v in value.values())
         if nested:
             for metric, rule in value.items():
                 rows.append((str(key), str(metric), describe_rule(rule)))

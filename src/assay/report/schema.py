@@ -23,7 +23,7 @@ from assay.errors import InputError
 from assay.version import __version__, versions  # noqa: F401  (versions: part of the report API)
 from assay.findings import AXES, VERDICTS, Evidence, Finding, Metric, clean_json, worst_verdict  # noqa: F401
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: metrics carry their labels
 
 EVIDENCE_KINDS = ("curve", "bars", "histogram", "images", "table", "text", "highlight")
 
@@ -109,7 +109,7 @@ class AuditReport:
             )
         newer = minor > own_minor  # fields a newer minor version added are ignored
 
-        top = _pick(d, cls, "report", newer, bad)
+        top = _pick(d, cls, "report", newer, bad, minor)
         findings_in = top["findings"]
         if not isinstance(findings_in, list):
             raise bad("findings is not a list")
@@ -118,10 +118,10 @@ class AuditReport:
             where = f"findings[{i}]"
             if not isinstance(fd, dict):
                 raise bad(f"{where} is not an object")
-            fk = _pick(fd, Finding, where, newer, bad)
-            fk["metrics"] = [_pick(md, Metric, f"{where}.metrics[{j}]", newer, bad)
+            fk = _pick(fd, Finding, where, newer, bad, minor)
+            fk["metrics"] = [_pick(md, Metric, f"{where}.metrics[{j}]", newer, bad, minor)
                              for j, md in enumerate(_list(fk["metrics"], f"{where}.metrics", bad))]
-            fk["evidence"] = [_pick(ed, Evidence, f"{where}.evidence[{j}]", newer, bad)
+            fk["evidence"] = [_pick(ed, Evidence, f"{where}.evidence[{j}]", newer, bad, minor)
                               for j, ed in enumerate(_list(fk["evidence"], f"{where}.evidence", bad))]
             findings.append(Finding.from_dict(fk))  # restores NaN metric values written as null
         top["findings"] = findings
@@ -180,19 +180,26 @@ def _parse_version(v: str) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def _pick(d: Any, cls, where: str, newer: bool, bad) -> dict[str, Any]:
-    """Fields of ``cls`` from ``d``: all must be present; unknown ones are an error unless the
-    report comes from a newer minor version (then they are dropped)."""
+# fields added by a minor version: (class, field) -> the minor version that added it
+ADDED_FIELDS = {("Metric", "labels"): 1}
+
+
+def _pick(d: Any, cls, where: str, newer: bool, bad, report_minor: int | None = None) -> dict[str, Any]:
+    """Fields of ``cls`` from ``d``: all must be present, but for those a later minor version added
+    (a report of an older minor version lacks them: they take their defaults); unknown ones are an
+    error unless the report comes from a newer minor version (then they are dropped)."""
     if not isinstance(d, dict):
         raise bad(f"{where} is not an object")
     names = [f.name for f in dataclasses.fields(cls)]
-    missing = [n for n in names if n not in d]
+    optional = {n for n in names if report_minor is not None
+                and ADDED_FIELDS.get((cls.__name__, n), -1) > report_minor}
+    missing = [n for n in names if n not in d and n not in optional]
     if missing:
         raise bad(f"{where} lacks field(s) {missing}")
     extra = sorted(set(d) - set(names))
     if extra and not newer:
         raise bad(f"{where} has unknown field(s) {extra}")
-    return {n: d[n] for n in names}
+    return {n: d[n] for n in names if n in d}
 
 
 def _list(v: Any, where: str, bad) -> list:

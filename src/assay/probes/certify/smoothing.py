@@ -84,8 +84,8 @@ class SmoothingProbe(Probe):
         metrics, rows = [], []
         for r, a in zip(radii, cert):
             iv = clopper_pearson(round(a * k), k)
-            metrics.append(Metric(f"certified_accuracy[l2,r={r:.3g}]", a, iv.low, iv.high, higher_is_better=True,
-                                  method=iv.method))
+            metrics.append(Metric.labelled("certified_accuracy", {"norm": "l2", "r": r}, a, iv.low, iv.high, higher_is_better=True,
+                                  method=iv.method, keyed={"r": ".3g"}))
         iv = clopper_pearson(round(abstain * k), k)
         metrics.append(Metric("abstention_rate", abstain, iv.low, iv.high, higher_is_better=False, method=iv.method))
         grid = np.linspace(0, max(max(radii), float(radius.max()) if len(radius) else 0) * 1.05 + 1e-9, 41).tolist()
@@ -109,9 +109,9 @@ class SmoothingProbe(Probe):
                 acc = float((ps == y).float().mean())
                 iv = clopper_pearson(round(acc * k), k)
                 empirical.append((r, acc))
-                metrics.append(Metric(f"empirical_robust_accuracy[l2,r={r:.3g}]", acc, iv.low, iv.high,
+                metrics.append(Metric.labelled("empirical_robust_accuracy", {"norm": "l2", "r": r}, acc, iv.low, iv.high,
                                       higher_is_better=True, method=iv.method,
-                                      description="smoothed model under PGD with expectation over the noise"))
+                                      description="smoothed model under PGD with expectation over the noise", keyed={"r": ".3g"}))
                 rows.append([f"{r:.3g}", f"{cert[radii.index(r)]:.3f}", f"{acc:.3f}"])
             series.append({"name": "empirical (PGD + EOT)", "x": [e[0] for e in empirical],
                            "y": [e[1] for e in empirical]})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from dataclasses import dataclass
 from functools import partial
 
@@ -61,12 +63,12 @@ class Attributions(Probe):
 
     @dataclass
     class Params:
-        method: str = "auto"  # auto | integrated_gradients | saliency | smoothgrad | occlusion | permutation
+        method: Literal["auto", "integrated_gradients", "saliency", "smoothgrad", "occlusion", "permutation"] = "auto"
         n_samples: int = 32
         n_steps: int = 50
-        quadrature: str = "gausslegendre"
+        quadrature: Literal["gausslegendre", "riemann_trapezoid"] = "gausslegendre"
         internal_batch_size: int = 512
-        randomization: str = "cascading"
+        randomization: Literal["cascading", "independent"] = "cascading"
         randomization_steps: int = 16  # IG steps for the randomized copies (rank correlations need no more)
         curve_steps: int = 20
         show: int = 6
@@ -198,7 +200,7 @@ class Attributions(Probe):
             steps = randomization_check(net, x.to(ctx.target.device), pred, fns[name], mode=p.randomization, seed=ctx.seed,
                                         reference=None)
             v, lo, hi = _mean_ci(steps[-1]["rho"], p.n_boot, p.level, ctx.seed)
-            metrics.append(Metric(f"randomization_rank_correlation[{name}]", v, lo, hi, higher_is_better=False, level=p.level,
+            metrics.append(Metric.labelled("randomization_rank_correlation", {"method": name}, v, lo, hi, higher_is_better=False, level=p.level,
                                   method="bootstrap over inputs",
                                   description=f"Spearman correlation of |attributions|, trained vs all layers randomized ({p.randomization})"))
             series.append({"name": name, "x": list(range(1, len(steps) + 1)), "y": [s["mean"] for s in steps]})

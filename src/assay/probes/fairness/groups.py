@@ -103,16 +103,15 @@ class GroupFairness(Probe):
                 d_lo, d_hi = _pct(np.nanmax(diff_s[:, idx], axis=1), p.level)
                 r_lo, r_hi = _pct(np.nanmin(ratio_s[:, idx], axis=1), p.level)
                 gap = gm.gap_test(gm.metric_names[worst], alpha=p.alpha)
-                q = f"[{label}]"
                 finding_metrics += [
-                    Metric(f"{crit}_difference{q}", d, d_lo, d_hi, higher_is_better=False, level=p.level,
+                    Metric.labelled(f"{crit}_difference", {"attribute": label}, d, d_lo, d_hi, higher_is_better=False, level=p.level,
                            method="bootstrap (multinomial confusion cells)",
                            description=f"largest between-group gap in {', '.join(CRITERIA[crit])}"),
-                    Metric(f"{crit}_ratio{q}", r, r_lo, r_hi, higher_is_better=True, level=p.level,
+                    Metric.labelled(f"{crit}_ratio", {"attribute": label}, r, r_lo, r_hi, higher_is_better=True, level=p.level,
                            method="bootstrap (multinomial confusion cells)",
                            description=f"smallest between-group ratio of {', '.join(CRITERIA[crit])}"),
                     # the difference's interval goes with it only when it is reported; a 0 has none
-                    Metric(f"significant_{crit}_difference{q}", d if gap["significant"] else 0.0,
+                    Metric.labelled(f"significant_{crit}_difference", {"attribute": label}, d if gap["significant"] else 0.0,
                            *((d_lo, d_hi) if gap["significant"] else (None, None)),
                            higher_is_better=False, level=p.level, method=f"{gap['test']} test, Holm-corrected over pairs",
                            description="the gap when it is statistically significant at alpha, else 0"),

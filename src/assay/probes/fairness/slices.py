@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +67,7 @@ class SliceFinding(Probe):
 
     @dataclass
     class Params:
-        metric: str = "accuracy"
+        metric: Literal["accuracy", "tpr", "tnr", "ppv"] = "accuracy"
         max_order: int = 2
         bins: int = 4
         min_size: int = 30

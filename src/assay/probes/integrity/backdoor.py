@@ -129,10 +129,11 @@ class Backdoor(Probe):
                    description="largest small-side deviation of a class's trigger size, in robust standard deviations"),
             Metric("trigger_size_ratio", float(ratio[k_min]), higher_is_better=True,
                    description="smallest trigger's L1 norm / the median class's"),
-            Metric(f"trigger_success[class={classes[suspect]}]", hits / n_h if n_h else float("nan"),
-                   iv.low if iv else None, iv.high if iv else None, higher_is_better=False, level=p.level,
+            Metric.labelled("trigger_success", {"class": classes[suspect]}, hits / n_h if n_h else float("nan"),
+                   iv.low if iv else None, iv.high if iv else None, higher_is_better=False,
+                   level=p.level,
                    method="clopper-pearson",
-                   description="held-out inputs of other classes the reverse-engineered trigger sends to this class"),
+                   description="held-out inputs of other classes the reverse-engineered trigger sends to this class", keyed={"class": ""}),
         ]
         warnings = []
         if len(hold_idx) < 20:

@@ -48,7 +48,6 @@ class CanaryProbe(Probe):
         max_enumerate: int = 10000
         slack_tokens: int = 4
         chat: bool = False
-        seed: int = 0
 
     def check(self, target, data):
         why = sh.check_language(self, target, data, ("canaries",))
@@ -66,7 +65,7 @@ class CanaryProbe(Probe):
         results: list[lm.Exposure] = []
         for i, c in enumerate(canaries):
             def one(c=c, i=i):
-                e = lm.canary_exposure(target, c, samples=p.samples, max_enumerate=p.max_enumerate, seed=p.seed + i)
+                e = lm.canary_exposure(target, c, samples=p.samples, max_enumerate=p.max_enumerate, seed=ctx.seed + i)
                 return {"exposure": e.exposure, "low": e.low, "high": e.high, "max": e.max_exposure,
                         "method": e.method, "candidates": e.candidates, "better": e.better,
                         "secret_bits": e.secret_log_perplexity, "candidate_bits": e.candidate_log_perplexities}
@@ -82,7 +81,7 @@ class CanaryProbe(Probe):
         labels = _unique_labels(canaries)
         metrics: list[Metric] = []
         for lab, e, hit in zip(labels, results, hits):
-            metrics.append(Metric(f"exposure[{lab}]", e.exposure, e.low, e.high, unit="bits", higher_is_better=False,
+            metrics.append(Metric.labelled("exposure", {"canary": lab}, e.exposure, e.low, e.high, unit="bits", higher_is_better=False,
                                   method=_method(e), description=f"of at most {e.max_exposure:.1f} bits"))
         worst = max(range(len(results)), key=lambda i: results[i].exposure)
         w = results[worst]

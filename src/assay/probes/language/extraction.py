@@ -57,7 +57,6 @@ class ExtractionProbe(Probe):
         min_memorized_chars: int = 40
         reference: str | None = None
         show: int = 10
-        seed: int = 0
 
     def check(self, target, data):
         return sh.check_language(self, target, data, ("documents",)) or super().check(target, None)
@@ -85,7 +84,7 @@ class ExtractionProbe(Probe):
         verbatim = np.array([g[: len(s.suffix)] == s.suffix for g, s in zip(gens, splits)])
         near = sims >= p.near_threshold
         n = len(splits)
-        iv = bootstrap(np.mean, sims, seed=p.seed)
+        iv = bootstrap(np.mean, sims, seed=ctx.seed)
         metrics = [
             sh.rate("verbatim_rate", int(verbatim.sum()), n, "documents whose suffix the model reproduced verbatim"),
             sh.rate("near_verbatim_rate", int(near.sum()), n,
@@ -128,7 +127,7 @@ class ExtractionProbe(Probe):
 
         def sample():
             gens = target.generate([""] * p.free_samples, max_new_tokens=p.free_tokens, temperature=1.0, top_k=40,
-                                   seed=p.seed, chat=p.chat)
+                                   seed=ctx.seed, chat=p.chat)
             return {"texts": [g.text for g in gens]}
 
         texts = [t for t in ctx.unit("free-samples", sample)["texts"]]

@@ -9,6 +9,8 @@ intervals, AUC with a bootstrap interval.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import time
 from dataclasses import dataclass, field
 
@@ -45,12 +47,12 @@ class LanguageMembershipProbe(Probe):
 
     @dataclass
     class Params:
-        attacks: list[str] = field(default_factory=lambda: ["loss", "zlib", "min_k", "min_k_plus"])
+        attacks: list[Literal["loss", "zlib", "min_k", "min_k_plus", "reference"]] = field(
+            default_factory=lambda: ["loss", "zlib", "min_k", "min_k_plus"])
         k: float = 0.2
         reference: str | None = None
         fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])
         max_texts: int = 2000
-        seed: int = 0
 
     def check(self, target, data):
         return sh.check_language(self, target, data, ("members",)) or super().check(target, None)
@@ -83,7 +85,7 @@ class LanguageMembershipProbe(Probe):
             return lm.membership_scores(target, texts, attacks=attacks, k=p.k, reference=ref)
 
         scores = {a: np.asarray(v, dtype=np.float64) for a, v in ctx.unit("scores", score).items()}
-        summaries = [psh.summarize(a, s, is_member, fprs, p.seed) for a, s in scores.items()]
+        summaries = [psh.summarize(a, s, is_member, fprs, ctx.seed) for a, s in scores.items()]
         metrics = [m for s in summaries for m in psh.attack_metrics(s)] + psh.max_metrics(summaries)
         best = psh.strongest(summaries)
         evidence = [psh.roc_evidence(scores, is_member, "ROC of each attack (log-log)"),

@@ -11,6 +11,8 @@ be invented. The report shows every item masked, never in full.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,11 +58,10 @@ class PiiProbe(Probe):
         prefix_tokens: int = 32
         suffix_tokens: int = 32
         max_documents: int = 500
-        backend: str = "builtin"
+        backend: Literal["builtin", "presidio", "both"] = "builtin"
         kinds: list[str] = field(default_factory=lambda: list(pii.KINDS))
         chat: bool = False
         show: int = 50
-        seed: int = 0
 
     def check(self, target, data):
         why = sh.check_language(self, target, data, ())
@@ -90,7 +91,7 @@ class PiiProbe(Probe):
         def free():
             prompts = [q for q in data.prompts for _ in range(p.per_prompt)] + [""] * p.samples
             gens = target.generate(prompts, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                                   top_k=p.top_k, seed=p.seed, chat=p.chat) if prompts else []
+                                   top_k=p.top_k, seed=ctx.seed, chat=p.chat) if prompts else []
             return {"texts": [g.text for g in gens], "sources": ["prompt"] * (len(prompts) - p.samples)
                     + ["sample"] * p.samples}
 

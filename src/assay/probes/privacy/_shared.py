@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -94,15 +94,15 @@ def check_fprs(fprs, n_nonmembers: int) -> list[float]:
 class AttackParams:
     """Parameters shared by the membership and unlearning probes (see docs/privacy.md)."""
 
-    attacks: list[str] = field(default_factory=lambda: ["baseline", "lira", "rmia"])
+    attacks: list[Literal["baseline", "lira", "rmia", "label_only"]] = field(default_factory=lambda: ["baseline", "lira", "rmia"])
     n_reference: int = 4
     recipe: str | None = None
-    lira_variant: str = "online"
+    lira_variant: Literal["online", "offline"] = "online"
     lira_fixed_variance: bool | None = None
     augment: bool = False
     rmia_a: float = 0.3
     rmia_gamma: float = 1.0
-    rmia_variant: str = "auto"
+    rmia_variant: Literal["auto", "online", "offline"] = "auto"
     label_only_copies: int = 32
     label_only_sigma: float = 0.1
     train_epochs: int = 30
@@ -110,13 +110,12 @@ class AttackParams:
     train_batch_size: int = 64
     train_weight_decay: float = 0.0
     reference_models: str | None = None  # a directory of reference model files (see docs/privacy.md)
-    seed: int | None = None  # None: the audit's --seed
 
 
 def settings_from(p: AttackParams, attacks: list[str], seed: int) -> "ScoreSettings":
     return ScoreSettings(
         attacks, p.n_reference, p.recipe, p.lira_variant, p.lira_fixed_variance, p.augment, p.rmia_a,
-        p.rmia_gamma, p.rmia_variant, p.label_only_copies, p.label_only_sigma, seed if p.seed is None else p.seed,
+        p.rmia_gamma, p.rmia_variant, p.label_only_copies, p.label_only_sigma, seed,
         train_settings(p), p.reference_models,
     )
 
@@ -313,21 +312,21 @@ def fmt_fpr(f: float) -> str:
 
 def attack_metrics(summ: AttackSummary) -> list[Metric]:
     n = summ.name
-    out = [Metric(f"auc[{n}]", summ.auc, summ.auc_low, summ.auc_high, higher_is_better=False,
+    out = [Metric.labelled("auc", {"attack": n}, summ.auc, summ.auc_low, summ.auc_high, higher_is_better=False,
                   method="bootstrap", description="area under the ROC curve (0.5 = chance)")]
     for t in summ.tprs:
         desc = f"TPR at FPR {t.fpr:g} (achieved FPR {t.fpr_achieved:.3g}, {t.true_positives}/{t.n_members} members)" \
             if t.estimable else t.note
-        out.append(Metric(f"tpr_at_fpr[{n},fpr={fmt_fpr(t.fpr)}]", t.value, t.low if t.estimable else None,
+        out.append(Metric.labelled("tpr_at_fpr", {"attack": n, "fpr": t.fpr}, t.value, t.low if t.estimable else None,
                           t.high if t.estimable else None, higher_is_better=False, method="clopper-pearson",
-                          description=desc))
+                          description=desc, keyed={"fpr": "g"}))
     t0 = summ.tpr0
-    out.append(Metric(f"tpr_at_fpr[{n},fpr=0]", t0.value, t0.low, t0.high, higher_is_better=False,
-                      method="clopper-pearson", description="members identified with no false positive at all"))
-    out.append(Metric(f"advantage[{n}]", summ.advantage, higher_is_better=False,
+    out.append(Metric.labelled("tpr_at_fpr", {"attack": n, "fpr": 0}, t0.value, t0.low, t0.high, higher_is_better=False,
+                      method="clopper-pearson", description="members identified with no false positive at all", keyed={"fpr": "g"}))
+    out.append(Metric.labelled("advantage", {"attack": n}, summ.advantage, higher_is_better=False,
                       description="max over thresholds of TPR - FPR"))
     e = summ.eps
-    out.append(Metric(f"epsilon_lower_bound[{n}]", e.epsilon, higher_is_better=False, method=f"clopper-pearson ({e.method})",
+    out.append(Metric.labelled("epsilon_lower_bound", {"attack": n}, e.epsilon, higher_is_better=False, method=f"clopper-pearson ({e.method})",
                       description=f"empirical DP epsilon lower bound at {e.level:.0%} confidence, delta={e.delta:g}"))
     return out
 
@@ -351,8 +350,8 @@ def max_metrics(summaries: list[AttackSummary], prefix: str = "max") -> list[Met
             continue
         s = max(summaries, key=lambda s: s.tprs[i].value)
         b = s.tprs[i]
-        out.append(Metric(f"{prefix}_tpr_at_fpr[fpr={fmt_fpr(t.fpr)}]", b.value, b.low, b.high, higher_is_better=False,
-                          method="clopper-pearson", description=f"highest TPR at FPR {t.fpr:g} over attacks ({s.name})"))
+        out.append(Metric.labelled(f"{prefix}_tpr_at_fpr", {"fpr": t.fpr}, b.value, b.low, b.high, higher_is_better=False,
+                          method="clopper-pearson", description=f"highest TPR at FPR {t.fpr:g} over attacks ({s.name})", keyed={"fpr": "g"}))
     s = max(summaries, key=lambda s: s.eps.epsilon)
     out.append(Metric(f"{prefix}_epsilon_lower_bound", s.eps.epsilon, higher_is_better=False,
                       description=f"highest empirical epsilon lower bound over attacks ({s.name})"))

@@ -8,6 +8,8 @@ random, and bounds the epsilon the recipe can satisfy from below. The target is 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,11 +49,10 @@ class DPAuditProbe(Probe):
         delta: float = 1e-5
         n_canaries: int = 50
         n_models: int = 8
-        canary_kind: str = "mislabeled"
-        score: str = "logit"
+        canary_kind: Literal["mislabeled", "ood"] = "mislabeled"
+        score: Literal["logit", "loss"] = "logit"
         confidence: float = 0.95
         max_train: int = 0  # 0: all rows of the audit data
-        seed: int | None = None  # None: the audit's seed
 
     def cost(self, target, data):
         return {"queries": 0, "note": f"{self.params.n_models} recipe trainings"}
@@ -79,7 +80,7 @@ class DPAuditProbe(Probe):
     def run(self, ctx):
         p = self.params
         self._validate(ctx)
-        seed = ctx.seed if p.seed is None else p.seed
+        seed = ctx.seed
         x, y = ctx.data.x, ctx.data.y
         if p.max_train and p.max_train < len(x):
             keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: p.max_train]
@@ -118,10 +119,10 @@ class DPAuditProbe(Probe):
             Metric("eps_claimed", float(p.claimed_epsilon), description=f"claimed (epsilon, delta={p.delta:g})"),
             Metric("epsilon_excess", lb - float(p.claimed_epsilon), higher_is_better=False,
                    description="lower bound minus claim; > 0 means the claim is violated"),
-            Metric(f"eps_lower_bound[threshold,conf={conf}]", jb.epsilon, level=p.confidence, method=jb.method,
-                   description="Jagielski et al. 2020; assumes (canary, model) trials are independent"),
-            Metric(f"eps_lower_bound[one_run,conf={conf}]", ob.epsilon, level=p.confidence, method=ob.method,
-                   description=f"Steinke et al. 2023: {ob.correct}/{ob.guesses} correct guesses (k={ob.k})"),
+            Metric.labelled("eps_lower_bound", {"bound": "threshold", "conf": conf}, jb.epsilon, level=p.confidence, method=jb.method,
+                   description="Jagielski et al. 2020; assumes (canary, model) trials are independent", keyed={"conf": ""}),
+            Metric.labelled("eps_lower_bound", {"bound": "one_run", "conf": conf}, ob.epsilon, level=p.confidence, method=ob.method,
+                   description=f"Steinke et al. 2023: {ob.correct}/{ob.guesses} correct guesses (k={ob.k})", keyed={"conf": ""}),
             Metric("tpr[at_threshold]", jb.tpr, jb.tpr_low, jb.tpr_high, higher_is_better=False,
                    level=p.confidence, method="clopper-pearson", description="on the evaluation half"),
             Metric("fpr[at_threshold]", jb.fpr, jb.fpr_low, jb.fpr_high, level=p.confidence,

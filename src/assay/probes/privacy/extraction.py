@@ -41,8 +41,9 @@ class ExtractionProbe(Probe):
         epochs: int = 40
         holdout_fraction: float = 0.3
         max_holdout: int = 500
-        transfer_eps: float | None = None  # None: the middle of robustness.evasion's data-scaled grid
         transfer_norm: Literal["linf", "l2"] = "linf"
+        eps_linf: float | None = None  # the transfer check's budget; None: the middle of the evasion grid
+        eps_l2: float | None = None
         transfer_samples: int = 100  # 0 skips the transfer check
         transfer_steps: int = 20
 
@@ -128,7 +129,8 @@ class ExtractionProbe(Probe):
         transfer_rows = []
         used = res.queries
         if transfer_x is not None and len(transfer_x):
-            eps = p.transfer_eps if p.transfer_eps is not None else _default_transfer_eps(data, target, p.transfer_norm)
+            given = p.eps_linf if p.transfer_norm == "linf" else p.eps_l2
+            eps = given if given is not None else _default_transfer_eps(data, target, p.transfer_norm)
             tr = transfer_attack(surrogate, target.labels, transfer_x, transfer_y, eps=eps,
                                  norm=p.transfer_norm, steps=p.transfer_steps, bounds=target.bounds, seed=ctx.seed)
             used += tr.queries

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import math
 from dataclasses import dataclass
 
@@ -41,7 +43,7 @@ class InversionProbe(Probe):
 
     @dataclass
     class Params:
-        mode: str = "auto"  # auto | whitebox | blackbox
+        mode: Literal["auto", "whitebox", "blackbox"] = "auto"
         restarts: int = 2
         steps: int = 100
         step_size: float | None = None  # default: 5% of the bounds' width
@@ -50,7 +52,7 @@ class InversionProbe(Probe):
         nes_samples: int = 10
         nes_sigma: float | None = None
         query_budget: int | None = 20000  # black-box only; capped by what the target has left
-        eval_model: str = "mlp"  # independent evaluation classifier: mlp | linear
+        eval_model: Literal["mlp", "linear"] = "mlp"  # the independent evaluation classifier
         eval_epochs: int = 30
         max_classes: int = 20
 

@@ -127,9 +127,9 @@ class UnlearningProbe(Probe):
             for s in summaries:
                 r = rsumm[s.name]
                 lo, hi = _auc_gap_interval(scores[s.name][sel], rscores[s.name][sel], is_forget, seed)
-                gaps.append(Metric(f"auc_gap[{s.name}]", s.auc - r.auc, lo, hi, higher_is_better=False,
+                gaps.append(Metric.labelled("auc_gap", {"attack": s.name}, s.auc - r.auc, lo, hi, higher_is_better=False,
                                    method="bootstrap", description="AUC(unlearned) - AUC(retrained without the forget set)"))
-                metrics.append(Metric(f"retrained_auc[{s.name}]", r.auc, r.auc_low, r.auc_high, higher_is_better=False,
+                metrics.append(Metric.labelled("retrained_auc", {"attack": s.name}, r.auc, r.auc_low, r.auc_high, higher_is_better=False,
                                       method="bootstrap", description="the same attack against the retrained model"))
             worst = max(gaps, key=lambda m: m.value)
             metrics += gaps + [Metric("max_auc_gap", worst.value, worst.low, worst.high, higher_is_better=False,

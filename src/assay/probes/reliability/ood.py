@@ -101,11 +101,13 @@ class OutOfDistribution(Probe):
             terms = DetectionTerms(a, b)
             pt, ci = terms.point(p.tpr), terms.bootstrap(p.tpr, p.n_boot, p.level, ctx.seed)
             metrics += [
-                Metric(f"auroc[{name}]", pt["auroc"], *ci["auroc"], higher_is_better=True, level=p.level,
+                Metric.labelled("auroc", {"detector": name}, pt["auroc"], *ci["auroc"], higher_is_better=True, level=p.level,
                        method="bootstrap (ID and OOD resampled separately)", description=f"ID vs OOD separability of the {name} score"),
-                Metric(f"fpr_at_95tpr[{name}]" if p.tpr == 0.95 else f"fpr_at_tpr[{name},tpr={p.tpr:g}]", pt["fpr_at_tpr"],
-                       *ci["fpr_at_tpr"], higher_is_better=False, level=p.level, method="bootstrap",
-                       description=f"OOD inputs accepted when {p.tpr:.0%} of ID inputs are"),
+                Metric.labelled(*(("fpr_at_95tpr", {"detector": name}) if p.tpr == 0.95
+                                  else ("fpr_at_tpr", {"detector": name, "tpr": p.tpr})),
+                                pt["fpr_at_tpr"], *ci["fpr_at_tpr"], higher_is_better=False,
+                                level=p.level, method="bootstrap",
+                       description=f"OOD inputs accepted when {p.tpr:.0%} of ID inputs are", keyed={"tpr": "g"}),
             ]
             edges = np.histogram_bin_edges(np.concatenate([a, b]), bins=p.bins)
             evidence.append(Evidence("histogram", f"{name} score: in-distribution vs OOD", {

@@ -33,16 +33,16 @@ class Selective(Probe):
         terms = SelectiveTerms(conf, pred == y)
         pt = terms.point(p.target_accuracy)
         ci = terms.bootstrap(p.target_accuracy, p.n_boot, p.level, ctx.seed)
-        q = f"[acc>={p.target_accuracy:g}]"
         m = "bootstrap (multinomial row weights)"
         metrics = [
             Metric("aurc", pt["aurc"], *ci["aurc"], higher_is_better=False, level=p.level, method=m,
                    description="area under the risk-coverage curve"),
             Metric("excess_aurc", pt["excess_aurc"], *ci["excess_aurc"], higher_is_better=False, level=p.level, method=m,
                    description="AURC minus the oracle's (ranking quality alone)"),
-            Metric(f"coverage_at_accuracy{q}", pt["coverage_at_accuracy"], *ci["coverage_at_accuracy"],
-                   higher_is_better=True, level=p.level, method=m,
-                   description=f"largest fraction answered with accuracy >= {p.target_accuracy:g}"),
+            Metric.labelled("coverage_at_accuracy", {"min_accuracy": p.target_accuracy}, pt["coverage_at_accuracy"],
+                            *ci["coverage_at_accuracy"],
+                            higher_is_better=True, level=p.level, method=m,
+                   description=f"largest fraction answered with accuracy >= {p.target_accuracy:g}", keyed={"min_accuracy": ("acc>", "g")}),
         ]
         c = terms.curves()
         ev = Evidence("curve", "Risk-coverage", {"xlabel": "coverage", "ylabel": "selective risk (error rate)", "logx": False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +31,8 @@ class CorruptionProbe(Probe):
 
     @dataclass
     class Params:
-        corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
+        corruptions: list[Literal["gaussian_noise", "gaussian_blur", "contrast", "brightness", "jpeg", "pixelate"]] = field(
+            default_factory=lambda: list(CORRUPTIONS))
         severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
         max_samples: int = 1000
 
@@ -76,8 +79,8 @@ class CorruptionProbe(Probe):
                 acc = k / n
                 accs.append(acc); lows.append(iv.low); highs.append(iv.high)
                 all_acc.append(acc)
-                metrics.append(Metric(f"accuracy[{name},severity={s}]", acc, iv.low, iv.high,
-                                      higher_is_better=True, method="wilson"))
+                metrics.append(Metric.labelled("accuracy", {"corruption": name, "severity": s}, acc, iv.low, iv.high,
+                                      higher_is_better=True, method="wilson", keyed={"severity": ""}))
                 ctx.progress("corruptions", len(all_acc), len(names) * len(p.severities))
             series.append({"name": name, "x": list(p.severities), "y": accs, "low": lows, "high": highs})
             rows.append([name] + [f"{a:.3f}" for a in accs])

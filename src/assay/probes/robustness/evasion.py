@@ -187,9 +187,9 @@ class EvasionProbe(Probe):
                 assert k_robust <= k_start
                 iv = clopper_pearson(k_robust, n)
                 ra_by_eps.append(k_robust / n)
-                metrics.append(Metric(f"robust_accuracy[{norm},eps={eps:.4g}]", k_robust / n, iv.low, iv.high,
+                metrics.append(Metric.labelled("robust_accuracy", {"norm": norm, "eps": eps}, k_robust / n, iv.low, iv.high,
                                       higher_is_better=True, method=iv.method,
-                                      description=f"{p.attack} ({version}) union minimum-norm attack; eps in {space.unit}"))
+                                      description=f"{p.attack} ({version}) union minimum-norm attack; eps in {space.unit}", keyed={"eps": ".4g"}))
                 ctx.progress(f"{norm} epsilons", len(ra_by_eps), len(eps_list))
             summary_bits.append(f"{norm}: " + ", ".join(f"{r:.1%} at {e:.4g}" for e, r in zip(eps_list, ra_by_eps)))
 
@@ -202,7 +202,7 @@ class EvasionProbe(Probe):
                 if len(finite):
                     med = float(torch.median(finite))
                     ci = bootstrap(lambda a: float(np.median(a)), finite.numpy(), n_resamples=500, seed=ctx.seed)
-                    metrics.append(Metric(f"median_min_norm[{norm}]", med, ci.low if math.isfinite(ci.low) else None,
+                    metrics.append(Metric.labelled("median_min_norm", {"norm": norm}, med, ci.low if math.isfinite(ci.low) else None,
                                           ci.high if math.isfinite(ci.high) else None, higher_is_better=True,
                                           method="bootstrap",
                                           description="median smallest adversarial perturbation among correctly "

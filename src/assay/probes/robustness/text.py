@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from dataclasses import dataclass, field
 
 
@@ -29,7 +31,7 @@ class TextRobustnessProbe(Probe):
 
     @dataclass
     class Params:
-        attacks: list[str] = field(default_factory=lambda: ["char", "word"])
+        attacks: list[Literal["char", "word"]] = field(default_factory=lambda: ["char", "word"])
         max_samples: int = 100
         queries_per_sample: int = 500  # per attack, ranking and search included
         query_budget: int | None = None  # total for this probe; default: what the target has left
@@ -123,24 +125,24 @@ class TextRobustnessProbe(Probe):
             broken_any |= success
             k_rob = int((~success).sum())
             iv = clopper_pearson(k_rob, n, p.level)
-            metrics.append(Metric(f"robust_accuracy[{a}]", k_rob / n, iv.low, iv.high, higher_is_better=True,
+            metrics.append(Metric.labelled("robust_accuracy", {"family": a}, k_rob / n, iv.low, iv.high, higher_is_better=True,
                                   level=p.level, method=iv.method,
                                   description=f"accuracy left after greedy {a} edits ({p.queries_per_sample} queries per text)"))
             k_succ = int((success & attacked).sum())
             if n_att:
                 iv = clopper_pearson(k_succ, n_att, p.level)
-                metrics.append(Metric(f"attack_success_rate[{a}]", k_succ / n_att, iv.low, iv.high,
+                metrics.append(Metric.labelled("attack_success_rate", {"family": a}, k_succ / n_att, iv.low, iv.high,
                                       higher_is_better=False, level=p.level, method=iv.method,
                                       description=f"share of correctly classified texts whose label {a} edits flipped"))
             q = out["queries"][attacked].float()
-            metrics.append(Metric(f"queries_per_sample[{a}]", float(q.mean()) if n_att else 0.0, unit="queries",
+            metrics.append(Metric.labelled("queries_per_sample", {"family": a}, float(q.mean()) if n_att else 0.0, unit="queries",
                                   description="mean texts scored per attacked text (ranking and search; the clean "
                                               "prediction comes from the audit's shared cache)"))
             won = success & attacked
             if won.any():
-                metrics.append(Metric(f"words_changed[{a}]", float(out["words_changed"][won].float().mean()), unit="words",
+                metrics.append(Metric.labelled("words_changed", {"family": a}, float(out["words_changed"][won].float().mean()), unit="words",
                                       description="mean words edited in the texts whose label flipped"))
-                metrics.append(Metric(f"queries_per_success[{a}]", float(out["queries"][won].float().mean()), unit="queries",
+                metrics.append(Metric.labelled("queries_per_success", {"family": a}, float(out["queries"][won].float().mean()), unit="queries",
                                       description="mean texts scored per successful attack"))
             for i in won.nonzero().flatten()[: p.n_examples].tolist():
                 rows.append([a, texts[i], out["texts_adv"][i], self._name(target, int(y[i])),
