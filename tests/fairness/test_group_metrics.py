@@ -12,7 +12,7 @@ from assay.metrics.groups import (
     equalized_odds_ratio,
     predictive_parity_difference,
 )
-from assay.metrics.resample import benjamini_hochberg, holm
+from assay.stats import benjamini_hochberg, holm
 from assay.metrics.slices import find_slices
 
 

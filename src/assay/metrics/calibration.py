@@ -2,7 +2,7 @@
 
 Every metric is computed as a weighted sum over rows so that one function gives the point estimate
 (weights all one) and all bootstrap resamples at once (row-count weights, see
-:mod:`assay.metrics.resample`).
+:mod:`assay.stats`).
 
 - ``ece``: top-label expected calibration error, ``sum_b |sum_{i in b} (conf_i - correct_i)| / n``,
   with ``n_bins`` equal-width bins (``strategy="uniform"``) or equal-mass bins (``"quantile"``:
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from assay.errors import InputError
-from assay.metrics.resample import percentile_interval, row_bootstrap_weights, weighted_bin_sums
+from assay.stats import percentile_interval, row_bootstrap_weights, weighted_bin_sums
 
 _EPS = 1e-12
 

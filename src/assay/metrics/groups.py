@@ -14,7 +14,7 @@ a row bootstrap are exactly ``Multinomial(n, observed cell frequencies)``. All r
 once with ``numpy.random.Generator.multinomial(n, p, size=n_boot)``: no Python loop per resample and
 cost independent of ``n``. When score metrics (calibration error, log loss) are requested, each
 resample is instead a vector of per-row multinomial counts (chunked, see
-:mod:`assay.metrics.resample`) and every statistic is a weighted sum: the same resamples drive the
+:mod:`assay.stats`) and every statistic is a weighted sum: the same resamples drive the
 label and the score metrics. User-supplied metric callables are bootstrapped by re-indexing rows,
 one resample at a time (the only slow path; documented in docs/fairness.md).
 """
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from assay.errors import InputError
-from assay.metrics.resample import holm, percentile_interval, row_bootstrap_weights, two_proportion_z
+from assay.stats import holm, percentile_interval, row_bootstrap_weights, two_proportion_z
 
 # confusion cells per group (positive class = ``pos_label``; "negative" = every other class)
 TP, FN, FP, TN_RIGHT, TN_WRONG = range(5)

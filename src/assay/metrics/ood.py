@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from assay.errors import InputError, TargetError
-from assay.metrics.resample import percentile_interval, row_bootstrap_weights
+from assay.stats import percentile_interval, row_bootstrap_weights
 
 
 def msp_score(logits: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from assay.errors import InputError
-from assay.metrics.resample import percentile_interval, row_bootstrap_weights
+from assay.stats import percentile_interval, row_bootstrap_weights
 
 
 def _arrays(confidence, correct):

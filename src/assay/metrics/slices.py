@@ -24,7 +24,7 @@ import numpy as np
 from scipy import stats as _st
 
 from assay.errors import InputError
-from assay.metrics.resample import benjamini_hochberg
+from assay.stats import benjamini_hochberg
 
 # metric -> (rows it is defined on, what counts as a success); higher is better for all of them
 _SLICE_METRICS = {

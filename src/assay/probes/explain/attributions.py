@@ -20,7 +20,7 @@ from assay.explain.attributions import (
     saliency,
     smoothgrad,
 )
-from assay.metrics.resample import interval_of, row_bootstrap_weights
+from assay.stats import interval_of, row_bootstrap_weights
 from assay.findings import Evidence, Metric, Threshold
 from assay.probes.base import Probe, register
 from assay.images import heatmap_png_b64, to_png_b64

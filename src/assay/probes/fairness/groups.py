@@ -138,7 +138,7 @@ def _floats(series) -> list:
 
 
 def _pct(samples: np.ndarray, level: float) -> tuple[float, float]:
-    from assay.metrics.resample import interval_of
+    from assay.stats import interval_of
 
     iv = interval_of(samples, level)
     return iv.low, iv.high

@@ -14,7 +14,7 @@ from assay.metrics import privacy as mm
 from assay.attacks.privacy.reference import ReferenceSet, recipe_for_target, train_reference_models
 from assay.errors import InputError, NotApplicable
 from assay.findings import Evidence, Metric
-from assay.stats import clopper_pearson
+from assay.stats import clopper_pearson, interval_of
 from assay.targets.base import LABELS, SCORES
 
 ATTACKS = ("baseline", "lira", "rmia", "label_only")
@@ -110,6 +110,7 @@ class AttackParams:
     train_batch_size: int = 64
     train_weight_decay: float = 0.0
     reference_models: str | None = None  # a directory of reference model files (see docs/privacy.md)
+    level: float = 0.95  # confidence level of every interval the probe reports
 
 
 def settings_from(p: AttackParams, attacks: list[str], seed: int) -> "ScoreSettings":
@@ -279,20 +280,21 @@ class AttackSummary:
     tpr0: mm.TprAtFpr
     advantage: float
     eps: mm.EpsilonBound
+    level: float = 0.95
 
 
 def summarize(name: str, scores: np.ndarray, is_member: np.ndarray, fprs: list[float], seed: int,
-              delta: float = 0.0) -> AttackSummary:
+              delta: float = 0.0, level: float = 0.95) -> AttackSummary:
     a = mm.auc(scores, is_member)
-    iv = _auc_interval(scores, is_member, seed)
-    tprs = [mm.tpr_at_fpr(scores, is_member, f) for f in fprs]
-    return AttackSummary(name, a, iv[0], iv[1], tprs, mm.tpr_at_fpr(scores, is_member, 0.0),
+    iv = _auc_interval(scores, is_member, seed, level)
+    tprs = [mm.tpr_at_fpr(scores, is_member, f, level) for f in fprs]
+    return AttackSummary(name, a, iv[0], iv[1], tprs, mm.tpr_at_fpr(scores, is_member, 0.0, level),
                          mm.membership_advantage(scores, is_member),
-                         mm.epsilon_lower_bound(scores, is_member, delta=delta, seed=seed))
+                         mm.epsilon_lower_bound(scores, is_member, delta=delta, level=level, seed=seed), level)
 
 
-def _auc_interval(scores, is_member, seed: int, n_resamples: int = 200) -> tuple[float, float]:
-    """Seeded stratified bootstrap of the AUC (rank formula, vectorised over resamples)."""
+def _auc_interval(scores, is_member, seed: int, level: float = 0.95, n_resamples: int = 200) -> tuple[float, float]:
+    """Seeded stratified bootstrap of the AUC (rank formula), at ``level``."""
     rng = np.random.default_rng(seed)
     pos, neg = scores[is_member], scores[~is_member]
     pi = rng.integers(0, len(pos), (n_resamples, len(pos)))
@@ -303,7 +305,8 @@ def _auc_interval(scores, is_member, seed: int, n_resamples: int = 200) -> tuple
         below = np.searchsorted(q, p, side="left")
         ties = np.searchsorted(q, p, side="right") - below
         vals[b] = (below.sum() + 0.5 * ties.sum()) / (len(p) * len(q))
-    return float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))
+    iv = interval_of(vals, level)
+    return iv.low, iv.high
 
 
 def fmt_fpr(f: float) -> str:
@@ -312,21 +315,21 @@ def fmt_fpr(f: float) -> str:
 
 def attack_metrics(summ: AttackSummary) -> list[Metric]:
     n = summ.name
-    out = [Metric.labelled("auc", {"attack": n}, summ.auc, summ.auc_low, summ.auc_high, higher_is_better=False,
+    out = [Metric.labelled("auc", {"attack": n}, summ.auc, summ.auc_low, summ.auc_high, higher_is_better=False, level=summ.level,
                   method="bootstrap", description="area under the ROC curve (0.5 = chance)")]
     for t in summ.tprs:
         desc = f"TPR at FPR {t.fpr:g} (achieved FPR {t.fpr_achieved:.3g}, {t.true_positives}/{t.n_members} members)" \
             if t.estimable else t.note
         out.append(Metric.labelled("tpr_at_fpr", {"attack": n, "fpr": t.fpr}, t.value, t.low if t.estimable else None,
-                          t.high if t.estimable else None, higher_is_better=False, method="clopper-pearson",
+                          t.high if t.estimable else None, higher_is_better=False, level=summ.level, method="clopper-pearson",
                           description=desc, keyed={"fpr": "g"}))
     t0 = summ.tpr0
-    out.append(Metric.labelled("tpr_at_fpr", {"attack": n, "fpr": 0}, t0.value, t0.low, t0.high, higher_is_better=False,
+    out.append(Metric.labelled("tpr_at_fpr", {"attack": n, "fpr": 0}, t0.value, t0.low, t0.high, higher_is_better=False, level=summ.level,
                       method="clopper-pearson", description="members identified with no false positive at all", keyed={"fpr": "g"}))
-    out.append(Metric.labelled("advantage", {"attack": n}, summ.advantage, higher_is_better=False,
+    out.append(Metric.labelled("advantage", {"attack": n}, summ.advantage, higher_is_better=False, level=summ.level,
                       description="max over thresholds of TPR - FPR"))
     e = summ.eps
-    out.append(Metric.labelled("epsilon_lower_bound", {"attack": n}, e.epsilon, higher_is_better=False, method=f"clopper-pearson ({e.method})",
+    out.append(Metric.labelled("epsilon_lower_bound", {"attack": n}, e.epsilon, higher_is_better=False, level=summ.level, method=f"clopper-pearson ({e.method})",
                       description=f"empirical DP epsilon lower bound at {e.level:.0%} confidence, delta={e.delta:g}"))
     return out
 
@@ -343,17 +346,17 @@ def strongest(summaries: list[AttackSummary]) -> AttackSummary:
 def max_metrics(summaries: list[AttackSummary], prefix: str = "max") -> list[Metric]:
     """Worst case over attacks (what the policy judges): each with that attack's interval."""
     best_auc = max(summaries, key=lambda s: s.auc)
-    out = [Metric(f"{prefix}_auc", best_auc.auc, best_auc.auc_low, best_auc.auc_high, higher_is_better=False,
+    out = [Metric(f"{prefix}_auc", best_auc.auc, best_auc.auc_low, best_auc.auc_high, higher_is_better=False, level=summaries[0].level,
                   method="bootstrap", description=f"highest AUC over attacks ({best_auc.name})")]
     for i, t in enumerate(summaries[0].tprs):
         if not t.estimable:
             continue
         s = max(summaries, key=lambda s: s.tprs[i].value)
         b = s.tprs[i]
-        out.append(Metric.labelled(f"{prefix}_tpr_at_fpr", {"fpr": t.fpr}, b.value, b.low, b.high, higher_is_better=False,
+        out.append(Metric.labelled(f"{prefix}_tpr_at_fpr", {"fpr": t.fpr}, b.value, b.low, b.high, higher_is_better=False, level=summaries[0].level,
                           method="clopper-pearson", description=f"highest TPR at FPR {t.fpr:g} over attacks ({s.name})", keyed={"fpr": "g"}))
     s = max(summaries, key=lambda s: s.eps.epsilon)
-    out.append(Metric(f"{prefix}_epsilon_lower_bound", s.eps.epsilon, higher_is_better=False,
+    out.append(Metric(f"{prefix}_epsilon_lower_bound", s.eps.epsilon, higher_is_better=False, level=summaries[0].level,
                       description=f"highest empirical epsilon lower bound over attacks ({s.name})"))
     return out
 

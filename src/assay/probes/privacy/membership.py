@@ -73,7 +73,7 @@ class MembershipProbe(Probe):
         queries0 = target.queries
         scores, info = sh.compute_scores(ctx, target, settings)
         info.pop("refs", None)
-        summaries = [sh.summarize(a, s, is_member, fprs, seed, p.delta) for a, s in scores.items()]
+        summaries = [sh.summarize(a, s, is_member, fprs, seed, p.delta, p.level) for a, s in scores.items()]
         metrics = [m for s in summaries for m in sh.attack_metrics(s)] + sh.max_metrics(summaries)
         best = sh.strongest(summaries)
         thr, thr_fpr = sh.breakdown_threshold(best)

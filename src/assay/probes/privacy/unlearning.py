@@ -111,7 +111,7 @@ class UnlearningProbe(Probe):
         refs = info.pop("refs", None)
         sel = forget | heldout
         is_forget = forget[sel]
-        summaries = [sh.summarize(a, s[sel], is_forget, fprs, seed) for a, s in scores.items()]
+        summaries = [sh.summarize(a, s[sel], is_forget, fprs, seed, level=p.level) for a, s in scores.items()]
         metrics = [m for s in summaries for m in sh.attack_metrics(s)]
         evidence = [sh.roc_evidence({a: s[sel] for a, s in scores.items()}, is_forget,
                                     "Forget vs heldout: ROC of each attack (log-log)")]
@@ -122,11 +122,11 @@ class UnlearningProbe(Probe):
             # the retrained model answers on the same records with the same reference outputs; the
             # audit's shared clean predictions are the unlearned model's, so they are not used
             rscores, _ = sh.compute_scores(ctx, retrained, settings, shared_clean=False, refs=refs)
-            rsumm = {a: sh.summarize(a, s[sel], is_forget, fprs, seed) for a, s in rscores.items()}
+            rsumm = {a: sh.summarize(a, s[sel], is_forget, fprs, seed, level=p.level) for a, s in rscores.items()}
             gaps = []
             for s in summaries:
                 r = rsumm[s.name]
-                lo, hi = _auc_gap_interval(scores[s.name][sel], rscores[s.name][sel], is_forget, seed)
+                lo, hi = _auc_gap_interval(scores[s.name][sel], rscores[s.name][sel], is_forget, seed, p.level)
                 gaps.append(Metric.labelled("auc_gap", {"attack": s.name}, s.auc - r.auc, lo, hi, higher_is_better=False,
                                    method="bootstrap", description="AUC(unlearned) - AUC(retrained without the forget set)"))
                 metrics.append(Metric.labelled("retrained_auc", {"attack": s.name}, r.auc, r.auc_low, r.auc_high, higher_is_better=False,
@@ -151,9 +151,11 @@ class UnlearningProbe(Probe):
         return finding
 
 
-def _auc_gap_interval(s_a: np.ndarray, s_b: np.ndarray, is_pos: np.ndarray, seed: int, n: int = 200) -> tuple[float, float]:
-    """Paired, stratified bootstrap of AUC(a) - AUC(b) on the same records."""
+def _auc_gap_interval(s_a: np.ndarray, s_b: np.ndarray, is_pos: np.ndarray, seed: int, level: float = 0.95,
+                      n: int = 200) -> tuple[float, float]:
+    """Paired, stratified bootstrap of AUC(a) - AUC(b) on the same records, at ``level``."""
     from assay.metrics.privacy import auc
+    from assay.stats import interval_of
 
     rng = np.random.default_rng(seed)
     pos, neg = np.nonzero(is_pos)[0], np.nonzero(~is_pos)[0]
@@ -161,4 +163,5 @@ def _auc_gap_interval(s_a: np.ndarray, s_b: np.ndarray, is_pos: np.ndarray, seed
     for _ in range(n):
         idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
         vals.append(auc(s_a[idx], is_pos[idx]) - auc(s_b[idx], is_pos[idx]))
-    return float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))
+    iv = interval_of(np.asarray(vals), level)
+    return iv.low, iv.high

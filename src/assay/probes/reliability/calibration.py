@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from assay.metrics.calibration import BINNED, CalibrationTerms, fit_temperature, reliability_diagram, temperature_interval
-from assay.metrics.resample import interval_of, row_bootstrap_weights
+from assay.stats import interval_of, row_bootstrap_weights
 from assay.findings import Evidence, Metric, Threshold, outside_interval
 from assay.probes.base import Probe, register
 from assay.probes.reliability._common import clean_probs
