@@ -19,19 +19,11 @@ from typing import Callable
 import torch
 from scipy.stats import binomtest, norm
 
-from scipy.stats import beta
+import numpy as np
+
+from assay.stats import clopper_pearson_one_sided_lower
 
 ABSTAIN = -1
-
-
-def clopper_pearson_lower_array(k, n: int, alpha: float):
-    """One-sided (1 - alpha) Clopper-Pearson lower bounds for counts ``k`` out of ``n`` (vectorised)."""
-    import numpy as np
-
-    k = np.asarray(k, dtype=float)
-    with np.errstate(invalid="ignore"):
-        lo = beta.ppf(alpha, k, n - k + 1)
-    return np.where(k > 0, lo, 0.0)
 
 
 def max_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
@@ -153,7 +145,7 @@ class Smoothed:
         guess = self.counts(x, n0, g).argmax(1)
         c = self.counts(x, n, g)
         na = c.gather(1, guess[:, None]).squeeze(1)
-        p_lower = torch.from_numpy(clopper_pearson_lower_array(na.numpy(), n, alpha)).float()
+        p_lower = torch.from_numpy(np.asarray(clopper_pearson_one_sided_lower(na.numpy(), n, 1.0 - alpha), dtype=np.float64)).float()
         certified = p_lower > 0.5
         radius = torch.where(certified, self.sigma * torch.from_numpy(norm.ppf(p_lower.clamp(0.5, 1 - 1e-16).numpy())),
                              torch.zeros_like(p_lower)).float()
