@@ -274,7 +274,7 @@ def cmd_audit(a) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     data = _load_data(a)
     if not a.quiet:
-        for w in data.warnings:
+        for w in getattr(data, "warnings", ()):
             print(f"assay: warning: {w}", file=sys.stderr)
     kw = _target_kwargs(a)
     from assay.targets.chat_api import looks_like_openai_url

@@ -143,4 +143,4 @@ def test_group_bias_is_flagged_and_the_fair_twin_passes(audits):
 def test_non_privacy_probes_used_held_out_rows(audits):
     _, reports = audits
     cal = _finding(reports["tab_saturated"][1], "reliability.calibration")
-    assert "300 non-member rows of 600" in cal["accounting"]["rows"]
+    assert "600 non-member rows of 1200" in cal["accounting"]["rows"]

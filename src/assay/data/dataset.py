@@ -264,7 +264,7 @@ def align_text_labels(data: Dataset, target) -> Dataset:
     the model ("negative" = 0 may be the model's class 1). Names are matched case-insensitively; a
     model whose config gives no real names (``LABEL_0`` ...) cannot be matched and is an error rather
     than a silent guess."""
-    if data.kind != "text" or not data.class_names or data.y is None:
+    if not isinstance(data, Dataset) or data.kind != "text" or not data.class_names or data.y is None:
         return data
     names = list(getattr(target, "class_names", None) or [])
     generic = not names or all(n.upper() == f"LABEL_{i}" for i, n in enumerate(names))

@@ -75,9 +75,9 @@ class Backdoor(Probe):
         p = self.params
         t, data = ctx.target, ctx.data
         classes = self._classes(t.num_classes)
-        if len(classes) < 3 or p.max_classes < 3:
-            raise NotApplicable("a backdoor scan compares classes with each other and needs at least 3 candidate classes "
-                             "(classes and max_classes)")
+        if len(classes) < 3 or p.max_classes < 3:  # the model has >= 3 classes (check()): the parameters cut them
+            raise InputError("a backdoor scan compares classes with each other and needs at least 3 candidate classes; "
+                             "widen classes and max_classes")
         correct = torch.nonzero(ctx.clean_correct()).flatten()
         order = correct[torch.randperm(len(correct), generator=ctx.generator(salt=17))]
         opt_idx, hold_idx = order[: p.max_samples], order[p.max_samples: p.max_samples + p.holdout]

@@ -89,9 +89,9 @@ class Calibration(Probe):
                        method="bootstrap over held-out rows",
                        description="held-out NLL as the model is / after softening it by the temperature fitted on "
                                    "the other half (1 when that temperature is not above 1)"),
-                Metric.labelled("ece", {"rows": "held-out", "model": "before"}, b_pt, *b_ci, higher_is_better=False, level=p.level, method="bootstrap",
+                Metric.labelled("held_out_ece", {"model": "before"}, b_pt, *b_ci, higher_is_better=False, level=p.level, method="bootstrap",
                        description="ECE on the held-out half, as the model is"),
-                Metric.labelled("ece", {"rows": "held-out", "model": "temperature-scaled"}, a_pt, *a_ci, higher_is_better=False, level=p.level, method="bootstrap",
+                Metric.labelled("held_out_ece", {"model": "temperature-scaled"}, a_pt, *a_ci, higher_is_better=False, level=p.level, method="bootstrap",
                        description="ECE on the held-out half after temperature scaling"),
             ]
             diag_t = reliability_diagram(torch.softmax(logits / temp, 1), y, p.n_bins)
