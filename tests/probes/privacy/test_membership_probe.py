@@ -210,7 +210,7 @@ def test_probe_input_errors(pool):
         MembershipProbe(fprs=[0.001]).run(ProbeContext(target, Dataset(x, y, member=member)))
     with pytest.raises(InputError, match="does not import"):
         MembershipProbe(fprs=[0.01], recipe="nope_mod_abc:fn").run(ProbeContext(target, Dataset(x, y, member=member)))
-    with pytest.raises(InputError, match="unknown membership attack"):
+    with pytest.raises(InputError, match="attacks='magic' of probe privacy.membership is not one of baseline"):
         MembershipProbe(fprs=[0.01], attacks=["magic"]).run(ProbeContext(target, Dataset(x, y, member=member)))
     with pytest.raises(InputError, match="n_reference >= 2"):
         MembershipProbe(fprs=[0.01], n_reference=1).run(ProbeContext(target, Dataset(x, y, member=member)))
