@@ -24,7 +24,7 @@ from assay.arena.budgets import AttemptLimiter, Budgets, QueryItem
 from assay.arena.challenge import ChallengeSpec, ScoreResult, discover
 from assay.arena.flags import check_flag, flag_for, flag_owner
 from assay.arena.scoring import Standing, dynamic_value, rank
-from assay.arena.settings import Settings
+from assay.arena.settings import MIN_PASSWORD, Settings
 from assay.arena.store import (
     Budget,
     EventState,
@@ -41,7 +41,6 @@ from assay.errors import InputError
 
 log = logging.getLogger("assay.arena")
 
-MIN_PASSWORD = 8
 OPERATOR_NAME = "admin"  # the operator account `init` creates; its name is reserved in all its forms
 
 

@@ -28,6 +28,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from assay.arena.names import skeleton
+
 
 class Base(DeclarativeBase):
     pass
@@ -206,8 +208,6 @@ class Store:
         """Give every player and team without a name claim one (accounts from before the claims
         existed); returns the names that could not be claimed because an older look-alike holds the
         key (they keep working; only new registrations are affected)."""
-        from assay.arena.names import skeleton
-
         clashes = []
         with self.engine.begin() as conn:
             for kind, model in (("player", Player), ("team", Team)):
