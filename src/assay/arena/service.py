@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import hmac
 import inspect
 import logging
@@ -414,9 +413,7 @@ class Arena:
                                      f"{min(m.burst, m.query_budget)} on this challenge; split it")
             except InputError as e:
                 refusal, cost = Outcome(422, {"detail": str(e).splitlines()[0]}), 0
-        log_row = dict(created_at=time.time(), payload_bytes=len(body),
-                       payload_sha256=hashlib.sha256(body).hexdigest(), outcome="invalid", latency_ms=0.0)
-        pending = Pending(player, None if refusal else payload, QueryItem(player.id, cost, log_row), refusal, t0)
+        pending = Pending(player, None if refusal else payload, QueryItem.of_body(player.id, cost, body), refusal, t0)
         if self.settings.micro_batching:
             return await self._batcher(cid).submit(pending)
         return (await asyncio.to_thread(self._process, cid, [pending]))[0]
