@@ -18,6 +18,7 @@ from assay.arena.settings import MIN_PASSWORD
 from assay.errors import InputError
 
 MAX_FLAG = 200  # far above a real flag (38 characters); anything longer is not one
+BAD_FLAG = "flag must be a string like assay{...}"
 
 
 class Body(BaseModel):
@@ -39,7 +40,7 @@ class Login(Body):
 
 class FlagSubmission(Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"flag": "assay{...}"}]})
-    problems: ClassVar[dict[str, str]] = {"flag": "flag must be a string like assay{...}"}
+    problems: ClassVar[dict[str, str]] = {"flag": BAD_FLAG}
     flag: str = Field(max_length=MAX_FLAG)
 
 

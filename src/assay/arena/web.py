@@ -137,6 +137,10 @@ def logged_in(request: Request):
     return player
 
 
+def too_many_attempts(wait: int) -> str:
+    return f"Too many attempts from this address; try again in {wait} s."
+
+
 def redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
@@ -156,17 +160,14 @@ def make_web_router() -> APIRouter:
     async def register(request: Request):
         f = await form_of(request)
         arena = arena_of(request)
+        name, password = f.get("name", ""), f.get("password", "")
         try:
-            arena.check_registration(f.get("name", ""), f.get("password", ""))  # not a password attempt yet
+            arena.check_registration(name, password)  # not a password attempt yet
+            if wait := await password_attempt_wait(request):
+                return render(request, "register.html", status=429, name=name, error=too_many_attempts(wait))
+            player, key = await asyncio.to_thread(arena.register, name, password)
         except InputError as e:
-            return render(request, "register.html", status=422, error=str(e), name=f.get("name", ""))
-        if wait := await password_attempt_wait(request):
-            return render(request, "register.html", status=429, name=f.get("name", ""),
-                          error=f"Too many attempts from this address; try again in {wait} s.")
-        try:
-            player, key = await asyncio.to_thread(arena.register, f.get("name", ""), f.get("password", ""))
-        except InputError as e:
-            return render(request, "register.html", status=422, error=str(e), name=f.get("name", ""))
+            return render(request, "register.html", status=422, error=str(e), name=name)
         return render(request, "registered.html", session={"pid": player.id, "csrf": auth.new_token()},
                       api_key=key, name=player.name)
 
@@ -179,7 +180,7 @@ def make_web_router() -> APIRouter:
         f = await form_of(request)
         arena = arena_of(request)
         if wait := await password_attempt_wait(request):
-            return render(request, "login.html", status=429, error=f"Too many attempts from this address; try again in {wait} s.")
+            return render(request, "login.html", status=429, error=too_many_attempts(wait))
         player = await asyncio.to_thread(arena.login, f.get("name", ""), f.get("password", ""))
         if player is None:
             return render(request, "login.html", status=401, error="Wrong name or password.")
