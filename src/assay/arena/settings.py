@@ -28,6 +28,7 @@ from pathlib import Path
 from assay.errors import InputError
 
 SECRET_FILE = "secret"
+MIN_PASSWORD = 8  # players' and the operator's passwords alike
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -110,8 +111,6 @@ class Settings:
 
 def check_admin_password(password: str | None, source: str) -> None:
     """The ``admin`` operator gets the same minimum password length as a player registering."""
-    from assay.arena.service import MIN_PASSWORD  # imported here: service imports this module
-
     if password is not None and len(password) < MIN_PASSWORD:
         raise InputError(f"{source} must have at least {MIN_PASSWORD} characters; choose a longer one")
 
