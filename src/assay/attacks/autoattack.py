@@ -21,8 +21,9 @@ from typing import Any, Callable
 import torch
 
 from assay.attacks.apgd import apgd, apgd_targeted
-from assay.attacks.base import AttackResult, check_norm, flat_norm, is_success
+from assay.attacks.base import AttackResult, is_success
 from assay.attacks.minnorm import fmn_targeted
+from assay.attacks.norms import L2, LINF, Norm, as_norm
 from assay.attacks.square import square
 from assay.targets.torch import fast_inference
 
@@ -39,7 +40,7 @@ def autoattack(
     y: torch.Tensor,
     *,
     eps: float,
-    norm: str = "linf",
+    norm: str | Norm = "linf",
     version: str = "standard",
     steps: int = 100,
     n_target_classes: int = 9,
@@ -74,7 +75,7 @@ def autoattack(
     >>> res = autoattack(target.module, x, y, eps=8/255)      # doctest: +SKIP
     >>> res.robust_accuracy                                   # doctest: +SKIP
     """
-    norm = check_norm(norm)
+    norm = as_norm(norm, (LINF, L2), "autoattack")
     unit = unit or _direct
     if attacks is None:
         attacks = ("apgd-ce", "apgd-t", "fmn-t", "square") if version == "standard" else ("apgd-ce", "apgd-dlr")
@@ -140,12 +141,12 @@ def autoattack(
                 raise ValueError(f"unknown AutoAttack stage {stage!r}")
             return {"x_adv": r.x_adv, "success": r.success, "queries": r.queries}
 
-        out = unit(f"aa-{version}-{norm}-eps{eps:.6g}-{stage}-n{len(todo)}", run)
+        out = unit(f"aa-{version}-{norm.name}-eps{eps:.6g}-{stage}-n{len(todo)}", run)
         hit = out["success"].bool()
         # re-verify every claimed success on the model itself, inside the ball and the bounds
         if hit.any():
             cand = out["x_adv"][hit]
-            delta_ok = flat_norm(cand - xs[hit], norm) <= eps * (1 + 1e-5) + 1e-7
+            delta_ok = norm(cand - xs[hit]) <= eps * (1 + 1e-5) + 1e-7
             in_bounds = (cand >= bounds[0] - 1e-6).flatten(1).all(1) & (cand <= bounds[1] + 1e-6).flatten(1).all(1)
             with torch.no_grad():
                 really = is_success(model(cand), ys[hit]) if eot == 1 else torch.ones_like(delta_ok)
@@ -166,9 +167,9 @@ def autoattack(
     return AttackResult(
         x_adv=x_adv,
         success=success,
-        norms=flat_norm(x_adv - x, norm),
+        norms=norm(x_adv - x),
         queries=queries,
-        norm=norm,
+        norm=norm.name,
         eps=eps,
         attack=f"autoattack-{version}",
         info={"broken_by": broken_by, "robust_after": robust_after,
