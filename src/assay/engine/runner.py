@@ -266,6 +266,8 @@ class Runner:
                 continue
             allowance = self._allowance(i, probes, pending, ledger, key)
             self.log(f"{tag}: running" + (f" (query share {allowance:,})" if allowance is not None else ""))
+            if hasattr(self._progress, "phase"):
+                self._progress.phase(key)
             rows, _ = self._rows_for(probe)
             ctx = ProbeContext(
                 target, self.data, seed=self.seed, probe_name=key, namespace=ns,
