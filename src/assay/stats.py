@@ -6,7 +6,8 @@ honouring ``level``. Vectorised bootstraps (:func:`row_bootstrap_weights`): a ro
 ``n`` rows with replacement; how often each row is drawn is a ``Multinomial(n, 1/n, ..., 1/n)``
 vector, so a whole batch of resamples is one ``(B, n)`` weight matrix and one matrix expression,
 never a Python loop per resample (built in chunks of at most ``max_cells`` entries). Multiple
-testing: Holm (family-wise) and Benjamini-Hochberg (false discovery rate).
+testing: Holm (family-wise) and Benjamini-Hochberg (false discovery rate). Paired binary outcomes:
+the exact McNemar test.
 """
 
 from __future__ import annotations
@@ -162,6 +163,26 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     out = np.empty(m)
     out[order] = np.minimum(adj, 1.0)
     return out
+
+
+def mcnemar_exact(b: int, c: int, alternative: str = "two-sided") -> float:
+    """Exact McNemar test on paired binary outcomes: ``b`` pairs where only the second succeeded,
+    ``c`` where only the first did; under the null each discordant pair is a fair coin.
+    ``alternative="greater"`` tests that the second succeeds more often.
+
+    >>> mcnemar_exact(5, 0, "greater")
+    0.03125
+    """
+    if b < 0 or c < 0:
+        raise ValueError("discordant counts must be >= 0")
+    n = b + c
+    if n == 0:
+        return 1.0
+    if alternative == "greater":
+        return float(_st.binom.sf(b - 1, n, 0.5))
+    if alternative != "two-sided":
+        raise ValueError(f"alternative={alternative!r} must be 'two-sided' or 'greater'")
+    return float(min(1.0, 2 * _st.binom.cdf(min(b, c), n, 0.5)))
 
 
 def two_proportion_z(k1, n1, k2, n2) -> tuple[np.ndarray, np.ndarray]:
