@@ -214,3 +214,30 @@ def weighted_bin_sums(weights: np.ndarray, column: np.ndarray, values: np.ndarra
     rows = np.repeat(np.arange(n), r)
     a = sparse.csr_matrix((values, (rows, column)), shape=(n, n_columns))
     return np.asarray((a.T @ weights.T).T)
+
+
+def binomial_test(k: int, n: int, p: float = 0.5) -> float:
+    """Exact two-sided binomial test of ``k`` successes in ``n`` trials against rate ``p`` (1.0 when
+    ``n`` is 0).
+
+    >>> round(binomial_test(9, 10), 4)
+    0.0215
+    """
+    if n <= 0:
+        return 1.0
+    return float(_st.binomtest(int(k), int(n), p).pvalue)
+
+
+def paired_test(diffs: np.ndarray, method: str = "wilcoxon") -> float:
+    """Two-sided p-value that paired differences are centred on zero: the Wilcoxon signed-rank test,
+    or the sign test (an exact binomial test on the signs; for 0/1 outcomes this is McNemar's exact
+    test). Zero differences carry no information and are dropped; with none left, 1.0."""
+    d = np.asarray(diffs, dtype=float)
+    d = d[np.isfinite(d) & (d != 0)]
+    if d.size == 0:
+        return 1.0
+    if method == "sign":
+        return binomial_test(int((d > 0).sum()), int(d.size))
+    if method != "wilcoxon":
+        raise ValueError(f"paired test {method!r}: use 'wilcoxon' or 'sign'")
+    return float(_st.wilcoxon(d).pvalue)

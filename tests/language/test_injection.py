@@ -125,7 +125,7 @@ def test_probe_finds_the_one_family_that_leaks_in_one_batch():
     t = ScriptedChat(b64_leaker)
     f, trials = run(t, adaptive_rounds=0, max_systems=2)
     n = len(trials)
-    assert len(t.calls) == 1 and len(t.calls[0]) == n and t.queries == n  # one batched call, one query per trial
+    assert t.calls == [n] and t.queries == n  # one batched call, one query per trial
     want = sum("base64" in tr.text.lower() for tr in trials)
     enc = [tr for tr in trials if tr.family == "encoding"]
     assert want >= 4 and f.metric("leak_rate[encoding]").value == pytest.approx(want / len(enc))
@@ -208,10 +208,11 @@ def test_adaptive_rewrites_find_what_the_static_set_misses_with_a_paired_test():
     assert f.metric("adaptive_leak_rate").value == 1.0 and f.metric("adaptive_gain").value == 1.0
     assert f.metric("adaptive_gain_p_value").value == pytest.approx(0.5 ** 10)
     # one attacker round sufficed for every seed: 10 rewrites, nothing after success
-    assert len(a.calls) == 1 and len(a.calls[0]) == 10 and t.queries == n_static + 10
+    assert a.calls == [10] and t.queries == n_static + 10
     # the attacker never sees the secret
-    assert not any(secret_of(m) and secret_of(m) in json.dumps(m[1:]) for m in a.calls[0])
-    assert all("pretty please" in r[-1]["content"] for r in t.calls[1])
+    secrets = {secret_of(c) for c in t.sent[0]}
+    assert len(secrets) > 1 and not [s for s in secrets if s in json.dumps(a.sent)]
+    assert all("pretty please" in r[-1]["content"] for r in t.sent[1])
 
 
 def test_adaptive_with_a_useless_attacker_gains_nothing_and_spends_no_target_queries():
@@ -227,7 +228,7 @@ def test_the_query_budget_is_never_exceeded():
     inj.run_trials(t, trials)
     with pytest.raises(BudgetExceeded):
         inj.refine(t, a, trials, rounds=2)
-    assert t.queries <= 8 and len(t.calls) == 1
+    assert t.queries <= 8 and t.calls == [6]
 
 
 def test_bad_parameters_are_one_line_errors():
