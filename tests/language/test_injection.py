@@ -7,9 +7,10 @@ import codecs
 import json
 import math
 
-import numpy as np
 import pytest
 from scipy import stats as st
+from scripted import ScriptedChat, secret_of
+from tiny import tiny_model, tiny_tokenizer
 
 from assay.attacks import injection as inj
 from assay.engine.context import ProbeContext
@@ -17,8 +18,6 @@ from assay.errors import BudgetExceeded, InputError
 from assay.probes.base import get_probe
 from assay.stats import mcnemar_exact
 from assay.targets.causal_lm import CausalLMTarget
-from scripted import ScriptedChat, secret_of
-from tiny import tiny_model, tiny_tokenizer
 
 SECRET = "PELICAN-4827"
 

@@ -239,7 +239,7 @@ class InjectionProbe(Probe):
         rows = []
         for t in shown:
             how = t.verdict.how or ("hijacked" if t.verdict.hijacked else "")
-            rows.append([t.family, t.prompt.id, "adaptive round %d" % t.round if t.round else "static", how,
+            rows.append([t.family, t.prompt.id, f"adaptive round {t.round}" if t.round else "static", how,
                          inj.mask(t.text, t.secret)[:200], inj.mask(t.reply, t.secret)[:200]])
         return Evidence("table", "Successful attacks (secrets masked)", {
             "columns": ["family", "prompt", "attempt", "judged", "attack", "reply"], "rows": rows})
