@@ -6,7 +6,6 @@ import asyncio
 import re
 import time
 
-import pytest
 from arena_helpers import hdr, register
 
 from assay.arena.flags import flag_for

@@ -18,7 +18,6 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from sqlalchemy import select
 
-from assay.arena.payload import example
 from assay.arena.store import Budget
 
 OPERATOR_PREFIXES = ("/api/admin", "/api/verify")

@@ -7,8 +7,9 @@ import asyncio
 import csv
 import io
 import re
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -51,7 +52,7 @@ def csv_lines(rows, columns: tuple[str, ...]) -> Iterator[str]:
 
     def cell(key: str, value: Any) -> Any:
         if key == "time" and value is not None:
-            return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds")
+            return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds")
         if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
             return "'" + value
         return value

@@ -30,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
@@ -60,7 +61,7 @@ class QueryItem:
     log: dict[str, Any]
 
     @classmethod
-    def of_body(cls, player_id: int, cost: int, body: bytes, outcome: str = "invalid") -> "QueryItem":
+    def of_body(cls, player_id: int, cost: int, body: bytes, outcome: str = "invalid") -> QueryItem:
         """The item for a request ``body``: the log keeps its size and SHA-256, never the body.
         ``outcome`` is what the log says if the item is not charged."""
         return cls(player_id, cost, dict(created_at=time.time(), payload_bytes=len(body),

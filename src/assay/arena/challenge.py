@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib.util
 import tomllib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from assay.arena.flags import player_secret
 from assay.errors import InputError
@@ -43,7 +44,7 @@ class Manifest:
     token_budget: int = 0  # LLM challenges: hard total of generated tokens per player (0: none)
 
     @classmethod
-    def load(cls, path: Path) -> "Manifest":
+    def load(cls, path: Path) -> Manifest:
         with open(path, "rb") as f:
             try:
                 raw = tomllib.load(f)

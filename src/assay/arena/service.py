@@ -11,10 +11,11 @@ import inspect
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -80,7 +81,7 @@ class Batcher:
         self.task: asyncio.Task | None = None
         self.batch_sizes: list[int] = []
 
-    async def submit(self, pending: Pending) -> "Outcome":
+    async def submit(self, pending: Pending) -> Outcome:
         loop = asyncio.get_running_loop()
         if self.task is None or self.task.done():
             self.task = loop.create_task(self._run())
@@ -443,7 +444,7 @@ class Arena:
         """Charge and log ``group`` in one transaction, score the accepted payloads, answer each.
         Runs in a worker thread; returns only after the charges are committed."""
         spec = self.specs[cid]
-        ch, m = spec.challenge, spec.manifest
+        m = spec.manifest
         t = time.perf_counter()
         for p in group:
             p.item.log["latency_ms"] = (t - p.t0) * 1000  # arrival until the charge was attempted

@@ -78,7 +78,7 @@ class Settings:
         return self.data_dir / "built"
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         """Settings from ``ASSAY_ARENA_*`` variables; keyword arguments win over the environment.
 
         Example

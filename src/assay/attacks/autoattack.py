@@ -20,8 +20,9 @@ also its checkpoint key and its entry in ``info["broken_by"]`` and ``info["robus
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

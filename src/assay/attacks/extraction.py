@@ -15,8 +15,8 @@ often they fool the target, next to random sign noise of the same L-inf norm (th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn

@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 
 from assay.attacks.base import AttackResult, finalize, is_success, make_generator
-from assay.attacks.norms import L2, LINF, Norm, as_norm
 from assay.attacks.losses import LossFn, ce_loss, ce_targeted_loss, make_loss
+from assay.attacks.norms import L2, LINF, Norm, as_norm
 from assay.errors import InputError
 
 SCHEDULES = ("constant", "cosine", "step")

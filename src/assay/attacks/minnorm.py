@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from assay.attacks.base import finalize, AttackResult
+from assay.attacks.base import AttackResult, finalize
 from assay.attacks.norms import L2, LINF, Norm, as_norm, per_sample
 from assay.errors import InputError
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from assay.errors import InputError
 from assay.findings import AXES, VERDICTS, Evidence, Finding, Metric, Threshold, clean_json, outside_interval  # noqa: F401
 
+
 class Probe:
     """Base class of all probes. Subclasses set the class attributes and implement :meth:`run`."""
 

@@ -21,6 +21,7 @@ from assay.errors import TargetError
 from assay.targets.base import LABELS, SCORES, Target
 from assay.targets.retry import post_json
 
+
 def get_path(obj: Any, path: str) -> Any:
     """Follow a dotted path through dicts (keys) and lists (integer indices).
 

@@ -17,14 +17,14 @@ from assay.attacks.privacy.reference import (
     predict_log_probs,
     train_reference_models,
 )
-from assay.engine.context import ProbeContext
-from assay.parallel import InProcessExecutor, ProcessPoolExecutorAdapter
 from assay.data.dataset import Dataset
-from assay.train.classifier import train_classifier
+from assay.engine.context import ProbeContext
 from assay.errors import InputError, NotApplicable
+from assay.parallel import InProcessExecutor, ProcessPoolExecutorAdapter
 from assay.probes.privacy.membership import MembershipProbe
 from assay.probes.privacy.unlearning import UnlearningProbe
 from assay.targets.torch import TorchTarget
+from assay.train.classifier import train_classifier
 
 N_FEATURES = 20
 N_CLASSES = 4
