@@ -18,10 +18,11 @@ class ScriptedLM(LanguageModelTarget):
     continuation) -> float`` gives a continuation's total log-probability (spread over its words).
     ``calls`` holds each generate call's batch size, ``sent`` its prompts."""
 
-    def __init__(self, reply=None, logprob=None, *, messages: bool = False, **kw):
+    def __init__(self, reply=None, logprob=None, *, messages: bool = False, chars: bool = False, **kw):
         caps = {GENERATE} | ({LOGPROBS} if logprob is not None else set())
         super().__init__(capabilities=caps, **kw)
         self.reply, self.logprob, self.messages = reply, logprob, messages
+        self.chars = chars  # with messages=True: a "token" is a character (else a word)
         self.calls: list[int] = []
         self.sent: list[list] = []
 
@@ -33,8 +34,10 @@ class ScriptedLM(LanguageModelTarget):
             convs = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
             out = []
             for c in convs:
-                words = self.reply(c).split(" ")[:max_new_tokens]
-                out.append(Completion(" ".join(words), "stop", None, len(words)))
+                text = self.reply(c)
+                toks = list(text) if self.chars else text.split(" ")
+                toks = toks[:max_new_tokens]
+                out.append(Completion(("" if self.chars else " ").join(toks), "stop", None, len(toks)))
             return out
         texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
         return [Completion(self.reply(t, chat), "length", None, None) for t in texts]

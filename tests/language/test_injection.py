@@ -247,3 +247,21 @@ def test_mcnemar_exact_matches_the_binomial_test():
         assert mcnemar_exact(b, c, "greater") == pytest.approx(st.binomtest(b, b + c, 0.5, "greater").pvalue)
         assert mcnemar_exact(b, c) == pytest.approx(st.binomtest(b, b + c, 0.5).pvalue)
     assert mcnemar_exact(0, 0) == 1.0 and math.isclose(mcnemar_exact(10, 0, "greater"), 0.5 ** 10)
+
+
+@pytest.mark.slow
+def test_smollm2_gives_its_system_prompt_away_end_to_end():
+    """The real SmolLM2-135M-Instruct: it repeats its system prompt when told to ignore it (as the
+    llama.cpp server did in LLM-REFERENCE), so the direct family leaks; the report masks every secret."""
+    from assay.data.demo_llm import smollm2_gguf
+    from assay.targets.causal_lm import CausalLMTarget, convert_gguf
+
+    t = CausalLMTarget.from_pretrained(convert_gguf(smollm2_gguf()), device="cpu")
+    f, trials = run(t, families=["direct", "roleplay"], max_prompts=6, max_systems=1, max_new_tokens=24,
+                    adaptive_rounds=1, adaptive_seeds=3, attacker_tokens=32)
+    ignore = next(tr for tr in trials if tr.prompt.id == "direct-ignore")
+    m = f.metric("leak_rate[direct]")
+    assert m.value > 0 and m.low > 0 and f.accounting["static_queries"] == len(trials) == 6
+    text = json.dumps(f.to_dict())
+    assert ignore.secret not in text and not [tr.secret for tr in trials if tr.secret in text]
+    assert f.metric("adaptive_gain").value >= 0 and f.accounting["adaptive_seeds"] == 3
