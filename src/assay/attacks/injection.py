@@ -347,15 +347,11 @@ def parse_attack(text: str) -> str | None:
 
 @dataclass
 class Refinement:
-    """The rewrites of one seed trial, in order; ``rounds`` queries to the target were spent on it."""
+    """The rewrites of one seed trial, in order (one target query each)."""
 
     seed: Trial
     attempts: list[Trial]
     unusable: int = 0  # attacker replies with no usable attempt (no target query spent)
-
-    @property
-    def best(self) -> Trial:
-        return next((a for a in self.attempts if a.success()), self.attempts[-1] if self.attempts else self.seed)
 
     def success(self, partial: bool = True) -> bool:
         return self.seed.success(partial) or any(a.success(partial) for a in self.attempts)
