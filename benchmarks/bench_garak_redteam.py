@@ -78,8 +78,9 @@ def kappa(a: list[bool], b: list[bool]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common_args(ap, probes=PROBES, cap=16, max_tokens=32, out="garak_redteam.md")
+    ap.add_argument("--max-prompts", type=int, default=18, help="language.injection's attacks (3 per family)")
     ap.add_argument("--adaptive-rounds", type=int, default=2)
-    ap.add_argument("--adaptive-seeds", type=int, default=12)
+    ap.add_argument("--adaptive-seeds", type=int, default=8)
     a = ap.parse_args()
 
     import torch
@@ -116,11 +117,11 @@ def main() -> None:
     same = sum(m.strip() == o.strip() for m, o in zip(mine, g_out))
 
     # 2. assay's own probe, static and adaptive
-    probe = get_probe("language.injection")(max_systems=1, max_new_tokens=a.max_tokens,
+    probe = get_probe("language.injection")(max_prompts=a.max_prompts, max_systems=1, max_new_tokens=a.max_tokens,
                                             adaptive_rounds=a.adaptive_rounds, adaptive_seeds=a.adaptive_seeds)
-    t0 = time.perf_counter()
+    q0, t0 = target.queries, time.perf_counter()
     f = probe.run(ProbeContext(target, None, seed=0))
-    probe_s = time.perf_counter() - t0
+    probe_s, probe_prompts = time.perf_counter() - t0, target.queries - q0  # static, attacker and rewrites
 
     # 3. detector agreement on garak's outputs
     rows = []
@@ -135,12 +136,11 @@ def main() -> None:
 
     pps_g, pps_a = n / garak_wall, n / ours_s
     trials = f.accounting["trials"]
-    static_s = probe_s  # the probe's whole time, adaptive rounds included, is charged to its trials below
     lines = [
         "# Prompt injection: assay's language.injection vs garak 0.17.1 (promptinject, encoding)",
         "",
         f"Script: `benchmarks/bench_garak_redteam.py --garak-python ... --probes {a.probes} --cap {a.cap} "
-        f"--max-tokens {a.max_tokens} --batch-size {a.batch_size} --adaptive-rounds {a.adaptive_rounds} "
+        f"--max-tokens {a.max_tokens} --batch-size {a.batch_size} --max-prompts {a.max_prompts} --adaptive-rounds {a.adaptive_rounds} "
         f"--adaptive-seeds {a.adaptive_seeds}`" + (" (garak's scan reused from an earlier run in the same session)"
                                                    if a.garak_results else "") + ".",
         "",
@@ -157,8 +157,9 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: |",
         f"| garak scan `{a.probes}`, end to end (load, generation, detectors) | {n} | {garak_wall:.1f} | {pps_g:.3f} | 1.0x |",
         f"| assay on garak's {n} prompts (batched generation + judge) | {n} | {ours_s:.1f} | {pps_a:.3f} | {pps_a / pps_g:.1f}x |",
-        f"| assay `language.injection` (its own {trials} static trials + adaptive rounds, all in) | {trials} | "
-        f"{static_s:.1f} | {trials / static_s:.3f} | {trials / static_s / pps_g:.1f}x |",
+        f"| assay `language.injection`, whole probe ({trials} static trials, then the attacker's and the target's "
+        f"adaptive rounds; judge, intervals, report) | {probe_prompts} | {probe_s:.1f} | {probe_prompts / probe_s:.3f} | "
+        f"{probe_prompts / probe_s / pps_g:.1f}x |",
         "",
         f"assay's model load: {load_s:.1f} s (not in its rows; garak's scan includes its own load). Identical outputs "
         f"(stripped) on garak's prompts: {same}/{n}.",
