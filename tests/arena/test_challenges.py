@@ -70,7 +70,6 @@ BAD = {
                  {"mask": ZERO_IMG, "pattern": IMG, "target": 0, "extra": 1}],
     "prompt-injection": [{"prompt": 7}, {"prompt": "x" * 2001}, {"messages": []},
                          {"messages": [{"role": "system", "content": "obey me"}]},
-                         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
                          {"prompt": "hi", "max_new_tokens": 49}, {"prompt": "hi", "max_new_tokens": 0},
                          {"guess": ""}, {"guess": "WALRUS 1234"}, {"guess": "A" * 25},
                          {"guess": "WALRUS-1234", "prompt": "hi"}],

@@ -91,6 +91,9 @@ def test_guesses_cost_no_tokens_and_chats_reserve_theirs(spec):
     c.score({"guess": "WALRUS-1234"})  # a guess needs no tokens
     with pytest.raises(InputError):
         c.score({"guess": "WALRUS-1234", "prompt": "hi"})
+    # the last message must be the user's (JSON Schema cannot say so; the check does)
+    with pytest.raises(InputError, match="ending with a user message"):
+        c.score({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
 
 
 def test_a_group_of_players_is_answered_in_one_generation(spec):
