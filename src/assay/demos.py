@@ -106,5 +106,8 @@ def _summary(by: dict, info: dict, seconds: float) -> str:
                      f"membership AUC {mem.metric('max_auc').value:.2f}, planted PII leaked: "
                      f"{int(pii.metric('leaked_items').value)} items; verdicts "
                      + ", ".join(f"{k.split('.')[1]} {v.verdict}" for k, v in f.items()))
+        if "language.injection" in f:
+            inj = f["language.injection"]
+            lines.append(f"{name}: prompt injection: {inj.summary}")
     lines.append(f"Demo time: {seconds:.0f} s")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ honouring ``level``. Vectorised bootstraps (:func:`row_bootstrap_weights`): a ro
 ``n`` rows with replacement; how often each row is drawn is a ``Multinomial(n, 1/n, ..., 1/n)``
 vector, so a whole batch of resamples is one ``(B, n)`` weight matrix and one matrix expression,
 never a Python loop per resample (built in chunks of at most ``max_cells`` entries). Multiple
-testing: Holm (family-wise) and Benjamini-Hochberg (false discovery rate).
+testing: Holm (family-wise) and Benjamini-Hochberg (false discovery rate). Paired binary outcomes:
+the exact McNemar test.
 """
 
 from __future__ import annotations
@@ -164,6 +165,26 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def mcnemar_exact(b: int, c: int, alternative: str = "two-sided") -> float:
+    """Exact McNemar test on paired binary outcomes: ``b`` pairs where only the second succeeded,
+    ``c`` where only the first did; under the null each discordant pair is a fair coin.
+    ``alternative="greater"`` tests that the second succeeds more often.
+
+    >>> mcnemar_exact(5, 0, "greater")
+    0.03125
+    """
+    if b < 0 or c < 0:
+        raise ValueError("discordant counts must be >= 0")
+    n = b + c
+    if n == 0:
+        return 1.0
+    if alternative == "greater":
+        return float(_st.binom.sf(b - 1, n, 0.5))
+    if alternative != "two-sided":
+        raise ValueError(f"alternative={alternative!r} must be 'two-sided' or 'greater'")
+    return float(min(1.0, 2 * _st.binom.cdf(min(b, c), n, 0.5)))
+
+
 def two_proportion_z(k1, n1, k2, n2) -> tuple[np.ndarray, np.ndarray]:
     """Pooled two-proportion z statistic of ``k1/n1 - k2/n2`` and its two-sided p-value (vectorised)."""
     from scipy.stats import norm
@@ -193,3 +214,30 @@ def weighted_bin_sums(weights: np.ndarray, column: np.ndarray, values: np.ndarra
     rows = np.repeat(np.arange(n), r)
     a = sparse.csr_matrix((values, (rows, column)), shape=(n, n_columns))
     return np.asarray((a.T @ weights.T).T)
+
+
+def binomial_test(k: int, n: int, p: float = 0.5) -> float:
+    """Exact two-sided binomial test of ``k`` successes in ``n`` trials against rate ``p`` (1.0 when
+    ``n`` is 0).
+
+    >>> round(binomial_test(9, 10), 4)
+    0.0215
+    """
+    if n <= 0:
+        return 1.0
+    return float(_st.binomtest(int(k), int(n), p).pvalue)
+
+
+def paired_test(diffs: np.ndarray, method: str = "wilcoxon") -> float:
+    """Two-sided p-value that paired differences are centred on zero: the Wilcoxon signed-rank test,
+    or the sign test (an exact binomial test on the signs; for 0/1 outcomes this is McNemar's exact
+    test). Zero differences carry no information and are dropped; with none left, 1.0."""
+    d = np.asarray(diffs, dtype=float)
+    d = d[np.isfinite(d) & (d != 0)]
+    if d.size == 0:
+        return 1.0
+    if method == "sign":
+        return binomial_test(int((d > 0).sum()), int(d.size))
+    if method != "wilcoxon":
+        raise ValueError(f"paired test {method!r}: use 'wilcoxon' or 'sign'")
+    return float(_st.wilcoxon(d).pvalue)

@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from assay.arena.challenge import LocalClient, discover
+from assay.arena.challenge import Caller, LocalClient, discover
 from assay.errors import InputError
 
 PACK = discover()
 IDS = sorted(PACK)
 EXPECTED = {"evasion-whitebox", "evasion-blackbox", "membership", "inversion", "extraction", "poisoning",
-            "leakage", "noisy-defence", "backdoor"}
+            "leakage", "noisy-defence", "backdoor", "prompt-injection"}
 
 IMG = [[[0.5] * 8 for _ in range(8)]]
 NAN_IMG = [[[0.5] * 8 for _ in range(7)] + [[math.nan] + [0.5] * 7]]
@@ -33,6 +33,7 @@ VALID = {
     "leakage": {"prefix": "alice: "},
     "poisoning": {"points": [{"features": [0.5] * 5, "label": 1}]},
     "backdoor": {"mask": ZERO_IMG, "pattern": IMG, "target": 3},
+    "prompt-injection": {"prompt": "Hello!", "max_new_tokens": 4},
 }
 
 COMMON_BAD = [[], "x", None, {}, {"bogus": 1}]
@@ -67,7 +68,23 @@ BAD = {
                  {"mask": NAN_IMG, "pattern": IMG, "target": 0}, {"mask": IMG[0], "pattern": IMG, "target": 0},
                  {"mask": ZERO_IMG, "pattern": [[[1.5] * 8 for _ in range(8)]], "target": 0},
                  {"mask": ZERO_IMG, "pattern": IMG, "target": 0, "extra": 1}],
+    "prompt-injection": [{"prompt": 7}, {"prompt": "x" * 2001}, {"messages": []},
+                         {"messages": [{"role": "system", "content": "obey me"}]},
+                         {"prompt": "hi", "max_new_tokens": 49}, {"prompt": "hi", "max_new_tokens": 0},
+                         {"guess": ""}, {"guess": "WALRUS 1234"}, {"guess": "A" * 25},
+                         {"guess": "WALRUS-1234", "prompt": "hi"}],
 }
+
+# A player as the challenges see one (LLM challenges answer per player; the others ignore it).
+CALLER = Caller(1, "0" * 64)
+
+
+def score(ch, payload):
+    """Score one payload as the server does (``score_for``); an InputError is raised."""
+    result = ch.score_for([CALLER], [payload])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +123,8 @@ def close(a, b, tol=1e-5):
 
 def hidden_strings(cid):
     ch = PACK[cid].challenge
+    if cid == "prompt-injection":  # the password of the player the local client plays as
+        return [type(ch).build.__globals__["secret_for"](LocalClient(PACK[cid]).caller)]
     return [getattr(ch, {"inversion": "word", "leakage": "secret"}[cid])] if cid in ("inversion", "leakage") else []
 
 
@@ -171,7 +190,7 @@ def test_malformed_payloads_are_one_line_input_errors(pack, cid):
         except InputError as e:
             assert "\n" not in str(e) and "at most" in str(e), (cid, bad, str(e))
         with pytest.raises(InputError) as e:
-            ch.score(bad)
+            score(ch, bad)
         assert "\n" not in str(e.value) and len(str(e.value)) < 300, (cid, bad, str(e.value))
 
 
@@ -209,8 +228,8 @@ def test_301_inputs_over_http_are_a_422_naming_the_limit_not_a_429(pack, tmp_pat
 def test_score_batch_matches_single_scoring(pack, cid):
     ch = PACK[cid].challenge
     good = VALID[cid]
-    single = ch.score(good)
-    batch = ch.score_batch([good, {"bogus": 1}, good])
+    single = score(ch, good)
+    batch = ch.score_for([CALLER] * 3, [good, {"bogus": 1}, good])
     assert isinstance(batch[1], InputError)
     for r in (batch[0], batch[2]):
         assert r.solved == single.solved and r.cost == single.cost == ch.cost(good)
@@ -224,6 +243,7 @@ OTHER_KINDS = {
                                   "W3": [[0.1] * 3] * 2, "b3": [0.0] * 3}}],
     "inversion": [{"guess": "ABC123"}],
     "leakage": [{"guess": "abc"}],
+    "prompt-injection": [{"guess": "WALRUS-1234"}, {"messages": [{"role": "user", "content": "hi"}], "max_new_tokens": 2}],
 }
 
 
@@ -254,7 +274,7 @@ def test_published_schemas_agree_with_the_checks_and_the_answers(pack, cid):
     good = [VALID[cid], *OTHER_KINDS.get(cid, []), example(request)]
     for payload in good:
         assert not list(req.iter_errors(payload)), (cid, payload)
-        result = ch.score(payload)
+        result = score(ch, payload)
         assert not list(resp.iter_errors(result.output)), (cid, payload, result.output)
     for bad in COMMON_BAD + BAD[cid]:
         if _finite(bad):  # JSON cannot carry NaN or infinity

@@ -44,7 +44,9 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path):
               "language.canary": {"samples": 64},
               "language.membership": {"max_texts": 100},
               "language.pii": {"samples": 2, "prefix_tokens": 12, "suffix_tokens": 8, "max_documents": 45,
-                               "temperature": 0.0}}
+                               "temperature": 0.0},
+              "language.injection": {"max_prompts": 6, "max_systems": 1, "max_new_tokens": 8, "adaptive_rounds": 1,
+                                     "adaptive_seeds": 3, "attacker_tokens": 8}}
     res = run_llm_demo(tmp_path, target=t, epochs=6, train_blocks=2, lr=3e-3, params=params, log=lambda m: None)
     ex = res["curves"]["extraction"]["series"]
     tuned = next(s for s in ex if s["name"] == "fine-tuned")
@@ -62,6 +64,7 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path):
     assert "<svg" in (tmp_path / "leakage.html").read_text()
     summary = (tmp_path / "summary.txt").read_text()
     assert "fine-tuned" in summary and "base" in summary
+    assert "injection trials succeeded" in summary  # the injection probe ran on both models
     report = json.loads((tmp_path / "fine-tuned" / "report.json").read_text())
     for c in make_corpus(0).data.canaries:
         assert c.secret not in json.dumps(report)

@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from assay.arena.store import Budget, LoginAttempts, QueryLog, Store
+from assay.arena.store import Budget, GenerationBudget, LoginAttempts, QueryLog, Store
 
 
 @dataclass
@@ -225,6 +225,64 @@ class Budgets:
     def used(self, player_id: int, challenge_id: str) -> int:
         with self.store.session() as s:
             row = s.get(Budget, (player_id, challenge_id))
+            return row.used if row else 0
+
+
+_GEN_KEY = "player_id = :pid AND challenge_id = :cid"
+
+
+class GenerationTokens:
+    """Per-player budgets of generated tokens on LLM challenges (table ``generation_budgets``).
+
+    A request reserves its ``max_new_tokens`` before the model runs, with one conditional UPDATE
+    (``used + n <= total``), so concurrent requests of one player, in any number of processes, can
+    never together exceed the budget; after generation the unused part is given back."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._take = store.sql(f"UPDATE generation_budgets SET used = used + :n WHERE {_GEN_KEY} AND used + :n <= :total "
+                               "RETURNING used")
+        self._state = store.sql(f"SELECT used FROM generation_budgets WHERE {_GEN_KEY}")
+        self._new = store.sql("INSERT INTO generation_budgets (player_id, challenge_id, used) VALUES (:pid, :cid, 0) "
+                              "ON CONFLICT DO NOTHING")
+        self._give = store.sql(f"UPDATE generation_budgets SET used = CASE WHEN used > :n THEN used - :n ELSE 0 END "
+                               f"WHERE {_GEN_KEY}")
+
+    def reserve(self, challenge_id: str, items: Sequence[tuple[int, int]], total: int) -> list[tuple[bool, int]]:
+        """Reserve ``n`` tokens for each ``(player_id, n)`` in one transaction, in player order (as
+        :meth:`Budgets.charge_queries`, so no lock-order deadlock); returns ``(ok, tokens left)``
+        per item, in the items' order."""
+        out: list[tuple[bool, int]] = [(False, 0)] * len(items)
+        with self.store.raw_transaction() as cur:
+            for i in sorted(range(len(items)), key=lambda j: items[j][0]):
+                pid, n = items[i]
+                params = dict(pid=pid, cid=challenge_id, n=int(n), total=int(total))
+                for _attempt in range(2):
+                    cur.execute(self._take, params)
+                    row = cur.fetchone()
+                    if row is not None:
+                        out[i] = (True, total - row[0])
+                        break
+                    cur.execute(self._state, params)
+                    state = cur.fetchone()
+                    if state is not None:
+                        out[i] = (False, total - state[0])
+                        break
+                    cur.execute(self._new, params)  # first contact: an unused budget, then try again
+        return out
+
+    def release(self, challenge_id: str, items: Sequence[tuple[int, int]]) -> None:
+        """Give back ``n`` reserved tokens for each ``(player_id, n)`` (the unused part), one transaction."""
+        items = [(pid, n) for pid, n in items if n > 0]
+        if not items:
+            return
+        with self.store.raw_transaction() as cur:
+            for pid, n in sorted(items):
+                cur.execute(self._give, dict(pid=pid, cid=challenge_id, n=int(n)))
+
+    def used(self, player_id: int, challenge_id: str) -> int:
+        with self.store.session() as s:
+            row = s.get(GenerationBudget, (player_id, challenge_id))
             return row.used if row else 0
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from assay.arena.flags import player_secret
 from assay.errors import InputError
 
 CHALLENGES_DIR = Path(__file__).parent / "challenges"
@@ -40,6 +41,7 @@ class Manifest:
     max_payload_bytes: int = 262_144
     artifacts: list[str] = field(default_factory=list)
     seed: int = 0
+    token_budget: int = 0  # LLM challenges: hard total of generated tokens per player (0: none)
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -62,6 +64,17 @@ class ScoreResult:
     output: dict[str, Any]
     solved: bool = False
     cost: int = 1
+    tokens: int = 0  # generated tokens actually used (LLM challenges; the rest of the reservation is given back)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a payload, as a challenge sees it: the player's id and a secret of 64 hex digits
+    for this player and challenge, derived from the arena's secret (per-player hidden data, e.g. a
+    system-prompt secret, is made from it; the player never sees it)."""
+
+    player_id: int
+    secret: str
 
 
 class Challenge(ABC):
@@ -97,6 +110,16 @@ class Challenge(ABC):
     def cost(self, payload: dict[str, Any]) -> int:
         """Queries a payload will cost, computed before scoring so the budget is checked first."""
         return 1
+
+    def token_cost(self, payload: dict[str, Any]) -> int:
+        """Generated tokens to reserve for a payload before it runs (its ``max_new_tokens``), charged
+        against the manifest's ``token_budget``; 0 for challenges without a model that generates."""
+        return 0
+
+    def score_for(self, callers: list[Caller], payloads: list[dict[str, Any]]) -> list[ScoreResult | Exception]:
+        """Score payloads knowing who sent each (the server always calls this). By default the
+        callers are ignored: :meth:`score_batch`. Per-player challenges override it."""
+        return self.score_batch(payloads)
 
     def request_schema(self) -> dict[str, Any]:
         """JSON Schema (2020-12, as OpenAPI 3.1 uses it) of the payloads :meth:`score` accepts. The
@@ -166,22 +189,32 @@ class LocalClient:
     the HTTP client in :mod:`assay.arena.client` offers the same four.
     """
 
-    def __init__(self, spec: ChallengeSpec, budget: int | None = None):
+    def __init__(self, spec: ChallengeSpec, budget: int | None = None, *, player_id: int = 1,
+                 secret: str = "local-arena-secret"):
         self.spec = spec
         self.remaining = spec.manifest.query_budget if budget is None else budget
+        self.tokens_remaining = spec.manifest.token_budget or None
         self.flag: str | None = None
         self.queries = 0
+        self.caller = Caller(player_id, player_secret(secret, player_id, spec.manifest.id))
 
     def score(self, payload: dict[str, Any]) -> dict[str, Any]:
         from assay.errors import BudgetExceeded
 
         ch = self.spec.challenge
-        cost = ch.cost(payload)
+        cost, reserve = ch.cost(payload), ch.token_cost(payload)
         if cost > self.remaining:
             raise BudgetExceeded(f"query budget exhausted: {self.remaining} left, {cost} needed")
-        result = ch.score(payload)
+        if self.tokens_remaining is not None and reserve > self.tokens_remaining:
+            raise BudgetExceeded(f"token budget exhausted: {self.tokens_remaining} generated tokens left, "
+                                 f"{reserve} asked for")
+        result = ch.score_for([self.caller], [payload])[0]
+        if isinstance(result, Exception):
+            raise result
         self.remaining -= result.cost
         self.queries += result.cost
+        if self.tokens_remaining is not None:
+            self.tokens_remaining -= min(result.tokens, reserve)
         out = dict(result.output)
         if result.solved:
             self.flag = f"local-flag-{self.spec.manifest.id}"

@@ -1,4 +1,6 @@
-"""Building blocks shared by the challenge pack: seeded digits CNNs, weight files, evasion goals.
+"""Building blocks shared by the challenge pack: seeded digits CNNs, weight files, evasion goals,
+and for language-model challenges :func:`llm_generate` (generation batched across players) and
+:class:`LLMChallenge` (per-player system prompts, query and generated-token budgets).
 
 Everything here is deterministic from a seed and offline (scikit-learn's bundled digits), so a
 challenge's ``build`` reproduces the same bytes on every machine with the same library versions.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from assay.arena.challenge import Challenge, ScoreResult
+from assay.arena.challenge import Caller, Challenge, ScoreResult
 from assay.data.demo import DigitsCNN, load_digits_splits, train_classifier
 from assay.errors import InputError
 
@@ -180,3 +183,181 @@ def guess_randomly(client, alphabet: str, length: int, *, distinct: bool = False
         if client.flag:
             return True
     return False
+
+
+# --------------------------------------------------------------------------- language models
+class GenerationBatcher:
+    """Merges concurrent generations on one model into batched ``generate`` calls.
+
+    Any thread calls :meth:`generate`; the first caller waits ``window_s`` for company, then runs
+    ONE ``target.generate`` over every waiting request with the same settings (up to
+    ``max_prompts`` prompts) and hands each request its own slice of the outputs. Callers arriving
+    while a batch runs form the next one. Generation is greedy, so a prompt's output does not
+    depend on what else is in its batch (the engine pads on the left and masks the padding).
+    """
+
+    def __init__(self, target, *, window_s: float = 0.005, max_prompts: int = 32, enabled: bool = True):
+        import threading
+
+        self.target, self.window_s, self.max_prompts, self.enabled = target, window_s, max_prompts, enabled
+        self._queue: list[dict[str, Any]] = []
+        self._queue_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self.batches: list[int] = []  # prompts per generate call, for tests and the benchmark
+
+    def generate(self, prompts: list, *, max_new_tokens: int, chat: bool = True, stop: list[str] | None = None):
+        import threading
+
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        key = (int(max_new_tokens), bool(chat), tuple(stop or ()))
+        if not self.enabled:
+            with self._run_lock:
+                self.batches.append(len(prompts))
+                return self._call(prompts, key)
+        req = {"prompts": prompts, "key": key, "done": threading.Event(), "out": None, "error": None}
+        with self._queue_lock:
+            self._queue.append(req)
+        while not req["done"].is_set():
+            if self._run_lock.acquire(blocking=False):
+                try:
+                    if not req["done"].is_set():
+                        time.sleep(self.window_s)  # let concurrent requests join this batch
+                        self._run_one_batch()
+                finally:
+                    self._run_lock.release()
+            else:
+                req["done"].wait(0.002)
+        if req["error"] is not None:
+            raise req["error"]
+        return req["out"]
+
+    def _call(self, prompts, key):
+        max_new_tokens, chat, stop = key
+        return self.target.generate(prompts, max_new_tokens=max_new_tokens, chat=chat, stop=list(stop))
+
+    def _run_one_batch(self) -> None:
+        with self._queue_lock:
+            if not self._queue:
+                return
+            key = self._queue[0]["key"]
+            batch, rest, n = [], [], 0
+            for r in self._queue:
+                if r["key"] == key and (not batch or n + len(r["prompts"]) <= self.max_prompts):
+                    batch.append(r)
+                    n += len(r["prompts"])
+                else:
+                    rest.append(r)
+            self._queue = rest
+        self.batches.append(n)
+        try:
+            outs = self._call([p for r in batch for p in r["prompts"]], key)
+        except BaseException as e:  # every request of the batch fails with the model's error
+            for r in batch:
+                r["error"] = e
+                r["done"].set()
+            return
+        i = 0
+        for r in batch:
+            r["out"], i = outs[i: i + len(r["prompts"])], i + len(r["prompts"])
+            r["done"].set()
+
+
+_BATCHERS: dict[int, GenerationBatcher] = {}
+GENERATION_BATCHING = {"enabled": True, "window_s": 0.005, "max_prompts": 32}
+
+
+def generation_batcher(target) -> GenerationBatcher:
+    """The batcher of ``target`` (one per model object and process)."""
+    b = _BATCHERS.get(id(target))
+    if b is None or b.target is not target:
+        b = _BATCHERS[id(target)] = GenerationBatcher(target, **GENERATION_BATCHING)
+    return b
+
+
+def configure_generation_batching(*, enabled: bool = True, window_ms: float = 5.0, max_prompts: int = 32) -> None:
+    """Switch batching across callers on or off (benchmarks compare both) for batchers made from now on."""
+    GENERATION_BATCHING.update(enabled=enabled, window_s=window_ms / 1000.0, max_prompts=max_prompts)
+    _BATCHERS.clear()
+
+
+def llm_generate(target, prompts: list, *, max_new_tokens: int, chat: bool = True, stop: list[str] | None = None):
+    """THE way a challenge generates text: greedy continuations of ``prompts`` (chat messages or
+    strings) by ``target`` (a :class:`~assay.targets.llm.LanguageModelTarget`), merged with other
+    players' concurrent requests into one batched generate. Returns one
+    :class:`~assay.targets.llm.Completion` per prompt, in order; ``completion_tokens`` is what the
+    caller charges against the player's token budget (:attr:`ScoreResult.tokens`)."""
+    return generation_batcher(target).generate(prompts, max_new_tokens=max_new_tokens, chat=chat, stop=stop)
+
+
+class LLMChallenge(Challenge):
+    """A challenge answered by a chat model, per player. Payload: ``{"prompt": str}`` or
+    ``{"messages": [{"role": "user"|"assistant", "content": str}, ...]}``, optionally
+    ``"max_new_tokens"`` (1 to :attr:`max_new_tokens`, the default). Each payload costs one query
+    and reserves its ``max_new_tokens`` from the player's token budget (manifest ``token_budget``);
+    what the model did not generate is given back.
+
+    Subclasses set ``self.lm`` in ``load`` and implement :meth:`system_prompt` (per player: made
+    from ``caller.secret``) and :meth:`judge`. All valid payloads of a scoring group are answered
+    by one :func:`llm_generate` call.
+    """
+
+    max_new_tokens: int = 48
+    max_prompt_chars: int = 2000
+    lm: Any = None
+
+    def system_prompt(self, caller: Caller) -> str | None:
+        return None
+
+    def judge(self, caller: Caller, reply: str) -> tuple[dict[str, Any], bool]:
+        """The player's output (never the secret or a flag) and whether the goal was met."""
+        raise NotImplementedError
+
+    def parse(self, payload: dict[str, Any]) -> tuple[list[dict[str, str]], int]:
+        if not isinstance(payload, dict):
+            raise InputError("payload must be a JSON object with 'prompt' or 'messages'")
+        n = payload.get("max_new_tokens", self.max_new_tokens)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.max_new_tokens:
+            raise InputError(f"max_new_tokens must be an integer from 1 to {self.max_new_tokens}")
+        if "messages" in payload:
+            msgs = payload["messages"]
+            if not (isinstance(msgs, list) and 1 <= len(msgs) <= 16 and all(
+                    isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ("user", "assistant")
+                    and isinstance(m["content"], str) for m in msgs)) or msgs[-1]["role"] != "user":
+                raise InputError("messages must be 1 to 16 {'role': 'user'|'assistant', 'content': str} objects "
+                                 "ending with a user message (the system prompt is the challenge's)")
+        elif isinstance(payload.get("prompt"), str):
+            msgs = [{"role": "user", "content": payload["prompt"]}]
+        else:
+            raise InputError("payload needs 'prompt' (a string) or 'messages'")
+        if sum(len(m["content"]) for m in msgs) > self.max_prompt_chars:
+            raise InputError(f"the prompt is longer than {self.max_prompt_chars} characters")
+        return [dict(m) for m in msgs], n
+
+    def token_cost(self, payload: dict[str, Any]) -> int:
+        return self.parse(payload)[1]
+
+    def score(self, payload: dict[str, Any]) -> ScoreResult:
+        raise InputError("this challenge answers per player; the server calls score_for")
+
+    def score_for(self, callers: list[Caller], payloads: list[dict[str, Any]]) -> list[ScoreResult | Exception]:
+        parsed: list[Any] = []
+        for p in payloads:
+            try:
+                parsed.append(self.parse(p))
+            except InputError as e:
+                parsed.append(e)
+        out: list[ScoreResult | Exception] = list(parsed)
+        # one generate per max_new_tokens value (usually one): each keeps its own cap exactly
+        for n in sorted({x[1] for x in parsed if not isinstance(x, Exception)}):
+            idx = [i for i, x in enumerate(parsed) if not isinstance(x, Exception) and x[1] == n]
+            prompts = []
+            for i in idx:
+                system = self.system_prompt(callers[i])
+                prompts.append(([{"role": "system", "content": system}] if system else []) + parsed[i][0])
+            completions = llm_generate(self.lm, prompts, max_new_tokens=n, chat=True)
+            for i, c in zip(idx, completions):
+                output, solved = self.judge(callers[i], c.text)
+                out[i] = ScoreResult(output, solved=solved, cost=1, tokens=int(c.completion_tokens or 0))
+        return out

@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 
 from assay.arena import auth, fastjson, names
 from assay.arena.bodies import BAD_FLAG, MAX_FLAG
-from assay.arena.budgets import AttemptLimiter, Budgets, QueryItem
-from assay.arena.challenge import ChallengeSpec, ScoreResult, discover
-from assay.arena.flags import check_flag, flag_for, flag_owner
+from assay.arena.budgets import AttemptLimiter, Budgets, GenerationTokens, QueryItem
+from assay.arena.challenge import Caller, ChallengeSpec, ScoreResult, discover
+from assay.arena.flags import check_flag, flag_for, flag_owner, player_secret
 from assay.arena.scoring import Standing, dynamic_value, rank
 from assay.arena.settings import MIN_PASSWORD, Settings
 from assay.arena.store import (
@@ -61,11 +61,12 @@ class Pending:
     the parsed payload (None when already refused) and the answer for a refusal made before the
     charge (an invalid payload: logged, never charged)."""
 
-    __slots__ = ("player", "payload", "item", "refusal", "t0")
+    __slots__ = ("player", "payload", "item", "refusal", "t0", "reserve")
 
     def __init__(self, player: Player, payload: dict[str, Any] | None, item: QueryItem, refusal: Outcome | None,
-                 t0: float):
+                 t0: float, reserve: int = 0):
         self.player, self.payload, self.item, self.refusal, self.t0 = player, payload, item, refusal, t0
+        self.reserve = reserve  # generated tokens to reserve (LLM challenges)
 
 
 class Batcher:
@@ -146,6 +147,7 @@ class Arena:
         self.store = Store(settings.db_url)
         self.store.create_all()
         self.budgets = Budgets(self.store)
+        self.generation_tokens = GenerationTokens(self.store)
         self.hasher = auth.password_hasher(settings.argon2)
         self._dummy_hash = auth.dummy_hash(self.hasher)
         self.password_attempts = AttemptLimiter(self.store, settings.login_per_minute, settings.login_burst)
@@ -410,7 +412,7 @@ class Arena:
         if (closed := self._closed_to(player, cid)) is not None:
             return closed
         spec = self.specs[cid]
-        payload, refusal, cost = None, None, 0
+        payload, refusal, cost, reserve = None, None, 0, 0
         try:
             payload = fastjson.parse_body(body)
         except fastjson.BodyError as e:
@@ -426,9 +428,14 @@ class Arena:
                 if cost > min(m.burst, m.query_budget):  # could never be charged: a limit, not a wait
                     raise InputError(f"this request would cost {cost} queries; one request may cost at most "
                                      f"{min(m.burst, m.query_budget)} on this challenge; split it")
+                reserve = spec.challenge.token_cost(payload) if m.token_budget else 0
+                if reserve > m.token_budget:
+                    raise InputError(f"this request asks for {reserve} generated tokens; the budget on this challenge "
+                                     f"is {m.token_budget} in all; ask for fewer")
             except InputError as e:
                 refusal, cost = Outcome(422, {"detail": str(e).splitlines()[0]}), 0
-        pending = Pending(player, None if refusal else payload, QueryItem.of_body(player.id, cost, body), refusal, t0)
+        pending = Pending(player, None if refusal else payload, QueryItem.of_body(player.id, cost, body), refusal, t0,
+                          reserve)
         if self.settings.micro_batching:
             return await self._batcher(cid).submit(pending)
         return (await asyncio.to_thread(self._process, cid, [pending]))[0]
@@ -462,9 +469,34 @@ class Arena:
                     outcomes[i] = Outcome(429, {"detail": f"rate limit: {m.rate_per_minute:g} queries per minute, "
                                                           f"burst {m.burst}; retry in {charge.retry_after} s",
                                                 "remaining": charge.remaining}, headers)
-        results = self._run_model(cid, [group[i].payload for i in accepted])
         corrections = []
+        tokens_left: dict[int, int] = {}
+        if m.token_budget and accepted:
+            # reserve each request's max_new_tokens before the model runs; a refusal gives its query back
+            got = self.generation_tokens.reserve(cid, [(group[i].player.id, group[i].reserve) for i in accepted],
+                                                 m.token_budget)
+            kept = []
+            for i, (ok, left) in zip(accepted, got):
+                if ok:
+                    kept.append(i)
+                    tokens_left[i] = left
+                    continue
+                p = group[i]
+                corrections.append((p.player.id, p.item.cost, charges[i].log_id, "budget"))
+                remaining = charges[i].remaining + p.item.cost
+                outcomes[i] = Outcome(429, {"detail": f"generated-token budget for this challenge exhausted: {left} "
+                                                      f"left, {p.reserve} asked for", "remaining": remaining,
+                                            "tokens_remaining": left}, {"X-Queries-Remaining": str(remaining)})
+            accepted = kept
+        results = self._run_model(cid, [Caller(group[i].player.id, player_secret(self.settings.secret, group[i].player.id,
+                                                                                  cid)) for i in accepted],
+                                  [group[i].payload for i in accepted])
+        released = []
         for i, result in zip(accepted, results):
+            if m.token_budget:
+                spent = min(max(result.tokens, 0), group[i].reserve) if isinstance(result, ScoreResult) else 0
+                released.append((group[i].player.id, group[i].reserve - spent))
+                tokens_left[i] += group[i].reserve - spent
             p, charge, cost = group[i], charges[i], group[i].item.cost
             if isinstance(result, Exception):
                 outcome = "invalid" if isinstance(result, InputError) else "error"
@@ -481,31 +513,34 @@ class Arena:
                 corrections.append((p.player.id, refund, charge.log_id, "solved" if result.solved else "ok"))
                 remaining += refund
             body_out: dict[str, Any] = {"result": result.output, "remaining": remaining}
+            if m.token_budget:
+                body_out["tokens_remaining"] = tokens_left[i]
             if result.solved:
                 body_out["flag"] = flag_for(self.settings.secret, p.player.id, cid)
             outcomes[i] = Outcome(200, body_out, {"X-Queries-Remaining": str(remaining),
                                                   "X-RateLimit-Remaining": str(int(charge.tokens))})
+        self.generation_tokens.release(cid, released)
         self.budgets.correct_queries(cid, corrections)
         return outcomes  # type: ignore[return-value]
 
-    def _run_model(self, cid: str, payloads: list[dict[str, Any]]) -> list[ScoreResult | Exception]:
-        """One ``score_batch`` call (micro-batching) or ``score`` per payload; a broken challenge
-        fails its requests, not the server."""
+    def _run_model(self, cid: str, callers: list[Caller], payloads: list[dict[str, Any]]) -> list[ScoreResult | Exception]:
+        """One ``score_for`` call over the group (micro-batching) or one per payload; a broken
+        challenge fails its requests, not the server."""
         if not payloads:
             return []
         ch = self.specs[cid].challenge
         if not self.settings.micro_batching:
             out: list[ScoreResult | Exception] = []
-            for payload in payloads:
+            for caller, payload in zip(callers, payloads):
                 try:
-                    out.append(ch.score(payload))
+                    out.append(ch.score_for([caller], [payload])[0])
                 except Exception as e:
                     if not isinstance(e, InputError):
                         log.exception("challenge %s: score failed", cid)
                     out.append(e)
             return out
         try:
-            results = ch.score_batch(payloads)
+            results = ch.score_for(callers, payloads)
             if len(results) != len(payloads):
                 raise RuntimeError(f"score_batch returned {len(results)} results for {len(payloads)} payloads")
             return results

@@ -57,6 +57,16 @@ class Player(Base):
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
+class GenerationBudget(Base):
+    """One row per player and LLM challenge: generated tokens reserved or spent against the
+    challenge's ``token_budget``. Updated only by single conditional UPDATE statements."""
+
+    __tablename__ = "generation_budgets"
+    player_id: Mapped[int] = mapped_column(ForeignKey("players.id"), primary_key=True)
+    challenge_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Budget(Base):
     """One row per player and challenge: the query token bucket and hard total, and the flag
     submission bucket and total. Updated only by single conditional UPDATE statements."""

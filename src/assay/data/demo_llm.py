@@ -205,4 +205,8 @@ DEMO_PARAMS = {
     "language.canary": {"samples": 128},
     "language.membership": {},
     "language.pii": {"samples": 8, "prefix_tokens": 12, "suffix_tokens": 16, "max_new_tokens": 40, "temperature": 0.0},
+    # one attack per family against one system prompt, one adaptive round on three of them: a small
+    # share of the demo's time (docs/language.md gives the measured cost)
+    "language.injection": {"max_prompts": 6, "max_systems": 1, "max_new_tokens": 24, "adaptive_rounds": 1,
+                           "adaptive_seeds": 3, "attacker_tokens": 32},
 }

@@ -29,11 +29,13 @@ def check_language(probe, target, data, fields: tuple[str, ...]) -> str | None:
     return None
 
 
-def rate(name: str, k: int, n: int, description: str, *, level: float = 0.95) -> Metric:
-    """``k / n`` with its exact (Clopper-Pearson) interval."""
+def rate(name: str, k: int, n: int, description: str, *, level: float = 0.95,
+         labels: dict[str, Any] | None = None) -> Metric:
+    """``k / n`` with its exact (Clopper-Pearson) interval; with ``labels``, a labelled variant of
+    ``name`` (``leak_rate[direct]``)."""
     iv = clopper_pearson(k, n, level)
-    return Metric(name, k / n if n else float("nan"), iv.low, iv.high, higher_is_better=False, level=level,
-                  method="clopper-pearson", description=f"{description} ({k}/{n})")
+    return Metric.labelled(name, labels or {}, k / n if n else float("nan"), iv.low, iv.high, higher_is_better=False,
+                           level=level, method="clopper-pearson", description=f"{description} ({k}/{n})")
 
 
 def reference_target(spec: str | None, like: LanguageModelTarget) -> LanguageModelTarget | None:
