@@ -106,5 +106,9 @@ def _summary(by: dict, info: dict, seconds: float) -> str:
                      f"membership AUC {mem.metric('max_auc').value:.2f}, planted PII leaked: "
                      f"{int(pii.metric('leaked_items').value)} items; verdicts "
                      + ", ".join(f"{k.split('.')[1]} {v.verdict}" for k, v in f.items()))
+    for name, f in by.items():
+        jb = f.get("language.jailbreak")
+        if jb is not None and jb.error is None:
+            lines.append(f"{name}: jailbreak: {jb.summary}")
     lines.append(f"Demo time: {seconds:.0f} s")
     return "\n".join(lines)
