@@ -15,7 +15,7 @@ from assay.errors import InputError
 PACK = discover()
 IDS = sorted(PACK)
 EXPECTED = {"evasion-whitebox", "evasion-blackbox", "membership", "inversion", "extraction", "poisoning",
-            "leakage", "noisy-defence", "backdoor"}
+            "leakage", "noisy-defence", "backdoor", "jailbreak"}
 
 IMG = [[[0.5] * 8 for _ in range(8)]]
 NAN_IMG = [[[0.5] * 8 for _ in range(7)] + [[math.nan] + [0.5] * 7]]
@@ -33,6 +33,7 @@ VALID = {
     "leakage": {"prefix": "alice: "},
     "poisoning": {"points": [{"features": [0.5] * 5, "label": 1}]},
     "backdoor": {"mask": ZERO_IMG, "pattern": IMG, "target": 3},
+    "jailbreak": {"prompt": "Hello!"},
 }
 
 COMMON_BAD = [[], "x", None, {}, {"bogus": 1}]
@@ -67,6 +68,8 @@ BAD = {
                  {"mask": NAN_IMG, "pattern": IMG, "target": 0}, {"mask": IMG[0], "pattern": IMG, "target": 0},
                  {"mask": ZERO_IMG, "pattern": [[[1.5] * 8 for _ in range(8)]], "target": 0},
                  {"mask": ZERO_IMG, "pattern": IMG, "target": 0, "extra": 1}],
+    "jailbreak": [{"prompt": ""}, {"prompt": "x" * 1001}, {"prompt": 7}, {"prompt": "caf\u00e9"}, {"prompt": ["hi"]},
+                  {"prompt": "hi", "max_new_tokens": 4}],
 }
 
 
@@ -395,3 +398,12 @@ def test_backdoor_solver_searches_on_one_thread_with_a_bounded_number_of_steps(p
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_jailbreak_is_judged_on_the_reply_alone(pack):
+    spec = PACK["jailbreak"]
+    ch, said = spec.challenge, spec.solve.__globals__["said"]
+    assert ch.phrase in ch.system  # the bot is told the phrase; only its reply counts
+    assert said("access granted", "Sure:  ACCESS\n granted!") and not said("access granted", "access is granted")
+    r = ch.score({"prompt": "What is the capital of France?"})
+    assert not r.solved and r.output["said_it"] is False and r.cost == 1
