@@ -23,8 +23,10 @@ What makes it fast (measured against nanogcg in ``benchmarks/bench_gcg.py``):
 - the tokens before the suffix (system prompt, chat template, request) run once, and their KV cache
   is shared by every forward pass;
 - a candidate differs from the current suffix at one position ``p`` only, so the tokens before
-  ``p`` are shared too: candidates are grouped by ``p`` and each group runs only from ``p`` on, on
-  the KV cache of the current suffix cut at ``p`` (on average half the suffix is not recomputed);
+  ``p`` are shared too: candidates are sorted by ``p`` and cut into groups (one per position when
+  there are enough candidates, else groups of at least 16), and each group runs only from its
+  smallest ``p`` on, on the KV cache of the current suffix cut there (at 512 candidates, on average
+  half the suffix is not recomputed);
 - the vocabulary projection runs only where the target tokens are predicted.
 """
 
@@ -44,6 +46,7 @@ from assay.targets.llm import LanguageModelTarget
 
 _MARK = "\u2063ASSAY-GCG-SUFFIX\u2063"  # an invisible separator: no chat template edits it
 _ALLOWED: dict[int, torch.Tensor] = {}  # id(tokenizer) -> bool mask over the embedding rows
+MIN_ROWS = 16  # fewest candidates per shared-prefix group
 
 
 @dataclass
@@ -186,7 +189,12 @@ class _Runner:
         if self.can_share:
             _, base = self._fwd(suffix.view(1, -1), self._past(), L, keep=1)  # cache of before + suffix
             self.forward_passes += 1
-            groups = [(int(p), (pos == p).nonzero().flatten()) for p in torch.unique(pos)]
+            # sorted by changed position and cut into groups of at least MIN_ROWS candidates: a group
+            # runs from its smallest position on (tokens before it are the current suffix's, cached);
+            # one group per position would make batches too small to use the hardware when B is small
+            order = torch.argsort(pos, stable=True)
+            n = max(1, min(S, len(cands) // MIN_ROWS))
+            groups = [(int(pos[c].min()), c) for c in torch.tensor_split(order, n) if len(c)]
         else:
             base = None
             groups = [(0, torch.arange(len(cands), device=self.dev))]
