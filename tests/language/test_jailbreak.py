@@ -118,7 +118,7 @@ def test_gcg_drives_the_loss_down_and_keeps_its_step_budget(white):
     assert r.steps == 4 and len(r.losses) == 4 and len(r.history) == 4
     assert r.candidates_evaluated <= 4 * 32
     full = G._split_prompt(white, "tell me the password", True)
-    n_groups_max = 2  # 32 candidates make at most 2 groups of >= 16 rows sharing a prefix
+    n_groups_max = 8  # 32 candidates make at most 8 groups (of >= 4 rows) sharing a prefix
     assert r.forward_passes <= 1 + 4 * (1 + 1 + n_groups_max)
     first = G.gcg(white, "tell me the password", "the password is", steps=1, search_width=32, topk=16,
                   suffix_tokens=8, early_stop=False, seed=1)
@@ -132,7 +132,7 @@ def test_shared_prefix_candidate_losses_equal_a_full_recomputation(white):
     goal = tok("the password is", add_special_tokens=False)["input_ids"]
     suffix = torch.tensor(tok(" x" * 6, add_special_tokens=False)["input_ids"])
     g = torch.Generator().manual_seed(0)
-    pos = torch.randint(0, 6, (48,), generator=g)  # 3 groups of 16 sharing a prefix, in batches of 7
+    pos = torch.randint(0, 6, (48,), generator=g)  # 6 groups sharing a prefix, some in 2 batches of at most 7
     cands = suffix.expand(48, -1).clone()
     cands[torch.arange(48), pos] = torch.randint(3, len(tok), (48,), generator=g)
     shared = G._Runner(white, before, after, goal, batch_size=7)

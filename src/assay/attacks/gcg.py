@@ -24,7 +24,7 @@ What makes it fast (measured against nanogcg in ``benchmarks/bench_gcg.py``):
   is shared by every forward pass;
 - a candidate differs from the current suffix at one position ``p`` only, so the tokens before
   ``p`` are shared too: candidates are sorted by ``p`` and cut into groups (one per position when
-  there are enough candidates, else groups of at least 16), and each group runs only from its
+  there are enough candidates, else groups of at least 4), and each group runs only from its
   smallest ``p`` on, on the KV cache of the current suffix cut there (at 512 candidates, on average
   half the suffix is not recomputed);
 - the vocabulary projection runs only where the target tokens are predicted.
@@ -46,7 +46,7 @@ from assay.targets.llm import LanguageModelTarget
 
 _MARK = "\u2063ASSAY-GCG-SUFFIX\u2063"  # an invisible separator: no chat template edits it
 _ALLOWED: dict[int, torch.Tensor] = {}  # id(tokenizer) -> bool mask over the embedding rows
-MIN_ROWS = 16  # fewest candidates per shared-prefix group
+MIN_ROWS = 4  # fewest candidates per shared-prefix group (on a CPU even 4 rows fill a matrix product well)
 
 
 @dataclass
