@@ -8,7 +8,8 @@ CSV; :mod:`assay.data.jailbreak`):
   white-box model: an optimised suffix that makes the model start its answer with the request's
   target string ("Sure, here is ...");
 - transfer: the prompts GCG found, sent to another target (``transfer_target``: a .gguf file, a
-  causal-LM directory or an OpenAI-compatible URL), within a query budget of exactly that many.
+  causal-LM directory or an OpenAI-compatible URL with `transfer_model` and `transfer_api_key_env`),
+  within a query budget of exactly that many.
 
 An attack succeeds on a request when the answer is not a refusal (:mod:`assay.metrics.refusal`; its
 limits are in the report: an answer that neither declines nor helps counts as a success, so the
@@ -74,7 +75,9 @@ class JailbreakProbe(Probe):
         gcg_search_width: int = 128
         gcg_topk: int = 64
         gcg_suffix_tokens: int = 20
-        transfer_target: str = ""
+        transfer_target: str = ""  # a .gguf file, a causal-LM directory or an OpenAI-compatible URL
+        transfer_model: str = ""  # for a URL: the model name the API serves
+        transfer_api_key_env: str = ""  # for a URL: the environment variable holding its API key
         show: int = 20
 
     def check(self, target, data):
@@ -185,7 +188,14 @@ class JailbreakProbe(Probe):
                              "causal-LM directory or an OpenAI-compatible URL")
 
         def run():
-            other = load_target(p.transfer_target, query_budget=len(gcg_rows), device=getattr(ctx.target, "device", "auto"))
+            if p.transfer_target.startswith(("http://", "https://")):
+                from assay.targets.chat_api import ChatTarget
+
+                other = ChatTarget(p.transfer_target, model=p.transfer_model or "default",
+                                   api_key_env=p.transfer_api_key_env or None, query_budget=len(gcg_rows))
+            else:
+                other = load_target(p.transfer_target, query_budget=len(gcg_rows),
+                                    device=getattr(ctx.target, "device", "auto"))
             done = transfer([(r["request"], r["suffix"], r["target"]) for r in gcg_rows], other, chat=p.chat,
                             max_new_tokens=p.max_new_tokens)
             return {"rows": [{"output": d.output, "target_hit": d.target_hit, "refused": d.refused} for d in done]}
