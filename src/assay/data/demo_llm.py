@@ -205,9 +205,9 @@ DEMO_PARAMS = {
     "language.canary": {"samples": 128},
     "language.membership": {},
     "language.pii": {"samples": 8, "prefix_tokens": 12, "suffix_tokens": 16, "max_new_tokens": 40, "temperature": 0.0},
-    # a small jailbreak run: 8 requests (one per category) under 4 templates. No GCG: on 2 CPU cores one
-    # step of 32 candidates on SmolLM2 costs about half a minute of CPU (`assay audit ... --probe
-    # language.jailbreak` runs it)
-    "language.jailbreak": {"max_requests": 8, "template_names": ["direct", "prefix-injection", "role-play", "developer-mode"],
-                           "max_new_tokens": 24, "gcg": "off"},
+    # a small jailbreak run: 8 requests (one per category) under 3 templates, 16 new tokens (a refusal
+    # shows in its first words). No GCG: on 2 CPU cores one step of 32 candidates on SmolLM2 costs
+    # about half a minute of CPU (`assay audit ... --probe language.jailbreak` runs it)
+    "language.jailbreak": {"max_requests": 8, "template_names": ["direct", "prefix-injection", "role-play"],
+                           "max_new_tokens": 16, "gcg": "off"},
 }
