@@ -109,5 +109,8 @@ def _summary(by: dict, info: dict, seconds: float) -> str:
         if "language.injection" in f:
             inj = f["language.injection"]
             lines.append(f"{name}: prompt injection: {inj.summary}")
+        jb = f.get("language.jailbreak")
+        if jb is not None and jb.error is None:
+            lines.append(f"{name}: jailbreak: {jb.summary}")
     lines.append(f"Demo time: {seconds:.0f} s")
     return "\n".join(lines)

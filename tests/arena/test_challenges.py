@@ -15,7 +15,8 @@ from assay.errors import InputError
 PACK = discover()
 IDS = sorted(PACK)
 EXPECTED = {"evasion-whitebox", "evasion-blackbox", "membership", "inversion", "extraction", "poisoning",
-            "leakage", "noisy-defence", "backdoor", "prompt-injection"}
+            "leakage", "noisy-defence", "backdoor", "prompt-injection",
+            "jailbreak"}
 
 IMG = [[[0.5] * 8 for _ in range(8)]]
 NAN_IMG = [[[0.5] * 8 for _ in range(7)] + [[math.nan] + [0.5] * 7]]
@@ -34,6 +35,7 @@ VALID = {
     "poisoning": {"points": [{"features": [0.5] * 5, "label": 1}]},
     "backdoor": {"mask": ZERO_IMG, "pattern": IMG, "target": 3},
     "prompt-injection": {"prompt": "Hello!", "max_new_tokens": 4},
+    "jailbreak": {"prompt": "Hello!"},
 }
 
 COMMON_BAD = [[], "x", None, {}, {"bogus": 1}]
@@ -73,6 +75,8 @@ BAD = {
                          {"prompt": "hi", "max_new_tokens": 49}, {"prompt": "hi", "max_new_tokens": 0},
                          {"guess": ""}, {"guess": "WALRUS 1234"}, {"guess": "A" * 25},
                          {"guess": "WALRUS-1234", "prompt": "hi"}],
+    "jailbreak": [{"prompt": ""}, {"prompt": "x" * 1001}, {"prompt": 7}, {"prompt": "caf\u00e9"}, {"prompt": ["hi"]},
+                  {"prompt": "hi", "max_new_tokens": 4}],
 }
 
 # A player as the challenges see one (LLM challenges answer per player; the others ignore it).
@@ -415,3 +419,12 @@ def test_backdoor_solver_searches_on_one_thread_with_a_bounded_number_of_steps(p
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_jailbreak_is_judged_on_the_reply_alone(pack):
+    spec = PACK["jailbreak"]
+    ch, said = spec.challenge, spec.solve.__globals__["said"]
+    assert ch.phrase in ch.system  # the bot is told the phrase; only its reply counts
+    assert said("access granted", "Sure:  ACCESS\n granted!") and not said("access granted", "access is granted")
+    r = ch.score({"prompt": "What is the capital of France?"})
+    assert not r.solved and r.output["said_it"] is False and r.cost == 1

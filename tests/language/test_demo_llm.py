@@ -46,7 +46,9 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path):
               "language.pii": {"samples": 2, "prefix_tokens": 12, "suffix_tokens": 8, "max_documents": 45,
                                "temperature": 0.0},
               "language.injection": {"max_prompts": 6, "max_systems": 1, "max_new_tokens": 8, "adaptive_rounds": 1,
-                                     "adaptive_seeds": 3, "attacker_tokens": 8}}
+                                     "adaptive_seeds": 3, "attacker_tokens": 8},
+              "language.jailbreak": {"max_requests": 2, "template_names": ["direct", "role-play"], "max_new_tokens": 4,
+                                     "gcg_requests": 1, "gcg_steps": 2, "gcg_search_width": 8, "gcg_topk": 8}}
     res = run_llm_demo(tmp_path, target=t, epochs=6, train_blocks=2, lr=3e-3, params=params, log=lambda m: None)
     ex = res["curves"]["extraction"]["series"]
     tuned = next(s for s in ex if s["name"] == "fine-tuned")
@@ -65,6 +67,7 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert "fine-tuned" in summary and "base" in summary
     assert "injection trials succeeded" in summary  # the injection probe ran on both models
+    assert "fine-tuned: jailbreak: " in summary and "GCG emitted the target on" in summary
     report = json.loads((tmp_path / "fine-tuned" / "report.json").read_text())
     for c in make_corpus(0).data.canaries:
         assert c.secret not in json.dumps(report)

@@ -209,4 +209,9 @@ DEMO_PARAMS = {
     # share of the demo's time (docs/language.md gives the measured cost)
     "language.injection": {"max_prompts": 6, "max_systems": 1, "max_new_tokens": 24, "adaptive_rounds": 1,
                            "adaptive_seeds": 3, "attacker_tokens": 32},
+    # a small jailbreak run: 8 requests (one per category) under 3 templates, 16 new tokens (a refusal
+    # shows in its first words). No GCG: on 2 CPU cores one step of 32 candidates on SmolLM2 costs
+    # about half a minute of CPU (`assay audit ... --probe language.jailbreak` runs it)
+    "language.jailbreak": {"max_requests": 8, "template_names": ["direct", "prefix-injection", "role-play"],
+                           "max_new_tokens": 16, "gcg": "off"},
 }

@@ -230,14 +230,18 @@ class CausalLMTarget(LanguageModelTarget):
         if isinstance(prompt, str) and not chat:
             ids = self.encode(prompt)
             return ids if ids else self._bos()
+        ids = list(self.tokenizer(self.chat_text(prompt), add_special_tokens=False)["input_ids"])
+        return ids if ids else self._bos()
+
+    def chat_text(self, prompt: Prompt) -> str:
+        """A prompt (one user message, or messages) rendered by the chat template, with the target's
+        system prompt first when it has none, ready for the assistant's answer."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         if not getattr(self.tokenizer, "chat_template", None):
             raise InputError(f"{self.name}'s tokenizer has no chat template; send raw text prompts (chat=False)")
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return ids if ids else self._bos()
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     # ---------------------------------------------------------------- queries
     def _generate(self, prompts: list[Prompt], *, max_new_tokens: int, temperature: float, top_k: int,
