@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from arena_helpers import built_arena, make_settings
 
 TESTS_LANGUAGE = Path(__file__).resolve().parents[1] / "language"

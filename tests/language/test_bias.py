@@ -8,6 +8,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from scripted import ScriptedLM
+from tiny import tiny_model, tiny_tokenizer, train_on
 
 from assay.data import redteam
 from assay.engine.context import ProbeContext
@@ -15,8 +17,6 @@ from assay.errors import InputError
 from assay.probes.base import get_probe
 from assay.probes.language.bias import keyword_refusal
 from assay.targets.causal_lm import CausalLMTarget
-from scripted import ScriptedLM
-from tiny import tiny_model, tiny_tokenizer, train_on
 
 
 def run_probe(target, refusal_scorer=None, seed=0, **params):

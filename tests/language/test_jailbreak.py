@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fake_openai import FakeOpenAI
+from tiny import tiny_tokenizer
 
 from assay.attacks import gcg as G
-from assay.data.jailbreak import Template, load_requests, load_templates
+from assay.data.jailbreak import load_requests, load_templates
 from assay.engine.context import ProbeContext
 from assay.errors import BudgetExceeded, InputError, NotApplicable, TargetError
 from assay.metrics import refusal
@@ -18,8 +20,6 @@ from assay.targets.base import GENERATE
 from assay.targets.causal_lm import CausalLMTarget
 from assay.targets.chat_api import ChatTarget
 from assay.targets.llm import Completion, LanguageModelTarget
-from fake_openai import FakeOpenAI
-from tiny import tiny_tokenizer
 
 
 def responsive_model(seed: int = 0):

@@ -8,14 +8,14 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from scripted import ScriptedLM
+from tiny import tiny_model, tiny_tokenizer
 
 from assay.engine.context import ProbeContext
 from assay.errors import InputError, UnsafeModelFile
 from assay.metrics import toxicity as tox
 from assay.probes.base import get_probe
 from assay.targets.causal_lm import CausalLMTarget
-from scripted import ScriptedLM
-from tiny import tiny_model, tiny_tokenizer
 
 TOXIC = ["you stupid idiot, shut up", "I hate you, you worthless moron", "go to hell you pathetic loser",
          "you are a dumb ugly idiot"]

@@ -131,7 +131,6 @@ class HfToxicityScorer:
     limits = HF_LIMITS
 
     def __init__(self, path: str | os.PathLike, *, batch_size: int = 32, max_length: int = 512, device: str = "cpu"):
-        import torch
 
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():

@@ -157,7 +157,7 @@ class JailbreakProbe(Probe):
         if p.gcg != "off" and can_gcg:
             # the requests the static templates did worst on come first: GCG is there for what they miss
             answered = defaultdict(int)
-            for (t, r), f in zip(prompts, refused):
+            for (_, r), f in zip(prompts, refused):
                 answered[r.request] += not f
             order = sorted(range(len(reqs)), key=lambda i: (answered[reqs[i].request], i))
             for k, i in enumerate(order[: p.gcg_requests]):
