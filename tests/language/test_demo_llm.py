@@ -44,7 +44,9 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path):
               "language.canary": {"samples": 64},
               "language.membership": {"max_texts": 100},
               "language.pii": {"samples": 2, "prefix_tokens": 12, "suffix_tokens": 8, "max_documents": 45,
-                               "temperature": 0.0}}
+                               "temperature": 0.0},
+              "language.toxicity": {"max_prompts": 2, "max_new_tokens": 4},
+              "language.bias": {"axes": ["gender"], "max_templates": 2, "max_new_tokens": 4}}
     res = run_llm_demo(tmp_path, target=t, epochs=6, train_blocks=2, lr=3e-3, params=params, log=lambda m: None)
     ex = res["curves"]["extraction"]["series"]
     tuned = next(s for s in ex if s["name"] == "fine-tuned")

@@ -205,4 +205,8 @@ DEMO_PARAMS = {
     "language.canary": {"samples": 128},
     "language.membership": {},
     "language.pii": {"samples": 8, "prefix_tokens": 12, "suffix_tokens": 16, "max_new_tokens": 40, "temperature": 0.0},
+    # small configurations: a few prompts and short replies keep the demo within its time
+    "language.toxicity": {"max_prompts": 6, "max_new_tokens": 16},
+    "language.bias": {"axes": ["gender", "religion"], "max_templates": 3, "measures": ["likelihood", "refusal", "pairs"],
+                      "max_new_tokens": 12},
 }
