@@ -128,7 +128,9 @@ def test_language_audit_end_to_end_resumes_and_renders(trained, data, tmp_path):
     plan = load_suite("language")
     small = {"language.extraction": dict(prefix_tokens=4, suffix_tokens=8),
              "language.pii": dict(prefix_tokens=4, suffix_tokens=8, samples=4),
-             "language.canary": dict(samples=200)}
+             "language.canary": dict(samples=200),
+             "language.toxicity": dict(max_prompts=2, max_new_tokens=4),
+             "language.bias": dict(axes=["gender"], max_templates=2, max_new_tokens=4)}
     for pp in plan.probes:
         pp.params.update(small.get(pp.name, {}))
     report = Runner(trained, data, plan, out_dir=tmp_path).run()
@@ -136,7 +138,7 @@ def test_language_audit_end_to_end_resumes_and_renders(trained, data, tmp_path):
     assert verdicts["language.canary"] == "fail" and verdicts["language.membership"] == "fail"
     assert all(f.error is None for f in report.findings)
     again = Runner(trained, data, plan, out_dir=tmp_path).run()
-    assert again.accounting["resumed_findings"] == 4
+    assert again.accounting["resumed_findings"] == len(plan.probes) == 6
     from assay.report import render_all
 
     paths = render_all(report, tmp_path)
