@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from assay.arena import auth, fastjson, names
 from assay.arena.bodies import BAD_FLAG, MAX_FLAG
 from assay.arena.budgets import AttemptLimiter, Budgets, GenerationTokens, QueryItem
-from assay.arena.challenge import Caller, ChallengeSpec, ScoreResult, discover
-from assay.arena.flags import check_flag, flag_for, flag_owner, player_secret
+from assay.arena.challenge import Caller, ChallengeSpec, ScoreResult, discover, player_secret
+from assay.arena.flags import check_flag, flag_for, flag_owner
 from assay.arena.scoring import Standing, dynamic_value, rank
 from assay.arena.settings import MIN_PASSWORD, Settings
 from assay.arena.store import (
