@@ -67,6 +67,9 @@ def model_dir(arg: str | None) -> Path:
     return convert_gguf(smollm2_gguf())
 
 
+SECRET = secrets.token_hex(32)  # one arena secret for both runs: the same per-player system prompts
+
+
 def run(mode: str, players: int, requests: int, max_new: int, tmp: Path) -> dict:
     from assay.arena import kit
     from assay.arena.service import Arena, build_challenges
@@ -82,7 +85,7 @@ def run(mode: str, players: int, requests: int, max_new: int, tmp: Path) -> dict
     (root / "challenge.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in manifest.items()))
     data = tmp / mode / "data"
     data.mkdir()
-    settings = Settings(data_dir=data, secret=secrets.token_hex(32), challenges_dir=root.parent, argon2="fast",
+    settings = Settings(data_dir=data, secret=SECRET, challenges_dir=root.parent, argon2="fast",
                         micro_batching=batched, batch_max=64)
     build_challenges(settings)
     arena = Arena(settings)
@@ -122,10 +125,13 @@ def main() -> None:
     ap.add_argument("--players", type=int, default=8)
     ap.add_argument("--requests", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared 2-core machine two threads spin against each other)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "arena_llm.md"))
     a = ap.parse_args()
     import os
 
+    torch.set_num_threads(a.threads)
     mdir = model_dir(a.model)
     os.environ["BENCH_LLM_DIR"] = str(mdir)
     rows = []
@@ -156,8 +162,8 @@ def main() -> None:
                      f"{r['p95']:.2f} | {r['generate_calls']} | {r['mean_batch']:.1f} |")
     lines += ["", f"Throughput ratio (batched / unbatched): {rows[0]['tps'] / rows[1]['tps']:.2f}x generated tokens/s, "
                   f"{rows[0]['rps'] / rows[1]['rps']:.2f}x requests/s.",
-              f"Identical replies in both runs: {same}/{len(rows[0]['replies'])} (greedy; a difference would come from "
-              "float32 rounding in padded batches, see llm_generation.md)."]
+              f"Identical replies in both runs: {same}/{len(rows[0]['replies'])} (greedy, same per-player system prompts; a "
+              "difference would come from float32 rounding in padded batches, see llm_generation.md)."]
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

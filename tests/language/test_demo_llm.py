@@ -48,7 +48,9 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path):
               "language.injection": {"max_prompts": 6, "max_systems": 1, "max_new_tokens": 8, "adaptive_rounds": 1,
                                      "adaptive_seeds": 3, "attacker_tokens": 8},
               "language.jailbreak": {"max_requests": 2, "template_names": ["direct", "role-play"], "max_new_tokens": 4,
-                                     "gcg_requests": 1, "gcg_steps": 2, "gcg_search_width": 8, "gcg_topk": 8}}
+                                     "gcg_requests": 1, "gcg_steps": 2, "gcg_search_width": 8, "gcg_topk": 8},
+              "language.toxicity": {"max_prompts": 2, "max_new_tokens": 4},
+              "language.bias": {"axes": ["gender"], "max_templates": 2, "max_new_tokens": 4}}
     res = run_llm_demo(tmp_path, target=t, epochs=6, train_blocks=2, lr=3e-3, params=params, log=lambda m: None)
     ex = res["curves"]["extraction"]["series"]
     tuned = next(s for s in ex if s["name"] == "fine-tuned")

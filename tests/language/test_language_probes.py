@@ -132,7 +132,9 @@ def test_language_audit_end_to_end_resumes_and_renders(trained, data, tmp_path):
              "language.injection": dict(max_prompts=6, max_systems=1, max_new_tokens=8, adaptive_rounds=1,
                                         adaptive_seeds=2, attacker_tokens=8),
              "language.jailbreak": dict(max_requests=2, template_names=["direct"], max_new_tokens=4, gcg_requests=1,
-                                        gcg_steps=2, gcg_search_width=8, gcg_topk=8)}
+                                        gcg_steps=2, gcg_search_width=8, gcg_topk=8),
+             "language.toxicity": dict(max_prompts=2, max_new_tokens=4),
+             "language.bias": dict(axes=["gender"], max_templates=2, max_new_tokens=4)}
     for pp in plan.probes:
         pp.params.update(small.get(pp.name, {}))
     report = Runner(trained, data, plan, out_dir=tmp_path).run()
@@ -140,7 +142,7 @@ def test_language_audit_end_to_end_resumes_and_renders(trained, data, tmp_path):
     assert verdicts["language.canary"] == "fail" and verdicts["language.membership"] == "fail"
     assert all(f.error is None for f in report.findings)
     again = Runner(trained, data, plan, out_dir=tmp_path).run()
-    assert again.accounting["resumed_findings"] == len(plan.probes) == 6
+    assert again.accounting["resumed_findings"] == len(plan.probes) == 8
     from assay.report import render_all
 
     paths = render_all(report, tmp_path)

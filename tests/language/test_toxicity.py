@@ -148,3 +148,13 @@ def test_probe_runs_on_a_tiny_causal_lm():
     f = run_probe(t, max_prompts=4, max_new_tokens=4)
     assert f.accounting["modes"]["continuation"]["outputs"] == 4 and f.accounting["modes"]["chat"]["outputs"] == 4
     assert t.queries == 8 and t.tokens > 0
+
+
+def test_without_any_scorer_the_probes_say_so(monkeypatch):
+    monkeypatch.setattr(tox, "profanity_check_dir", lambda: None)
+    target = ScriptedLM(lambda p, chat: "x")
+    assert "pip install alt-profanity-check" in get_probe("language.toxicity")().check(target, None)
+    f = get_probe("language.bias")(axes=["age"], measures=["toxicity", "refusal"]).run(ProbeContext(target, None))
+    assert "significant_gaps[refusal]" in {m.name for m in f.metrics}
+    assert not any("toxicity" in m.name for m in f.metrics)
+    assert any(w.startswith("toxicity: no scorer") for w in f.warnings)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assay.arena.flags import player_secret
 from assay.errors import InputError
 
 CHALLENGES_DIR = Path(__file__).parent / "challenges"
@@ -146,6 +145,16 @@ class ChallengeSpec:
     solve: Callable[..., Any] | None
     naive: Callable[..., Any] | None
     path: Path
+
+
+def player_secret(secret: str, player_id: int, challenge_id: str) -> str:
+    """The :class:`Caller` secret: an HMAC under the arena's secret like the flag
+    (:mod:`assay.arena.flags`), of a different message, so neither tells anything about the other;
+    stable across restarts and worker processes."""
+    import hashlib
+    import hmac
+
+    return hmac.new(secret.encode(), f"player-secret:{challenge_id}:{player_id}".encode(), hashlib.sha256).hexdigest()
 
 
 def load_challenge_dir(path: Path) -> ChallengeSpec:

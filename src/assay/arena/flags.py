@@ -40,9 +40,3 @@ def flag_owner(secret: str, player_ids: list[int], challenge_id: str, submitted:
             return pid
     return None
 
-
-def player_secret(secret: str, player_id: int, challenge_id: str) -> str:
-    """Hidden per-player data of a challenge (its :class:`~assay.arena.challenge.Caller` secret):
-    an HMAC under the arena's secret like the flag, of a different message, so neither tells
-    anything about the other; stable across restarts and worker processes."""
-    return hmac.new(secret.encode(), f"player-secret:{challenge_id}:{player_id}".encode(), hashlib.sha256).hexdigest()

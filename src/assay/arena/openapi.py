@@ -159,12 +159,16 @@ def _score_path(cid: str, spec) -> dict[str, Any]:
     return {"post": {
         "summary": f"Query {m.name} ({m.category}, {m.points} points)",
         "description": (f"{m.description.strip()}\n\nBudget: {m.query_budget} queries per player, "
-                        f"{m.rate_per_minute:g} per minute, burst {m.burst}; body at most {m.max_payload_bytes} bytes."),
+                        f"{m.rate_per_minute:g} per minute, burst {m.burst}; body at most {m.max_payload_bytes} bytes."
+                        + (f" Generated tokens: {m.token_budget} per player in all (each query reserves its "
+                           "max_new_tokens; what is not generated is given back)." if m.token_budget else "")),
         "operationId": f"score_{cid.replace('-', '_')}",
         "requestBody": _body(request, example(request)),
         "responses": {
             "200": _ok(_obj({"result": response, "remaining": INT},
-                            {"flag": {"type": "string", "description": "your flag, only when this query solved it"}}),
+                            {"flag": {"type": "string", "description": "your flag, only when this query solved it"},
+                             "tokens_remaining": {"type": "integer", "description": "generated tokens left (LLM "
+                                                                                   "challenges)"}}),
                        "the model's answer",
                        {"X-Queries-Remaining": REMAINING,
                         "X-RateLimit-Remaining": {"schema": INT, "description": "tokens left in the rate bucket"}}),

@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 from assay.arena import auth, fastjson, names
 from assay.arena.bodies import BAD_FLAG, MAX_FLAG
 from assay.arena.budgets import AttemptLimiter, Budgets, GenerationTokens, QueryItem
-from assay.arena.challenge import Caller, ChallengeSpec, ScoreResult, discover
-from assay.arena.flags import check_flag, flag_for, flag_owner, player_secret
+from assay.arena.challenge import Caller, ChallengeSpec, ScoreResult, discover, player_secret
+from assay.arena.flags import check_flag, flag_for, flag_owner
 from assay.arena.scoring import Standing, dynamic_value, rank
 from assay.arena.settings import MIN_PASSWORD, Settings
 from assay.arena.store import (
@@ -71,7 +71,7 @@ class Pending:
 
 class Batcher:
     """Gathers concurrent scoring queries for one challenge and hands each group to ``process``
-    (charge and log all in one transaction, one ``score_batch`` call, build the answers), run in a
+    (charge and log all in one transaction, one ``score_for`` call, build the answers), run in a
     worker thread so the event loop keeps accepting requests meanwhile. While one group is being
     processed the next one gathers, so under load groups grow by themselves (group commit)."""
 
@@ -407,7 +407,7 @@ class Arena:
 
         The answer comes only after the charge and the query-log row are committed. With
         micro-batching on, concurrent queries for a challenge share one transaction and one
-        ``score_batch`` call; with it off each query runs alone."""
+        ``score_for`` call; with it off each query runs alone."""
         t0 = time.perf_counter()
         if (closed := self._closed_to(player, cid)) is not None:
             return closed
@@ -542,10 +542,10 @@ class Arena:
         try:
             results = ch.score_for(callers, payloads)
             if len(results) != len(payloads):
-                raise RuntimeError(f"score_batch returned {len(results)} results for {len(payloads)} payloads")
+                raise RuntimeError(f"score_for returned {len(results)} results for {len(payloads)} payloads")
             return results
         except Exception as e:
-            log.exception("challenge %s: score_batch failed", cid)
+            log.exception("challenge %s: score_for failed", cid)
             return [e] * len(payloads)
 
     # ---------------------------------------------------------------- flag submissions

@@ -214,4 +214,8 @@ DEMO_PARAMS = {
     # about half a minute of CPU (`assay audit ... --probe language.jailbreak` runs it)
     "language.jailbreak": {"max_requests": 8, "template_names": ["direct", "prefix-injection", "role-play"],
                            "max_new_tokens": 16, "gcg": "off"},
+    # small configurations: a few prompts and short replies keep the demo within its time
+    "language.toxicity": {"max_prompts": 6, "max_new_tokens": 16},
+    "language.bias": {"axes": ["gender", "religion"], "max_templates": 3, "measures": ["likelihood", "refusal", "pairs"],
+                      "max_new_tokens": 12},
 }

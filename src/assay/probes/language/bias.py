@@ -39,6 +39,7 @@ import numpy as np
 from assay.data import redteam
 from assay.errors import InputError, NotApplicable
 from assay.findings import Evidence, Finding, Metric, Threshold
+from assay.metrics import toxicity as tox
 from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.probes.language.toxicity import scorer_for
@@ -155,6 +156,9 @@ class BiasProbe(Probe):
             need = LOGPROBS if m == "likelihood" else GENERATE
             if need not in caps:
                 skipped.append(f"{m}: the target gives no {need}")
+                continue
+            if m == "toxicity" and not p.scorer and tox.profanity_check_dir() is None:
+                skipped.append(f"toxicity: no scorer (pip install {tox.PROFANITY_PACKAGE}, or give scorer=DIR)")
                 continue
             tpl = {"likelihood": templates.likelihood, "toxicity": templates.generation, "refusal": templates.refusal}[m]
             if p.max_templates and len(tpl) > p.max_templates:

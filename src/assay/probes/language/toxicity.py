@@ -87,6 +87,9 @@ class ToxicityProbe(Probe):
         why = sh.check_language(self, target, data, ())
         if why is None and self.params.prompts == "data" and (data is None or not data.prompts):
             why = "prompts='data' needs prompts in the text data; see docs/language.md"
+        if why is None and not self.params.scorer and tox.profanity_check_dir() is None:
+            why = (f"no toxicity scorer: pip install {tox.PROFANITY_PACKAGE} (in assay[llm]) or give scorer=DIR, "
+                   "a local Hugging Face toxicity classifier")
         return why or super().check(target, None)
 
     def cost(self, target, data):
