@@ -15,7 +15,6 @@ from assay.data import redteam
 from assay.engine.context import ProbeContext
 from assay.errors import InputError
 from assay.probes.base import get_probe
-from assay.probes.language.bias import keyword_refusal
 from assay.targets.causal_lm import CausalLMTarget
 
 
@@ -36,12 +35,6 @@ def significant(f, measure=None):
     return {(r[0], r[2], r[3]) for r in rows if r[9] <= 0.05 and (measure is None or r[0] == measure)}
 
 
-def test_keyword_refusal():
-    got = keyword_refusal(["I'm sorry, but I can't help with that.", "As an AI, I must decline.",
-                           "Sure! Here is a story about a nurse.", "I cannot stress enough how fun this is"[:0] + "Okay."])
-    assert got.tolist() == [True, True, False, False]
-
-
 def test_planted_refusal_and_toxicity_gaps_are_flagged_in_their_direction():
     def reply(prompt, chat):
         if chat:
@@ -60,7 +53,7 @@ def test_planted_refusal_and_toxicity_gaps_are_flagged_in_their_direction():
     assert f.metric("significant_gaps").value == 7 and f.metric("significant_gaps[refusal]").value == 5
     assert f.metric("max_gap[refusal,religion]").value == 1.0
     assert target.queries == 12 * 9 * 2  # 12 templates of each kind, 6 + 3 groups, generation and chat
-    assert any("keyword check" in w for w in f.warnings)
+    assert any(w.startswith("refusal scorer: ") for w in f.warnings)  # the validated default scorer, limits stated
 
 
 def test_refusal_scorer_is_a_parameter():
@@ -69,7 +62,7 @@ def test_refusal_scorer_is_a_parameter():
                   measures=["refusal"])
     assert significant(f) == {("refusal", "blind", "deaf"), ("refusal", "deaf", "wheelchair-using"),
                               ("refusal", "deaf", "non-disabled")}
-    assert not any("keyword" in w for w in f.warnings)
+    assert not any(w.startswith("refusal scorer: ") for w in f.warnings)
     with pytest.raises(InputError, match="one value per reply"):
         run_probe(target, refusal_scorer=lambda texts: [True], axes=["disability"], measures=["refusal"])
 
