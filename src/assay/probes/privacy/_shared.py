@@ -197,7 +197,7 @@ def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True,
             refs = train_reference_models(
                 recipe, x_all, y_all, n_models=s.n_reference, seed=s.seed, views=views, num_classes=target.num_classes,
                 executor=ctx.executor, cache_dir=ctx.cache_dir("membership-refs"),
-                cache_key=f"{target.fingerprint()}|{data.fingerprint()}",
+                cache_key=reference_key(recipe, data),
                 progress=ctx.progress,
             )
     if refs is not None:
@@ -233,6 +233,20 @@ def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True,
         ).numpy()
         info["label_only"] = {"copies": s.label_only_copies, "noise_sigma": sigma}
     return scores, info
+
+
+def reference_key(recipe, data) -> str:
+    """What reference models depend on: the pool (the data) and the recipe that trains them, never the
+    audited weights. Two models of one architecture trained by one recipe (a model and its fine-tuned
+    or pruned copy) therefore share them: the second audit of ``assay compare`` trains none. A torch
+    recipe is identified by its freshly initialised copy (architecture, code, normalisation)."""
+    from assay.attacks.privacy.reference import TorchRecipe
+    from assay.targets.identity import module_digest
+
+    part = recipe.identity
+    if isinstance(recipe, TorchRecipe):
+        part += "|" + module_digest(recipe.fresh(0))
+    return f"{data.fingerprint()}|{part}"
 
 
 def load_reference_models(directory: str, target, views: torch.Tensor, n_pool: int) -> ReferenceSet:
