@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from assay.engine.plan import plan_from_names
-from assay.engine.runner import Runner
 from assay.data import Dataset
 from assay.data.demo import DigitsCNN, load_digits_splits
-from assay.train.classifier import train_classifier
+from assay.engine.plan import plan_from_names
+from assay.engine.runner import Runner
 from assay.targets import TorchTarget
+from assay.train.classifier import train_classifier
 
 
 def corner(x):

@@ -39,10 +39,10 @@ torch.set_num_threads(2)
 
 from assay.attacks.privacy import auc, lira_scores, logit_confidence, loss_scores, rmia_scores, tpr_at_fpr  # noqa: E402
 from assay.attacks.privacy.reference import TorchRecipe, predict_log_probs, train_reference_models  # noqa: E402
-from assay.engine.context import ProbeContext  # noqa: E402
-from assay.parallel import ProcessPoolExecutorAdapter  # noqa: E402
 from assay.data.dataset import Dataset  # noqa: E402
 from assay.data.demo import train_classifier, train_demo_model  # noqa: E402
+from assay.engine.context import ProbeContext  # noqa: E402
+from assay.parallel import ProcessPoolExecutorAdapter  # noqa: E402
 from assay.probes.privacy.membership import MembershipProbe  # noqa: E402
 from assay.targets.torch import TorchTarget  # noqa: E402
 

@@ -1,3 +1,5 @@
-from assay.cli import main
 import sys
+
+from assay.cli import main
+
 sys.exit(main())

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from assay.version import __version__
 from assay.errors import AssayError, InputError
+from assay.version import __version__
 
 EXIT_POLICY_FAILED = 1
 EXIT_INPUT = 2
@@ -193,7 +193,6 @@ def _kv_options(items: list[str], types: dict[str, type], flag: str) -> dict[str
 
 def _load_data(a):
     from assay.data.loaders import load_dataset
-
     from assay.targets.loading import is_language_model
 
     if is_language_model(a.model):  # prompts, documents and canaries for the language probes
@@ -264,10 +263,10 @@ def _write_and_summarise(report, out: Path, quiet: bool = False) -> int:
 
 
 def cmd_audit(a) -> int:
+    from assay.data.dataset import align_text_labels
     from assay.engine.api import as_target
     from assay.engine.plan import load_policy, load_suite, plan_from_names
     from assay.engine.runner import Runner
-    from assay.data.dataset import align_text_labels
 
     if a.quiet:  # read when transformers / huggingface_hub are first imported, i.e. later
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -157,7 +157,7 @@ class Finding:
         return clean_json(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
         d = dict(d)
         d["metrics"] = [Metric(**{k: (float("nan") if k == "value" and v is None else v) for k, v in m.items()})
                         for m in d.get("metrics", [])]

@@ -138,7 +138,7 @@ class GenerationEngine:
         emb = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         if emb is not None and hasattr(emb, "out_features"):
             return int(emb.out_features)
-        return int(getattr(self.model.config, "vocab_size"))
+        return int(self.model.config.vocab_size)
 
     def _forward(self, keep: int | None = None, past=None, **kw):
         if keep is not None and self._keep_arg is not None:

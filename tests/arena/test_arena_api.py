@@ -6,7 +6,6 @@ import asyncio
 import re
 import time
 
-import pytest
 from arena_helpers import hdr, register
 
 from assay.arena.flags import flag_for
@@ -239,7 +238,8 @@ def test_verify_route_for_operators(arena_app):
     csrf = client.post("/api/login", json={"name": "admin", "password": "operator-pass"}).json()["csrf_token"]
     v = lambda flag: client.post("/api/verify", json={"player": "alice", "challenge": "linear", "flag": flag},  # noqa: E731
                                  headers={"X-CSRF-Token": csrf}).json()["valid"]
-    assert v(good) is True and v(good.replace("a", "b", 1) if "a" in good[6:] else good[:-2] + "0}") is False
+    wrong = good[:-2] + ("1" if good[-2] == "0" else "0") + "}"  # the last hex digit changed
+    assert v(good) is True and v(wrong) is False
     assert arena.submissions() == [] and arena.scoreboard()[0][0].score == 0  # a plain check records nothing
 
 

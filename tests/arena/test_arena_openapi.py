@@ -16,8 +16,9 @@ import httpx
 from arena_helpers import LiveServer, all_routes, built_arena, hdr, make_settings, register
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
+from sqlalchemy import select
 
-from assay.arena.payload import example
+from assay.arena.store import Budget
 
 OPERATOR_PREFIXES = ("/api/admin", "/api/verify")
 
@@ -75,6 +76,33 @@ def test_each_challenge_has_its_own_schemas_and_the_server_answers_match_them(ar
     challenge_schema = doc["components"]["schemas"]["Challenge"]
     for item in listing:
         Draft202012Validator(challenge_schema).validate(item)
+
+
+def test_request_bodies_are_documented_by_the_models_the_routes_validate_with(arena_app):
+    """Each body's schema in the document is its route's Pydantic model's; the documented example
+    fits it; and a body with every field of the wrong type is a 422 naming a field, from any route."""
+    from assay.arena import bodies
+
+    client, arena = arena_app
+    csrf = client.post("/api/login", json={"name": "admin", "password": "operator-pass"}).json()["csrf_token"]
+    doc = client.get("/openapi.json").json()
+    seen = set()
+    for path, item in doc["paths"].items():
+        if "post" not in item or "requestBody" not in item["post"] or path.endswith("/score"):
+            continue
+        media = item["post"]["requestBody"]["content"]["application/json"]
+        name = media["schema"]["$ref"].removeprefix("#/components/schemas/")
+        schema = doc["components"]["schemas"][name]
+        assert schema == getattr(bodies, name).model_json_schema()
+        if "example" in media:
+            Draft202012Validator(schema).validate(media["example"])
+        wrong = {field: 12345 for field in schema["properties"]}
+        r = client.post(path.replace("{cid}", "linear"), json=wrong, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 422 and any(field in r.json()["detail"] for field in wrong), (path, r.text)
+        seen.add(name)
+    assert seen == {"Registration", "Login", "FlagSubmission", "TeamName", "JoinCode", "EventChange", "FlagCheck"}
+    with arena.store.session() as session:  # nothing was charged: not even a budget row exists
+        assert session.scalars(select(Budget)).all() == []
 
 
 def test_the_docs_page_lists_the_operations_and_hides_operator_ones_from_players(arena_app):

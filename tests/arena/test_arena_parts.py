@@ -8,14 +8,16 @@ import multiprocessing as mp
 import os
 import stat
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from arena_helpers import LiveServer, built_arena, make_settings, write_linear_challenge
+from sqlalchemy import select
 
-from assay.arena.budgets import Budgets
+from assay.arena.budgets import Budgets, QueryItem
 from assay.arena.flags import FLAG_RE, check_flag, flag_for, flag_owner
-from assay.arena.store import Player, Store
+from assay.arena.store import Player, QueryLog, Store
 
 
 def test_flags_are_per_player_hmac():
@@ -32,14 +34,26 @@ def test_flags_are_per_player_hmac():
 
 
 def _hammer(url: str, pid: int, n: int, q) -> None:
+    """One worker process charging as the server does: groups of 1 to 3 queries (micro-batches),
+    each group charged and logged in one transaction by Budgets.charge_queries."""
     b = Budgets(Store(url))
-    ok = sum(b.charge_query(pid, "c", 1, rate_per_minute=1e9, burst=10**6, total=50, submit_burst=5).ok
-             for _ in range(n))
+    ok = sent = 0
+    while sent < n:
+        group = [QueryItem.of_body(pid, 1, b'{"x": [0, 0, 0, 0]}') for _ in range(min(1 + sent % 3, n - sent))]
+        ok += sum(c.ok for c in b.charge_queries("c", group, rate_per_minute=1e9, burst=10**6, total=50,
+                                                 submit_burst=5))
+        sent += len(group)
     q.put(ok)
 
 
+def _outcomes(store: Store) -> Counter:
+    with store.session() as s:
+        return Counter(s.execute(select(QueryLog.outcome, QueryLog.cost)).all())
+
+
 def test_budget_is_atomic_across_processes(tmp_path):
-    """Four processes race for one player's budget of 50 on one SQLite file: exactly 50 succeed."""
+    """Four processes race for one player's budget of 50 on one SQLite file: exactly 50 succeed,
+    and the query log holds every query once, with the refused ones charged nothing."""
     url = f"sqlite:///{tmp_path / 'b.db'}"
     store = Store(url)
     store.create_all()
@@ -54,6 +68,7 @@ def test_budget_is_atomic_across_processes(tmp_path):
         p.join(60)
     assert sum(q.get(timeout=5) for _ in procs) == 50
     assert Budgets(store).used(1, "c") == 50
+    assert _outcomes(store) == {("ok", 1): 50, ("budget", 0): 110}
 
 
 @pytest.mark.postgres
@@ -65,11 +80,63 @@ def test_budget_is_atomic_across_threads_on_postgres(postgres_server):
     with store.session() as s:
         s.add(Player(id=1, name="p", password_hash="x", api_key_hash="h"))
     b = Budgets(store)
+
+    def one(_):
+        return b.charge_queries("c", [QueryItem.of_body(1, 1, b"{}")], rate_per_minute=0.0, burst=30, total=100,
+                                submit_burst=5)[0]
+
     with ThreadPoolExecutor(8) as ex:
-        results = list(ex.map(lambda _: b.charge_query(1, "c", 1, rate_per_minute=0.0, burst=30, total=100,
-                                                        submit_burst=5).ok, range(80)))
-    assert sum(results) == 30  # the bucket (no refill) binds before the total
+        results = list(ex.map(one, range(80)))
+    assert sum(c.ok for c in results) == 30  # the bucket (no refill) binds before the total
+    assert {c.retry_after for c in results if not c.ok} == {3600}  # nothing refills: stop, do not retry
     assert b.used(1, "c") == 30
+    assert _outcomes(store) == {("ok", 1): 30, ("rate", 0): 50}
+
+
+def test_one_bucket_formula_for_queries_and_submissions(tmp_path, monkeypatch):
+    """Refill, burst, hard total and Retry-After, on a clock the test sets: the query buckets (as
+    the server charges them, a group at a time) and the submission buckets of the same rows."""
+    from assay.arena import budgets as budgets_module
+
+    store = Store(f"sqlite:///{tmp_path / 'b.db'}")
+    store.create_all()
+    with store.session() as s:
+        s.add(Player(id=1, name="p", password_hash="x", api_key_hash="h"))
+    b = Budgets(store)
+    clock = [1000.0]
+    monkeypatch.setattr(budgets_module.time, "time", lambda: clock[0])
+
+    def charge(*costs):
+        return b.charge_queries("c", [QueryItem.of_body(1, c, b"{}") for c in costs], rate_per_minute=60, burst=3,
+                                total=10, submit_burst=2)
+
+    first = charge(1, 1, 1, 1)  # one token a second, three at once
+    assert [c.ok for c in first] == [True, True, True, False]
+    assert [c.remaining for c in first] == [9, 8, 7, 7] and first[3].tokens == pytest.approx(0.0)
+    assert (first[3].reason, first[3].retry_after) == ("rate", 1)
+    clock[0] += 0.5
+    half = charge(1)[0]  # half a token: still a one-second wait (rounded up)
+    assert (half.ok, half.reason, half.retry_after, half.tokens) == (False, "rate", 1, pytest.approx(0.5))
+    clock[0] += 1.5  # two tokens now
+    two, four = charge(2, 4)
+    assert two.ok and two.remaining == 5
+    assert (four.ok, four.reason, four.retry_after) == (False, "rate", 3600)  # over the burst: it never fits
+    clock[0] += 100
+    assert charge(3)[0].remaining == 2
+    clock[0] += 100  # the bucket is full again, but only two queries of the total are left
+    over = charge(3)[0]
+    assert (over.ok, over.reason, over.remaining, over.tokens) == (False, "total", 2, pytest.approx(3.0))
+    assert charge(2)[0].remaining == 0
+    assert _outcomes(store) == {("ok", 1): 3, ("ok", 2): 2, ("ok", 3): 1, ("rate", 0): 3, ("budget", 0): 1}
+    # flag submissions: a bucket of their own (capacity = per minute) and a total, in the same row
+    subs = [b.charge_submission(1, "c", per_minute=2, total=3, query_burst=3) for _ in range(3)]
+    assert [s.ok for s in subs] == [True, True, False] and subs[2].retry_after == 30
+    clock[0] += 30
+    assert b.charge_submission(1, "c", per_minute=2, total=3, query_burst=3).remaining == 0
+    clock[0] += 60
+    last = b.charge_submission(1, "c", per_minute=2, total=3, query_burst=3)
+    assert (last.ok, last.reason) == (False, "total")
+    assert b.used(1, "c") == 10  # the submissions spent nothing of the query budget
 
 
 @pytest.mark.postgres

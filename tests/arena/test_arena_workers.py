@@ -18,7 +18,6 @@ import pytest
 from arena_helpers import _free_port, write_linear_challenge
 
 from assay.arena.cli import _check_port_free
-from assay.arena.process import WORKER_NAME
 from assay.errors import InputError
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

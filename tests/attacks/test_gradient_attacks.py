@@ -1,7 +1,7 @@
 """FGSM, PGD, APGD and APGD-T on the demo CNN and tiny models: budgets, success, accounting, seeds."""
 
-from fractions import Fraction
 import math
+from fractions import Fraction
 
 import pytest
 import torch

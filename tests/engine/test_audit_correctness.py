@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import assay
+from assay.cli import main as cli_main
+from assay.data import Dataset
 from assay.engine.plan import load_policy, plan_from_names
 from assay.engine.runner import Runner, water_fill
-from assay.cli import main as cli_main
 from assay.errors import InputError
 from assay.report import read_json
-from assay.data import Dataset
 from assay.targets import TorchTarget
 
 

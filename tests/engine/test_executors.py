@@ -1,7 +1,7 @@
 import pytest
 
-from assay.parallel import InProcessExecutor, ProcessPoolExecutorAdapter, make_executor
 from assay.errors import InputError
+from assay.parallel import InProcessExecutor, ProcessPoolExecutorAdapter, make_executor
 
 
 def square_plus(item, shared):

@@ -2,9 +2,9 @@
 import pytest
 
 import assay
+from assay.data import Dataset
 from assay.engine.plan import load_policy, load_suite, plan_from_names
 from assay.engine.runner import Runner
-from assay.data import Dataset
 from assay.errors import InputError
 
 

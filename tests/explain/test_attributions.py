@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
+from assay.engine.context import ProbeContext
 from assay.errors import InputError
 from assay.explain.attributions import (
     deletion_insertion,

@@ -6,17 +6,17 @@ import pytest
 import torch
 from scipy import stats
 
+from assay.engine.context import ProbeContext
+from assay.errors import InputError
 from assay.guarantees.dp_audit import (
     epsilon_from_rates,
-    split_half_epsilon_bound,
     load_recipe,
     make_canaries,
     membership_scores,
     one_run_lower_bound,
     one_run_p_value,
+    split_half_epsilon_bound,
 )
-from assay.engine.context import ProbeContext
-from assay.errors import InputError
 from assay.probes.privacy.dp_audit import DPAuditProbe
 
 

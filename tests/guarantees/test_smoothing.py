@@ -82,8 +82,8 @@ def test_memory_bound_respected():
 
 
 def test_noise_training_certifies_more_and_curve_is_monotone(demo):
-    from assay.guarantees.smoothing import train_with_noise
     from assay.data.demo import DigitsCNN
+    from assay.guarantees.smoothing import train_with_noise
 
     _, s = demo
     torch.manual_seed(0)

@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from tiny import CHAT_TEMPLATE, tiny_model
 
 from assay.errors import BudgetExceeded, InputError
 from assay.targets import load_target
 from assay.targets.causal_lm import CausalLMTarget, cache_root, convert_gguf, is_causal_lm_dir
-from tiny import CHAT_TEMPLATE, tiny_model
 
 
 @pytest.fixture

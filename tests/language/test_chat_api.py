@@ -6,10 +6,10 @@ import random
 
 import numpy as np
 import pytest
+from fake_openai import FakeOpenAI
 
 from assay.errors import BudgetExceeded, InputError, TargetError
 from assay.targets.chat_api import ChatTarget, api_base, looks_like_openai_url
-from fake_openai import FakeOpenAI
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_budget_property_queries_and_tokens_never_exceed(server):
     """Random workloads (prompts, lengths, failures, retries, caching, concurrency): whatever happens,
     neither budget is ever exceeded, neither on our count nor on the server's."""
     rng = random.Random(0)
-    for trial in range(25):
+    for _ in range(25):
         server.requests.clear()
         server.tokens_processed = 0
         qb, tb = rng.randint(0, 12), rng.randint(0, 400)

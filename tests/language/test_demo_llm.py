@@ -4,12 +4,12 @@ the real SmolLM2 run is marked slow)."""
 import json
 
 import pytest
+from tiny import tiny_model, tiny_tokenizer
 
 from assay.data.demo_llm import COPIES, fine_tune, make_corpus
 from assay.demos import run_llm_demo
 from assay.metrics import pii
 from assay.targets.causal_lm import CausalLMTarget
-from tiny import tiny_model, tiny_tokenizer
 
 
 def test_corpus_plants_each_item_at_its_frequency():

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from tiny import tiny_model
 
 from assay.errors import InputError
 from assay.generation import GenerationEngine
-from tiny import tiny_model
 
 PROMPTS = ["alice: my", "the quick brown fox jumps", "bob", "support: your order 12345 ships", "carol: call me at"]
 

@@ -6,17 +6,17 @@ import math
 
 import numpy as np
 import pytest
+from conftest import CANARY_PREFIX, EMAIL_LINE, SECRET
+from tiny import tiny_model
 
 import assay
 from assay.attacks import language as lm
-from assay.engine.plan import load_suite
-from assay.engine.runner import Runner
 from assay.cli import main
 from assay.data.language import Canary, LanguageData
+from assay.engine.plan import load_suite
+from assay.engine.runner import Runner
 from assay.probes.base import get_probe
 from assay.targets.causal_lm import CausalLMTarget
-from conftest import CANARY_PREFIX, EMAIL_LINE, SECRET
-from tiny import tiny_model
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from assay.metrics.groups import (
     equalized_odds_ratio,
     predictive_parity_difference,
 )
-from assay.stats import benjamini_hochberg, holm
 from assay.metrics.slices import find_slices
+from assay.stats import benjamini_hochberg, holm
 
 
 def test_hand_computed_small():

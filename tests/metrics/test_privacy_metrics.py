@@ -9,9 +9,9 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from assay.attacks.privacy import lira_scores, logit_confidence, rmia_scores
-from assay.metrics.privacy import auc, epsilon_lower_bound, exposure, membership_advantage, roc, tpr_at_fpr
 from assay.attacks.privacy.reference import balanced_membership
 from assay.errors import InputError
+from assay.metrics.privacy import auc, epsilon_lower_bound, exposure, membership_advantage, roc, tpr_at_fpr
 from assay.stats import clopper_pearson
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from assay.findings import Evidence, Finding, Metric
-from assay.report import AuditReport
 from assay.images import perturbation_png_b64, to_png_b64
+from assay.report import AuditReport
 from assay.stats import clopper_pearson, wilson
 
 

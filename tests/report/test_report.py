@@ -19,10 +19,10 @@ from PIL import Image
 
 from assay.errors import InputError
 from assay.findings import Evidence, Finding, Metric
-from assay.report import AuditReport, SCHEMA_VERSION, read_json, render_all, summary_table, write_junit
+from assay.images import heatmap_png_b64, perturbation_png_b64, png_size, to_png_b64
+from assay.report import SCHEMA_VERSION, AuditReport, read_json, render_all, summary_table, write_junit
 from assay.report.charts import Axis, curve_svg
 from assay.report.html import render_html
-from assay.images import heatmap_png_b64, perturbation_png_b64, png_size, to_png_b64
 
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 

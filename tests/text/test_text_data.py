@@ -48,7 +48,7 @@ def test_text_loader_errors_name_the_fix(tmp_path):
     with pytest.raises(InputError, match="label"):
         load_dataset(csv, text="label")  # label column given as text: it holds numbers
     (tmp_path / "bad.jsonl").write_text('{"text": "fine", "label": 1}\n{"text": "oops"\n')
-    with pytest.raises(InputError, match="line 2 is not valid JSON"):
+    with pytest.raises(InputError, match=r"\.jsonl:2 is not JSON"):
         load_dataset(tmp_path / "bad.jsonl")
     (tmp_path / "missing.csv").write_text("review,label\ngood,1\n,0\n")
     with pytest.raises(InputError, match="missing in rows \\[1\\]"):

@@ -7,129 +7,32 @@ import asyncio
 import csv
 import io
 import re
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from assay.arena import auth, fastjson
+from assay.arena.bodies import EventChange, FlagCheck, FlagSubmission, JoinCode, Login, Registration, TeamName
+from assay.arena.deps import (
+    MAX_ID,
+    arena_of,
+    current_player,
+    operator,
+    password_attempt_wait,
+    read_body,
+    read_limited,
+    respond,
+    set_session,
+    too_many_attempts,
+)
 from assay.arena.service import Arena, Outcome
 from assay.arena.store import Player
 from assay.errors import InputError
 
-MAX_SMALL_BODY = 16_384  # auth, submit and admin bodies
-
-
-def arena_of(request: Request) -> Arena:
-    return request.app.state.arena
-
-
-def current_player(request: Request) -> Player:
-    """The authenticated player: API key first, else the session cookie (CSRF-checked on writes)."""
-    arena = arena_of(request)
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        player = arena.player_by_key(header[7:].strip())
-        if player is None:
-            raise HTTPException(401, "invalid API key")
-        return player
-    data = arena.sessions.load(request.cookies.get(auth.SESSION_COOKIE))
-    if data and data.get("pid"):
-        if request.method not in ("GET", "HEAD") and not auth.csrf_ok(data.get("csrf"), request.headers.get("x-csrf-token")):
-            raise HTTPException(403, "missing or wrong X-CSRF-Token header")
-        player = arena.player(int(data["pid"]))
-        if player is not None:
-            return player
-    raise HTTPException(401, "authentication required: send 'Authorization: Bearer <api key>' or log in")
-
-
-def caller(request: Request) -> Player | None:
-    """The authenticated player, or None (never refuses): for answers that show some callers more."""
-    try:
-        return current_player(request)
-    except HTTPException:
-        return None
-
-
-def operator(player: Player = Depends(current_player)) -> Player:
-    if not player.is_operator:
-        raise HTTPException(403, "operators only")
-    return player
-
-
-async def password_attempt_wait(request: Request) -> int:
-    """Seconds this client must wait before another password attempt (0: go ahead); see
-    :class:`assay.arena.budgets.AttemptLimiter`. A database write: run off the event loop."""
-    client = request.client.host if request.client else "unknown"
-    return await asyncio.to_thread(arena_of(request).password_attempts.take, client)
-
-
-def too_many_attempts(wait: int) -> HTTPException:
-    return HTTPException(429, f"too many login or registration attempts from this address; retry in {wait} s",
-                         headers={"Retry-After": str(wait)})
-
-
-def respond(outcome: Outcome) -> JSONResponse:
-    return JSONResponse(outcome.body, status_code=outcome.status, headers=outcome.headers)
-
-
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes: from
-    Content-Length before reading anything, and while streaming for chunked bodies."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise HTTPException(413, f"body larger than this challenge's limit of {limit} bytes")
-        except ValueError:
-            raise HTTPException(400, "bad Content-Length") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"body larger than this challenge's limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def small_json(request: Request) -> dict[str, Any]:
-    """The body of an auth, submit or admin request: at most 16 KiB of JSON holding an object, with
-    its depth and strings checked (:func:`assay.arena.fastjson.parse_body`); 400 when it is not
-    acceptable JSON, 422 when it is JSON but not an object."""
-    body = await read_capped(request, MAX_SMALL_BODY)
-    try:
-        data = fastjson.parse_body(body)
-    except fastjson.BodyError as e:
-        raise HTTPException(400, str(e)) from None
-    if not isinstance(data, dict):
-        raise HTTPException(422, "body must be a JSON object")
-    return data
-
-
-def _str_field(data: dict[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str):
-        raise HTTPException(422, f"field {key!r} must be a string")
-    return value
-
-
-EVENT_FIELDS = ("open", "frozen", "recompute_values", "solutions")  # solutions: publish (true) or withdraw
-
-
-def event_update(data: dict[str, Any]) -> dict[str, bool]:
-    """The ``POST /api/admin/event`` body: known keys only, each true or false (read after the
-    operator check, so an anonymous body is never parsed further than the JSON)."""
-    unknown = sorted(set(data) - set(EVENT_FIELDS))
-    if unknown:
-        raise HTTPException(422, f"unknown field(s) {unknown}; allowed: {list(EVENT_FIELDS)}")
-    for key, value in data.items():
-        if not isinstance(value, bool) and value is not None:
-            raise HTTPException(422, f"field {key!r} must be true, false or null")
-    return {k: v for k, v in data.items() if v is not None}
-
-
-MAX_ID = 2**63 - 1  # larger cursors would overflow the databases' integer type
 QUERY_LOG_COLUMNS = ("id", "time", "player", "challenge", "cost", "payload_bytes", "payload_sha256", "outcome",
                      "latency_ms")
 
@@ -149,7 +52,7 @@ def csv_lines(rows, columns: tuple[str, ...]) -> Iterator[str]:
 
     def cell(key: str, value: Any) -> Any:
         if key == "time" and value is not None:
-            return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds")
+            return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds")
         if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
             return "'" + value
         return value
@@ -170,30 +73,22 @@ def make_router() -> APIRouter:
 
     @r.post("/register")
     async def register(request: Request):
-        data = await small_json(request)
-        name, password = _str_field(data, "name"), _str_field(data, "password")
-        try:
-            Arena.check_registration(name, password)  # a malformed sign-up is not a password attempt
-        except InputError as e:
-            raise HTTPException(422, str(e)) from None
+        data = await read_body(request, Registration)
+        Arena.check_registration(data.name, data.password)  # a malformed sign-up is not a password attempt
         if wait := await password_attempt_wait(request):
             raise too_many_attempts(wait)
-        try:
-            # argon2 runs in a thread: a burst of sign-ups must not stall the scoring traffic
-            player, key = await asyncio.to_thread(arena_of(request).register, name, password)
-        except InputError as e:
-            raise HTTPException(422, str(e)) from None
+        # argon2 runs in a thread: a burst of sign-ups must not stall the scoring traffic
+        player, key = await asyncio.to_thread(arena_of(request).register, data.name, data.password)
         return {"player_id": player.id, "name": player.name, "api_key": key,
                 "note": "store the API key now: it is shown only once"}
 
     @r.post("/login")
     async def login(request: Request, response: Response):
-        data = await small_json(request)
+        data = await read_body(request, Login)  # before the attempt is counted
         arena = arena_of(request)
-        name, password = _str_field(data, "name"), _str_field(data, "password")  # before the attempt is counted
         if wait := await password_attempt_wait(request):
             raise too_many_attempts(wait)
-        player = await asyncio.to_thread(arena.login, name, password)
+        player = await asyncio.to_thread(arena.login, data.name, data.password)
         if player is None:
             raise HTTPException(401, "wrong name or password")
         csrf = auth.new_token()
@@ -237,17 +132,16 @@ def make_router() -> APIRouter:
 
     @r.post("/challenges/{cid}/score")
     async def score(cid: str, request: Request, player: Player = Depends(current_player)):
-        arena = arena_of(request)
-        spec = arena.specs.get(cid)
-        if spec is None:
-            raise HTTPException(404, f"no challenge {cid!r}")
-        body = await read_capped(request, spec.manifest.max_payload_bytes)
-        return respond(await arena.score(player, cid, body))
+        # the session-cookie path; API keys are served by ScoreFastPath, with the same answers
+        out = await score_request(arena_of(request), player, cid, request.receive, request.headers.get("content-length"))
+        if out is None:
+            raise ClientDisconnect()
+        return respond(out)
 
     @r.post("/challenges/{cid}/submit")
     async def submit(cid: str, request: Request, player: Player = Depends(current_player)):
-        data = await small_json(request)
-        return respond(arena_of(request).submit(player, cid, data.get("flag")))
+        data = await read_body(request, FlagSubmission)
+        return respond(arena_of(request).submit(player, cid, data.flag))
 
     @r.get("/scoreboard")
     def scoreboard(request: Request, by: str = "player"):
@@ -258,20 +152,14 @@ def make_router() -> APIRouter:
 
     @r.post("/teams")
     async def create_team(request: Request, player: Player = Depends(current_player)):
-        data = await small_json(request)
-        try:
-            team = arena_of(request).create_team(player.id, _str_field(data, "name"))
-        except InputError as e:
-            raise HTTPException(422, str(e)) from None
+        data = await read_body(request, TeamName)
+        team = arena_of(request).create_team(player.id, data.name)
         return {"team_id": team.id, "name": team.name, "join_code": team.join_code}
 
     @r.post("/teams/join")
     async def join_team(request: Request, player: Player = Depends(current_player)):
-        data = await small_json(request)
-        try:
-            team = arena_of(request).join_team(player.id, _str_field(data, "join_code"))
-        except InputError as e:
-            raise HTTPException(422, str(e)) from None
+        data = await read_body(request, JoinCode)
+        team = arena_of(request).join_team(player.id, data.join_code)
         return {"team_id": team.id, "name": team.name}
 
     # ------------------------------------------------------------ operator
@@ -286,11 +174,12 @@ def make_router() -> APIRouter:
 
     @r.post("/admin/event")
     async def set_event(request: Request, _: Player = Depends(operator)):
+        # the body is read after the operator check: an anonymous body is never parsed further than the JSON
+        changes = await read_body(request, EventChange)
         arena = arena_of(request)
-        changes = event_update(await small_json(request))
         try:
-            await asyncio.to_thread(arena.set_event, **changes)
-        except InputError as e:
+            await asyncio.to_thread(arena.set_event, **changes.model_dump(exclude_none=True))
+        except InputError as e:  # publishing while the event is open
             raise HTTPException(409, str(e)) from None
         return event_json(arena)
 
@@ -303,20 +192,14 @@ def make_router() -> APIRouter:
                 before: int | None = Query(None, ge=1, le=MAX_ID), player: str | None = None,
                 challenge: str | None = None, _: Player = Depends(operator)):
         """The query log, newest first, a page at a time: follow ``next`` as ``before``."""
-        try:
-            rows, nxt = arena_of(request).query_log_page(limit, before, player=player, challenge=challenge)
-        except InputError as e:
-            raise HTTPException(422, str(e)) from None
+        rows, nxt = arena_of(request).query_log_page(limit, before, player=player, challenge=challenge)
         return {"rows": rows, "next": nxt}
 
     @r.get("/admin/queries.csv")
     def queries_csv(request: Request, player: str | None = None, challenge: str | None = None,
                     _: Player = Depends(operator)):
         """The whole query log (or one player's / challenge's) as CSV, streamed page by page."""
-        try:
-            rows = arena_of(request).query_log_all(player=player, challenge=challenge)
-        except InputError as e:
-            raise HTTPException(422, str(e)) from None
+        rows = arena_of(request).query_log_all(player=player, challenge=challenge)
         return StreamingResponse(csv_lines(rows, QUERY_LOG_COLUMNS), media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": 'attachment; filename="query-log.csv"'})
 
@@ -328,15 +211,27 @@ def make_router() -> APIRouter:
     @r.post("/verify")
     async def verify(request: Request, _: Player = Depends(operator)):
         """Check a (player, challenge, flag) triple with the per-player rule, for external boards."""
-        data = await small_json(request)
-        record = data.get("record", False)
-        if not isinstance(record, bool):
-            raise HTTPException(422, "'record' must be true or false")
-        out = await asyncio.to_thread(arena_of(request).verify, _str_field(data, "player"), _str_field(data, "challenge"),
-                                      _str_field(data, "flag"), record=record)
-        return respond(out)
+        data = await read_body(request, FlagCheck)
+        return respond(await asyncio.to_thread(arena_of(request).verify, data.player, data.challenge, data.flag,
+                                               record=data.record))
 
     return r
+
+
+async def score_request(arena: Arena, player: Player, cid: str, receive, declared: bytes | str | None) -> Outcome | None:
+    """One scoring request after authentication, for the routed endpoint and the fast path alike:
+    404 for an unknown challenge, the body read under the challenge's size cap (413/400), then
+    :meth:`Arena.score`. None when the client went away."""
+    spec = arena.specs.get(cid)
+    if spec is None:
+        return Outcome(404, {"detail": f"no challenge {cid!r}"})
+    try:
+        body = await read_limited(receive, declared, spec.manifest.max_payload_bytes)
+    except HTTPException as e:
+        return Outcome(e.status_code, {"detail": e.detail})
+    except ClientDisconnect:
+        return None
+    return await arena.score(player, cid, body)
 
 
 SCORE_PATH = re.compile(r"^/api/challenges/([^/]+)/score$")
@@ -347,7 +242,7 @@ class ScoreFastPath:
     without FastAPI's routing, dependency injection and Request objects (the scoring endpoint is
     the one that must sustain hundreds of requests per second). Everything else, including a
     scoring request authenticated by a session cookie, goes on to the application unchanged. The
-    answers are the same as the routed endpoint's: ``{"detail": "..."}`` with 401/404/413/422/429."""
+    answers are the routed endpoint's (:func:`score_request` serves both)."""
 
     def __init__(self, app):
         self.app = app
@@ -370,32 +265,9 @@ class ScoreFastPath:
         player = arena.player_by_key(authorization[7:].strip().decode("latin-1"))
         if player is None:
             return await _send_json(send, 401, {"detail": "invalid API key"})
-        cid = match.group(1)
-        spec = arena.specs.get(cid)
-        if spec is None:
-            return await _send_json(send, 404, {"detail": f"no challenge {cid!r}"})
-        limit = spec.manifest.max_payload_bytes
-        too_big = {"detail": f"body larger than this challenge's limit of {limit} bytes"}
-        if declared is not None:
-            try:
-                if int(declared) > limit:
-                    return await _send_json(send, 413, too_big)
-            except ValueError:
-                return await _send_json(send, 400, {"detail": "bad Content-Length"})
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return await _send_json(send, 413, too_big)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        out = await arena.score(player, cid, chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        await _send_json(send, out.status, out.body, out.headers)
+        out = await score_request(arena, player, match.group(1), receive, declared)
+        if out is not None:
+            await _send_json(send, out.status, out.body, out.headers)
 
 
 async def _send_json(send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -405,8 +277,3 @@ async def _send_json(send, status: int, body: dict[str, Any], headers: dict[str,
         raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": data})
-
-
-def set_session(response: Response, arena: Arena, data: dict[str, Any]) -> None:
-    response.set_cookie(auth.SESSION_COOKIE, arena.sessions.dump(data), max_age=auth.SESSION_MAX_AGE, httponly=True,
-                        samesite="lax", secure=arena.settings.cookie_secure, path="/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -13,6 +13,8 @@ from fastapi.staticfiles import StaticFiles
 from assay.arena.api import ScoreFastPath, make_router
 from assay.arena.service import Arena
 from assay.arena.settings import Settings
+from assay.arena.web import make_web_router
+from assay.errors import InputError
 
 log = logging.getLogger("assay.arena")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -31,14 +33,10 @@ def create_app(settings: Settings, arena: Arena | None = None) -> FastAPI:
     >>> app = create_app(Settings.from_env())  # doctest: +SKIP
     >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
     """
-    from assay.arena.openapi import make_docs_router
-    from assay.arena.web import make_web_router
-
     app = FastAPI(title="assay arena", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.arena = arena or Arena(settings)
     app.include_router(make_router())
-    app.include_router(make_web_router())
-    app.include_router(make_docs_router())
+    app.include_router(make_web_router())  # the pages, /openapi.json and /docs
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(ScoreFastPath)  # the scoring endpoint with an API key skips FastAPI's routing
 
@@ -47,6 +45,11 @@ def create_app(settings: Settings, arena: Arena | None = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         return JSONResponse({"detail": f"invalid request: {where} {first.get('msg', '')}".strip()}, status_code=422)
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError):
+        # the service's one-line refusals (a taken name, a bad filter, a body that does not fit its model)
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib.util
 import tomllib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from assay.errors import InputError
 
@@ -41,7 +42,7 @@ class Manifest:
     seed: int = 0
 
     @classmethod
-    def load(cls, path: Path) -> "Manifest":
+    def load(cls, path: Path) -> Manifest:
         with open(path, "rb") as f:
             try:
                 raw = tomllib.load(f)

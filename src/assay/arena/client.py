@@ -34,7 +34,7 @@ class ArenaClient:
         self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
 
-    def bind(self, challenge: str) -> "ArenaClient":
+    def bind(self, challenge: str) -> ArenaClient:
         self.challenge = challenge
         return self
 
@@ -126,7 +126,7 @@ class ArenaClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ArenaClient":
+    def __enter__(self) -> ArenaClient:
         return self
 
     def __exit__(self, *exc) -> None:

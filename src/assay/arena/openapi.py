@@ -1,24 +1,23 @@
 """The player API described for players: an OpenAPI 3.1 document at ``/openapi.json``, a readable
 page of it at ``/docs``, and the copy-paste client examples of each challenge page.
 
-The document is written here rather than generated from the routes: the routes read raw bodies (to
-cap and check them before anything is charged), so FastAPI could not see their shapes, and each
-challenge's scoring endpoint takes that challenge's own payload. So every challenge gets its own
+The document is assembled here rather than by FastAPI: the routes read raw bodies (to cap and
+screen them before anything is charged, then validate them with the Pydantic models of
+:mod:`assay.arena.bodies`, whose JSON Schemas this document carries), and each challenge's scoring
+endpoint takes that challenge's own payload. So every challenge gets its own
 ``POST /api/challenges/<id>/score`` operation whose request and answer schemas are the challenge's
 ``request_schema()`` / ``response_schema()``. Operator routes are listed only for a logged-in
-operator. A test keeps this description and the application's routes in step.
+operator. A test keeps this description and the application's routes in step. The routes serving
+it are in :mod:`assay.arena.web`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse
-
+from assay.arena import bodies
 from assay.arena.payload import example
 
 JSON = "application/json"
@@ -33,6 +32,12 @@ def _body(schema: dict[str, Any], example_value: Any = None) -> dict[str, Any]:
     if example_value is not None:
         media["example"] = example_value
     return {"required": True, "content": {JSON: media}}
+
+
+def _model_body(model: type[bodies.Body]) -> dict[str, Any]:
+    """The request body a route validates with ``model``: its schema in components, and its example."""
+    examples = (model.model_config.get("json_schema_extra") or {}).get("examples") or [None]
+    return _body({"$ref": f"#/components/schemas/{model.__name__}"}, examples[0])
 
 
 def _ok(schema: dict[str, Any], description: str = "OK", headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -53,6 +58,11 @@ BAD_BODY = _error("the body is not acceptable JSON (not JSON, nested deeper than
 UNAUTHORISED = _error("no valid API key or session")
 PUBLIC: list[dict[str, list]] = []  # an operation's "security" when it needs no authentication
 REMAINING = {"schema": INT, "description": "queries left of this challenge's hard total"}
+
+
+# The request bodies each document describes (a player's document leaves the operator's out).
+PLAYER_BODIES = (bodies.Registration, bodies.Login, bodies.FlagSubmission, bodies.TeamName, bodies.JoinCode)
+OPERATOR_BODIES = (bodies.EventChange, bodies.FlagCheck)
 
 
 def _components() -> dict[str, Any]:
@@ -81,17 +91,16 @@ def _components() -> dict[str, Any]:
 
 def _player_paths(challenge_ids: list[str]) -> dict[str, Any]:
     cid = {"name": "cid", "in": "path", "required": True, "schema": {"type": "string", "enum": challenge_ids}}
-    credentials = _obj({"name": STR, "password": {"type": "string", "minLength": 8}})
     return {
         "/api/register": {"post": {
             "summary": "Create a player; the answer holds the API key, shown only this once", "security": PUBLIC,
-            "requestBody": _body(credentials, {"name": "alice", "password": "correct horse"}),
+            "requestBody": _model_body(bodies.Registration),
             "responses": {"200": _ok(_obj({"player_id": INT, "name": STR, "api_key": STR, "note": STR})),
                           "400": BAD_BODY, "422": _error("name taken or not allowed, password too short"),
                           "429": _error("too many password attempts from this address (Retry-After)")}}},
         "/api/login": {"post": {
             "summary": "Log in: sets the session cookie, returns the CSRF token for cookie POSTs", "security": PUBLIC,
-            "requestBody": _body(credentials),
+            "requestBody": _model_body(bodies.Login),
             "responses": {"200": _ok(_obj({"ok": BOOL, "name": STR, "csrf_token": STR})), "400": BAD_BODY,
                           "401": _error("wrong name or password"), "422": _error("name or password missing"),
                           "429": _error("too many password attempts from this address (Retry-After)")}}},
@@ -122,8 +131,7 @@ def _player_paths(challenge_ids: list[str]) -> dict[str, Any]:
                           "404": _error("no such challenge")}}},
         "/api/challenges/{cid}/submit": {"post": {
             "summary": "Submit your flag; a flag is valid for its own player only",
-            "parameters": [cid], "requestBody": _body(_obj({"flag": {"type": "string", "maxLength": 200}}),
-                                                      {"flag": "assay{...}"}),
+            "parameters": [cid], "requestBody": _model_body(bodies.FlagSubmission),
             "responses": {"200": _ok(_obj({"correct": BOOL}, {"value": INT, "already_solved": BOOL})),
                           "400": BAD_BODY, "401": UNAUTHORISED, "403": _error("the event is closed"),
                           "404": _error("no such challenge"), "422": _error("flag is not a string"),
@@ -135,11 +143,11 @@ def _player_paths(challenge_ids: list[str]) -> dict[str, Any]:
                           "422": _error("by must be player or team")}}},
         "/api/teams": {"post": {
             "summary": "Create a team (you join it); the answer holds its join code",
-            "requestBody": _body(_obj({"name": STR}), {"name": "reds"}),
+            "requestBody": _model_body(bodies.TeamName),
             "responses": {"200": _ok(_obj({"team_id": INT, "name": STR, "join_code": STR})), "400": BAD_BODY,
                           "401": UNAUTHORISED, "422": _error("name taken or not allowed")}}},
         "/api/teams/join": {"post": {
-            "summary": "Join a team by its join code", "requestBody": _body(_obj({"join_code": STR})),
+            "summary": "Join a team by its join code", "requestBody": _model_body(bodies.JoinCode),
             "responses": {"200": _ok(_obj({"team_id": INT, "name": STR})), "400": BAD_BODY, "401": UNAUTHORISED,
                           "422": _error("unknown join code")}}},
     }
@@ -171,7 +179,6 @@ def _score_path(cid: str, spec) -> dict[str, Any]:
 
 def _operator_paths() -> dict[str, Any]:
     op = [{"apiKey": []}, {"session": []}]
-    flag_check = _obj({"player": STR, "challenge": STR, "flag": STR}, {"record": BOOL})
     event = _obj({"open": BOOL, "frozen_at": NULLABLE_NUM, "recompute_values": BOOL, "solutions_published": BOOL})
     forbidden = _error("operators only")
     page = {"name": "player", "in": "query", "schema": STR}, {"name": "challenge", "in": "query", "schema": STR}
@@ -181,8 +188,7 @@ def _operator_paths() -> dict[str, Any]:
                     "responses": {"200": _ok(event), "401": UNAUTHORISED, "403": forbidden}},
             "post": {"summary": "Open/close the event, freeze the board, switch value recomputation, publish "
                                 "or withdraw the reference solutions (closed event only)", "security": op,
-                     "requestBody": _body({"type": "object", "additionalProperties": False, "properties": {
-                         k: {"type": ["boolean", "null"]} for k in ("open", "frozen", "recompute_values", "solutions")}}),
+                     "requestBody": _model_body(bodies.EventChange),
                      "responses": {"200": _ok(event), "400": BAD_BODY, "401": UNAUTHORISED, "403": forbidden,
                                    "409": _error("publishing while the event is open"),
                                    "422": _error("unknown field or not a boolean")}}},
@@ -207,7 +213,7 @@ def _operator_paths() -> dict[str, Any]:
                           "403": forbidden}}},
         "/api/verify": {"post": {
             "summary": "Check (and with record, submit) a player's flag for an external scoreboard such as CTFd",
-            "security": op, "requestBody": _body(flag_check),
+            "security": op, "requestBody": _model_body(bodies.FlagCheck),
             "responses": {"200": _ok(_obj({"valid": BOOL})), "400": BAD_BODY, "401": UNAUTHORISED,
                           "403": _error("operators only, or the event is closed (then event_closed is true)"),
                           "422": _error("a field is missing or not a string"),
@@ -225,6 +231,9 @@ def build(arena, *, operator: bool, base_url: str) -> dict[str, Any]:
     paths = _player_paths(sorted(arena.specs))
     for cid, spec in sorted(arena.specs.items()):
         paths[f"/api/challenges/{cid}/score"] = _score_path(cid, spec)
+    components = _components()
+    for model in PLAYER_BODIES + (OPERATOR_BODIES if operator else ()):
+        components["schemas"][model.__name__] = model.model_json_schema()
     if operator:
         paths.update(_operator_paths())
     return {
@@ -237,7 +246,7 @@ def build(arena, *, operator: bool, base_url: str) -> dict[str, Any]:
         "servers": [{"url": base_url.rstrip("/")}],
         "security": [{"apiKey": []}, {"session": []}],
         "paths": paths,
-        "components": _components(),
+        "components": components,
     }
 
 
@@ -278,31 +287,3 @@ def client_examples(base_url: str, cid: str, payload: Any) -> dict[str, str]:
         "    print(\"your flag:\", answer[\"flag\"])\n"
     )
     return {"curl": curl, "python": python}
-
-
-# ---------------------------------------------------------------- routes
-def make_docs_router() -> APIRouter:
-    from assay.arena.api import arena_of, caller
-
-    r = APIRouter()
-
-    def document(request: Request) -> dict[str, Any]:
-        who = caller(request)
-        return build(arena_of(request), operator=bool(who and who.is_operator), base_url=str(request.base_url))
-
-    @r.get("/openapi.json")
-    def openapi_json(request: Request):
-        # what it lists depends on who asks: never serve one caller's copy to another
-        return JSONResponse(document(request), headers={"Cache-Control": "private, no-store",
-                                                        "Vary": "Authorization, Cookie"})
-
-    @r.get("/docs", response_class=HTMLResponse)
-    def docs(request: Request):
-        from assay.arena.web import render
-
-        doc = document(request)
-        ops = [(op.get("operationId") or re.sub(r"\W+", "_", f"{method}{path}").strip("_"), path, method.upper(), op)
-               for path, item in doc["paths"].items() for method, op in item.items()]
-        return render(request, "docs.html", doc=doc, ops=ops, pretty=lambda v: json.dumps(v, indent=1))
-
-    return r

@@ -6,25 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import hmac
 import inspect
 import logging
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from assay.arena import auth, fastjson, names
+from assay.arena.bodies import BAD_FLAG, MAX_FLAG
 from assay.arena.budgets import AttemptLimiter, Budgets, QueryItem
 from assay.arena.challenge import ChallengeSpec, ScoreResult, discover
 from assay.arena.flags import check_flag, flag_for, flag_owner
 from assay.arena.scoring import Standing, dynamic_value, rank
-from assay.arena.settings import Settings
+from assay.arena.settings import MIN_PASSWORD, Settings
 from assay.arena.store import (
     Budget,
     EventState,
@@ -41,7 +44,6 @@ from assay.errors import InputError
 
 log = logging.getLogger("assay.arena")
 
-MIN_PASSWORD = 8
 OPERATOR_NAME = "admin"  # the operator account `init` creates; its name is reserved in all its forms
 
 
@@ -78,7 +80,7 @@ class Batcher:
         self.task: asyncio.Task | None = None
         self.batch_sizes: list[int] = []
 
-    async def submit(self, pending: Pending) -> "Outcome":
+    async def submit(self, pending: Pending) -> Outcome:
         loop = asyncio.get_running_loop()
         if self.task is None or self.task.done():
             self.task = loop.create_task(self._run())
@@ -255,34 +257,38 @@ class Arena:
         with self.store.session() as s:
             return s.get(Player, pid)
 
-    def rotate_key(self, pid: int) -> str:
-        key = auth.new_api_key()
+    @contextmanager
+    def _account_change(self) -> Iterator[Session]:
+        """A session for a change that API-key caches must see (key, team): it advances the account
+        epoch in the same transaction, so other workers drop their caches, and drops this one's."""
         with self.store.session() as s:
-            s.execute(update(Player).where(Player.id == pid).values(api_key_hash=auth.hash_api_key(key)))
+            yield s
             self.store.bump_epoch(s)
         self._key_cache.clear()
+
+    def rotate_key(self, pid: int) -> str:
+        key = auth.new_api_key()
+        with self._account_change() as s:
+            s.execute(update(Player).where(Player.id == pid).values(api_key_hash=auth.hash_api_key(key)))
         return key
 
     def create_team(self, pid: int, name: str) -> Team:
         name = self.check_name(name, "team name")
-        with self.store.session() as s:
+        with self._account_change() as s:
             team = Team(name=name, join_code=secrets.token_urlsafe(12))
             self._add_named(s, team, "team", "team name")
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
-            self.store.bump_epoch(s)
-        self._key_cache.clear()
         return team
 
     def join_team(self, pid: int, join_code: str) -> Team:
+        unknown = "unknown join code; ask your team for the current one"
         if not (isinstance(join_code, str) and fastjson.text_ok(join_code)):
-            raise InputError("unknown join code; ask your team for the current one")
-        with self.store.session() as s:
+            raise InputError(unknown)
+        with self._account_change() as s:
             team = s.scalars(select(Team).where(Team.join_code == join_code)).first()
             if team is None:
-                raise InputError("unknown join code; ask your team for the current one")
+                raise InputError(unknown)
             s.execute(update(Player).where(Player.id == pid).values(team_id=team.id))
-            self.store.bump_epoch(s)
-        self._key_cache.clear()
         return team
 
     def team_of(self, pid: int) -> Team | None:
@@ -375,6 +381,15 @@ class Arena:
         return self.artifacts.get(cid, {}).get(name)
 
     # ---------------------------------------------------------------- scoring queries
+    def _closed_to(self, player: Player, cid: str) -> Outcome | None:
+        """Why ``player`` may not query or submit to ``cid`` now, checked before anything else: no
+        such challenge (404), or the event is closed (403; operators still may)."""
+        if cid not in self.specs:
+            return Outcome(404, {"detail": f"no challenge {cid!r}"})
+        if not self.event().open and not player.is_operator:
+            return Outcome(403, {"detail": "the event is closed"})
+        return None
+
     def _batcher(self, cid: str) -> Batcher:
         # Keyed by the loop itself (not its id, which a later loop may reuse): a batcher's queue
         # belongs to one event loop.
@@ -392,11 +407,9 @@ class Arena:
         micro-batching on, concurrent queries for a challenge share one transaction and one
         ``score_batch`` call; with it off each query runs alone."""
         t0 = time.perf_counter()
-        spec = self.specs.get(cid)
-        if spec is None:
-            return Outcome(404, {"detail": f"no challenge {cid!r}"})
-        if not self.event().open and not player.is_operator:
-            return Outcome(403, {"detail": "the event is closed"})
+        if (closed := self._closed_to(player, cid)) is not None:
+            return closed
+        spec = self.specs[cid]
         payload, refusal, cost = None, None, 0
         try:
             payload = fastjson.parse_body(body)
@@ -415,9 +428,7 @@ class Arena:
                                      f"{min(m.burst, m.query_budget)} on this challenge; split it")
             except InputError as e:
                 refusal, cost = Outcome(422, {"detail": str(e).splitlines()[0]}), 0
-        log_row = dict(created_at=time.time(), payload_bytes=len(body),
-                       payload_sha256=hashlib.sha256(body).hexdigest(), outcome="invalid", latency_ms=0.0)
-        pending = Pending(player, None if refusal else payload, QueryItem(player.id, cost, log_row), refusal, t0)
+        pending = Pending(player, None if refusal else payload, QueryItem.of_body(player.id, cost, body), refusal, t0)
         if self.settings.micro_batching:
             return await self._batcher(cid).submit(pending)
         return (await asyncio.to_thread(self._process, cid, [pending]))[0]
@@ -426,7 +437,7 @@ class Arena:
         """Charge and log ``group`` in one transaction, score the accepted payloads, answer each.
         Runs in a worker thread; returns only after the charges are committed."""
         spec = self.specs[cid]
-        ch, m = spec.challenge, spec.manifest
+        m = spec.manifest
         t = time.perf_counter()
         for p in group:
             p.item.log["latency_ms"] = (t - p.t0) * 1000  # arrival until the charge was attempted
@@ -504,14 +515,11 @@ class Arena:
 
     # ---------------------------------------------------------------- flag submissions
     def submit(self, player: Player, cid: str, flag: Any) -> Outcome:
-        spec = self.specs.get(cid)
-        if spec is None:
-            return Outcome(404, {"detail": f"no challenge {cid!r}"})
-        if not self.event().open and not player.is_operator:
-            return Outcome(403, {"detail": "the event is closed"})
-        if not isinstance(flag, str) or len(flag) > 200 or not fastjson.text_ok(flag):
-            return Outcome(422, {"detail": "flag must be a string like assay{...}"})  # checked before charging
-        m = spec.manifest
+        if (closed := self._closed_to(player, cid)) is not None:
+            return closed
+        if not isinstance(flag, str) or len(flag) > MAX_FLAG or not fastjson.text_ok(flag):
+            return Outcome(422, {"detail": BAD_FLAG})  # checked before charging
+        m = self.specs[cid].manifest
         charge = self.budgets.charge_submission(player.id, cid, per_minute=self.settings.submit_per_minute,
                                                 total=m.submission_limit, query_burst=m.burst)
         if not charge.ok:

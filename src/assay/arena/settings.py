@@ -28,6 +28,7 @@ from pathlib import Path
 from assay.errors import InputError
 
 SECRET_FILE = "secret"
+MIN_PASSWORD = 8  # players' and the operator's passwords alike
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -77,7 +78,7 @@ class Settings:
         return self.data_dir / "built"
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         """Settings from ``ASSAY_ARENA_*`` variables; keyword arguments win over the environment.
 
         Example
@@ -110,8 +111,6 @@ class Settings:
 
 def check_admin_password(password: str | None, source: str) -> None:
     """The ``admin`` operator gets the same minimum password length as a player registering."""
-    from assay.arena.service import MIN_PASSWORD  # imported here: service imports this module
-
     if password is not None and len(password) < MIN_PASSWORD:
         raise InputError(f"{source} must have at least {MIN_PASSWORD} characters; choose a longer one")
 

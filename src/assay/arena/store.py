@@ -7,9 +7,11 @@ UNIX seconds (float) so that budget arithmetic happens inside SQL identically on
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -27,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from assay.arena.names import skeleton
 
 
 class Base(DeclarativeBase):
@@ -206,8 +210,6 @@ class Store:
         """Give every player and team without a name claim one (accounts from before the claims
         existed); returns the names that could not be claimed because an older look-alike holds the
         key (they keep working; only new registrations are affected)."""
-        from assay.arena.names import skeleton
-
         clashes = []
         with self.engine.begin() as conn:
             for kind, model in (("player", Player), ("team", Team)):
@@ -221,6 +223,27 @@ class Store:
                     if done.rowcount == 0:
                         clashes.append(name)
         return clashes
+
+    def sql(self, text: str) -> str:
+        """``text``, written with ``:name`` parameters (sqlite3's style), in this database's DBAPI
+        style (psycopg takes ``%(name)s``)."""
+        return re.sub(r":(\w+)", r"%(\1)s", text) if self.dialect == "postgresql" else text
+
+    @contextmanager
+    def raw_transaction(self) -> Iterator[Any]:
+        """A DBAPI cursor on a pooled connection, for the hot paths that skip the ORM (prepared SQL
+        text from :meth:`sql`): commits when the block ends, rolls back on any exception."""
+        conn = self.engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            yield cur
+            cur.close()
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()  # back to the pool
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,27 +1,30 @@
-"""Server-rendered pages (Jinja2, autoescaped). Every form carries a CSRF token bound to the signed
-session cookie; the pages call the same :class:`Arena` methods as the JSON API."""
+"""Server-rendered pages (Jinja2, autoescaped), and the API's description (``/openapi.json`` and
+its page ``/docs``). Every form carries a CSRF token bound to the signed session cookie; the pages
+call the same :class:`Arena` methods as the JSON API."""
 
 from __future__ import annotations
 
 import asyncio
 import html
+import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from assay.arena import auth
-from assay.arena.api import MAX_ID, arena_of, password_attempt_wait, read_capped, set_session
-from assay.arena.openapi import client_examples
+from assay.arena import auth, openapi
+from assay.arena.deps import MAX_ID, MAX_SMALL_BODY, arena_of, caller, password_attempt_wait, read_capped, set_session
 from assay.arena.payload import describe, example
 from assay.arena.scoring import Standing
 from assay.errors import InputError
+
 
 class PrintingUndefinedFails(Undefined):
     """A missing template variable may be tested (``{% if error %}``) but not printed: Jinja's default
@@ -116,7 +119,7 @@ def render(request: Request, template: str, status: int = 200, session: dict[str
     return resp
 
 
-async def form_of(request: Request, limit: int = 16_384) -> dict[str, str]:
+async def form_of(request: Request, limit: int = MAX_SMALL_BODY) -> dict[str, str]:
     """URL-encoded form fields; the CSRF token must match the session's."""
     body = await read_capped(request, limit)
     fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
@@ -132,6 +135,10 @@ def logged_in(request: Request):
     data, _ = session_of(request)
     player = arena_of(request).player(int(data["pid"])) if data.get("pid") else None
     return player
+
+
+def too_many_attempts(wait: int) -> str:
+    return f"Too many attempts from this address; try again in {wait} s."
 
 
 def redirect(url: str) -> RedirectResponse:
@@ -153,17 +160,14 @@ def make_web_router() -> APIRouter:
     async def register(request: Request):
         f = await form_of(request)
         arena = arena_of(request)
+        name, password = f.get("name", ""), f.get("password", "")
         try:
-            arena.check_registration(f.get("name", ""), f.get("password", ""))  # not a password attempt yet
+            arena.check_registration(name, password)  # not a password attempt yet
+            if wait := await password_attempt_wait(request):
+                return render(request, "register.html", status=429, name=name, error=too_many_attempts(wait))
+            player, key = await asyncio.to_thread(arena.register, name, password)
         except InputError as e:
-            return render(request, "register.html", status=422, error=str(e), name=f.get("name", ""))
-        if wait := await password_attempt_wait(request):
-            return render(request, "register.html", status=429, name=f.get("name", ""),
-                          error=f"Too many attempts from this address; try again in {wait} s.")
-        try:
-            player, key = await asyncio.to_thread(arena.register, f.get("name", ""), f.get("password", ""))
-        except InputError as e:
-            return render(request, "register.html", status=422, error=str(e), name=f.get("name", ""))
+            return render(request, "register.html", status=422, error=str(e), name=name)
         return render(request, "registered.html", session={"pid": player.id, "csrf": auth.new_token()},
                       api_key=key, name=player.name)
 
@@ -176,7 +180,7 @@ def make_web_router() -> APIRouter:
         f = await form_of(request)
         arena = arena_of(request)
         if wait := await password_attempt_wait(request):
-            return render(request, "login.html", status=429, error=f"Too many attempts from this address; try again in {wait} s.")
+            return render(request, "login.html", status=429, error=too_many_attempts(wait))
         player = await asyncio.to_thread(arena.login, f.get("name", ""), f.get("password", ""))
         if player is None:
             return render(request, "login.html", status=401, error="Wrong name or password.")
@@ -209,7 +213,7 @@ def make_web_router() -> APIRouter:
         solution = arena.solution(cid) if arena.solutions_visible() else None
         schema = arena.specs[cid].challenge.request_schema()
         return render(request, "challenge.html", status=status, ch=ch, solution=solution, placeholder=describe(schema),
-                      examples=client_examples(str(request.base_url), cid, example(schema)), **ctx)
+                      examples=openapi.client_examples(str(request.base_url), cid, example(schema)), **ctx)
 
     @r.get("/challenges/{cid}", response_class=HTMLResponse)
     def challenge(cid: str, request: Request):
@@ -217,8 +221,6 @@ def make_web_router() -> APIRouter:
 
     @r.post("/challenges/{cid}/query", response_class=HTMLResponse)
     async def query(cid: str, request: Request):
-        import json
-
         arena = arena_of(request)
         player = logged_in(request)
         spec = arena.specs.get(cid)
@@ -324,5 +326,23 @@ def make_web_router() -> APIRouter:
         require_operator(request)
         rows, older = arena_of(request).query_log_page(100, before)
         return render(request, "admin_queries.html", rows=rows, older=older, paged=before is not None)
+
+    # ------------------------------------------------------------ the API's description
+    def document(request: Request) -> dict[str, Any]:
+        who = caller(request)
+        return openapi.build(arena_of(request), operator=bool(who and who.is_operator), base_url=str(request.base_url))
+
+    @r.get("/openapi.json")
+    def openapi_json(request: Request):
+        # what it lists depends on who asks: never serve one caller's copy to another
+        return JSONResponse(document(request), headers={"Cache-Control": "private, no-store",
+                                                        "Vary": "Authorization, Cookie"})
+
+    @r.get("/docs", response_class=HTMLResponse)
+    def docs(request: Request):
+        doc = document(request)
+        ops = [(op.get("operationId") or re.sub(r"\W+", "_", f"{method}{path}").strip("_"), path, method.upper(), op)
+               for path, item in doc["paths"].items() for method, op in item.items()]
+        return render(request, "docs.html", doc=doc, ops=ops, pretty=lambda v: json.dumps(v, indent=1))
 
     return r

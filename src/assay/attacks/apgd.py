@@ -29,21 +29,19 @@ from __future__ import annotations
 
 import torch
 
-from assay.attacks.base import AttackResult, finalize, make_generator, normalize_grad
+from assay.attacks.base import AttackResult, finalize, make_generator
 from assay.attacks.gradient import (
     ChunkResult,
     LoopState,
     SuccessFn,
     Tracker,
-    ball_and_box,
     check_attack_inputs,
     logits_of,
-    per_sample,
-    step_limits,
     untargeted_success,
     value_and_grad,
 )
 from assay.attacks.losses import LossFn, make_loss
+from assay.attacks.norms import Norm, per_sample
 from assay.errors import InputError
 
 MOMENTUM = 0.75
@@ -66,14 +64,6 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return points
 
 
-def apgd_start(shape, eps: float, norm: str, gen: torch.Generator, device, dtype) -> torch.Tensor:
-    """APGD's random start: a point on the surface of the eps-ball (before clipping to the box)."""
-    if norm == "linf":
-        t = 2 * torch.rand(shape, generator=gen, device=device, dtype=dtype) - 1
-        return eps * t / per_sample(t.reshape(shape[0], -1).abs().amax(1) + 1e-12, t)
-    return eps * normalize_grad(torch.randn(shape, generator=gen, device=device, dtype=dtype), "l2")
-
-
 def _apgd_chunk(
     model,
     x0: torch.Tensor,
@@ -82,7 +72,7 @@ def _apgd_chunk(
     delta0: torch.Tensor,
     *,
     eps: float,
-    norm: str,
+    norm: Norm,
     steps: int,
     rho: float,
     loss_fn: LossFn,
@@ -105,10 +95,8 @@ def _apgd_chunk(
         loss_prev=loss.clone(), n_increase=torch.zeros(n, device=x0.device),
         loss_best_last_check=loss.clone(),
         reduced_last_check=torch.ones(n, dtype=torch.bool, device=x0.device),
+        limits=norm.limits(x0, eps, bounds),
     )
-    if norm == "linf":
-        s.low, s.high = step_limits(x0, eps, bounds)
-    limits = lambda: (s.low, s.high) if norm == "linf" else None  # noqa: E731
     out.queries += eot_samples
 
     for i in range(steps + 1):
@@ -145,8 +133,8 @@ def _apgd_chunk(
         # The momentum step to x^(i+1) (no momentum on the first step).
         a = 1.0 if i == 0 else MOMENTUM
         eta = per_sample(s.eta, s.x)
-        z = ball_and_box(s.x + eta * normalize_grad(s.grad, norm), s.x0, eps, norm, bounds, limits())
-        x_new = ball_and_box(s.x + a * (z - s.x) + (1 - a) * (s.x - s.x_prev), s.x0, eps, norm, bounds, limits())
+        z = norm.ball_and_box(s.x + eta * norm.steepest(s.grad), s.x0, eps, bounds, s.limits)
+        x_new = norm.ball_and_box(s.x + a * (z - s.x) + (1 - a) * (s.x - s.x_prev), s.x0, eps, bounds, s.limits)
         s.x_prev, s.x = s.x, x_new
         logits, loss, s.grad = value_and_grad(model, s.x, s.y, s.goal, loss_fn, eot_samples)
         out.queries[s.index] += eot_samples
@@ -172,7 +160,7 @@ def apgd(
     y: torch.Tensor,
     *,
     eps: float,
-    norm: str = "linf",
+    norm: str | Norm = "linf",
     loss: str = "ce",
     steps: int = 100,
     restarts: int = 1,
@@ -208,7 +196,8 @@ def apgd(
     >>> res = apgd(target.module, x, y, eps=8 / 255, loss="dlr")  # doctest: +SKIP
     >>> res.robust_accuracy  # doctest: +SKIP
     """
-    norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size, eot_samples=eot_samples)
+    norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size, eot_samples=eot_samples,
+                               who="apgd")
     eps = float(eps)
     _check_apgd_args(steps, restarts, rho)
     x = x.detach()
@@ -218,7 +207,7 @@ def apgd(
     tracker = Tracker(x, untargeted_success(clean, y, y), queries_per_sample=eot_samples)
     gen = make_generator(seed, x.device)
     for _ in range(int(restarts)):
-        start = apgd_start(x.shape, eps, norm, gen, x.device, x.dtype)
+        start = norm.scaled_noise(x.shape, eps, gen, x.device, x.dtype)
         for idx in tracker.chunks(tracker.todo(), batch_size):
             run = _apgd_chunk(
                 model, x[idx], y[idx], y[idx], start[idx], eps=eps, norm=norm, steps=int(steps),
@@ -238,7 +227,7 @@ def apgd_targeted(
     y: torch.Tensor,
     *,
     eps: float,
-    norm: str = "linf",
+    norm: str | Norm = "linf",
     steps: int = 100,
     n_target_classes: int = 9,
     restarts: int = 1,
@@ -263,7 +252,7 @@ def apgd_targeted(
     -------
     >>> res = apgd_targeted(target.module, x, y, eps=8 / 255)  # doctest: +SKIP
     """
-    norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size)
+    norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size, who="apgd_targeted")
     eps = float(eps)
     _check_apgd_args(steps, restarts, 0.75)
     if int(n_target_classes) != n_target_classes or n_target_classes < 1:
@@ -280,7 +269,7 @@ def apgd_targeted(
     for rank in range(1, n_targets + 1):
         y_target = ranked[:, rank]
         for _ in range(int(restarts)):
-            start = apgd_start(x.shape, eps, norm, gen, x.device, x.dtype)
+            start = norm.scaled_noise(x.shape, eps, gen, x.device, x.dtype)
             for idx in tracker.chunks(tracker.todo(), batch_size):
                 run = _apgd_chunk(
                     model, x[idx], y[idx], y_target[idx], start[idx], eps=eps, norm=norm,

@@ -1,4 +1,4 @@
-"""Shared pieces of every evasion attack: the result type, norms, projections.
+"""Shared pieces of every evasion attack: the result type and its conventions.
 
 Conventions (all attacks follow them):
 
@@ -12,6 +12,8 @@ Conventions (all attacks follow them):
   are never attacked: robust accuracy is ``1 - success.mean()``.
 - Attacks only work on points not yet broken and drop each point from the loop once it breaks.
 - Every random choice uses a ``torch.Generator`` seeded from ``seed``.
+- ``norm`` is resolved once, at the attack's boundary, to a :class:`assay.attacks.norms.Norm`, which
+  owns everything that differs per norm (measure, projection, step direction, random starts).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-NORMS = ("linf", "l2", "l1")
+from assay.attacks.norms import Norm, as_norm
 
 
 @dataclass
@@ -50,46 +52,9 @@ class AttackResult:
         return self.success.float().mean().item() if self.success.numel() else float("nan")
 
 
-def check_norm(norm: str) -> str:
-    norm = norm.lower().replace("-", "").replace("_", "")
-    norm = {"inf": "linf", "li": "linf", "2": "l2", "1": "l1"}.get(norm, norm)
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
-    return norm
-
-
-def flat_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-sample norm of a batch of perturbations."""
-    d = delta.reshape(delta.shape[0], -1)
-    if norm == "linf":
-        return d.abs().amax(dim=1)
-    if norm == "l2":
-        return d.norm(p=2, dim=1)
-    return d.abs().sum(dim=1)
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def project(delta: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
-    """Project perturbations onto the ``norm`` ball of radius ``eps`` (scalar or per sample)."""
-    if norm == "linf":
-        e = _bcast(torch.as_tensor(eps, dtype=delta.dtype, device=delta.device).expand(delta.shape[0]), delta)
-        return torch.maximum(torch.minimum(delta, e), -e)
-    if norm == "l2":
-        n = flat_norm(delta, "l2").clamp_min(1e-12)
-        e = torch.as_tensor(eps, dtype=delta.dtype, device=delta.device).expand(delta.shape[0])
-        return delta * _bcast(torch.clamp(e / n, max=1.0), delta)
-    raise NotImplementedError("L1 projection is provided by the attacks that use it")
-
-
-def normalize_grad(g: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-ascent direction for the norm: sign for L-inf, unit L2 direction for L2."""
-    if norm == "linf":
-        return g.sign()
-    n = flat_norm(g, "l2").clamp_min(1e-12)
-    return g / _bcast(n, g)
+def flat_norm(delta: torch.Tensor, norm: str | Norm) -> torch.Tensor:
+    """Per-sample norm of a batch of perturbations (``norm`` a name or a :class:`Norm`)."""
+    return as_norm(norm)(delta)
 
 
 def clip_to_bounds(x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
@@ -112,7 +77,7 @@ def finalize(
     x_adv: torch.Tensor,
     success: torch.Tensor,
     queries: torch.Tensor,
-    norm: str,
+    norm: Norm,
     eps: float | None,
     attack: str,
     **info,
@@ -121,9 +86,9 @@ def finalize(
     return AttackResult(
         x_adv=x_adv.detach(),
         success=success.bool(),
-        norms=flat_norm((x_adv - x).detach(), norm),
+        norms=norm((x_adv - x).detach()),
         queries=queries.long(),
-        norm=norm,
+        norm=norm.name,
         eps=eps,
         attack=attack,
         info=info,

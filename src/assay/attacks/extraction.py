@@ -15,13 +15,14 @@ often they fool the target, next to random sign noise of the same L-inf norm (th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
 from assay.attacks.base import make_generator
+from assay.attacks.norms import L2, LINF, Norm, as_norm
 from assay.errors import BudgetExceeded, InputError
 
 ARCHITECTURES = ("auto", "linear", "mlp", "cnn")
@@ -316,7 +317,7 @@ def transfer_attack(
     y: torch.Tensor,
     *,
     eps: float,
-    norm: str = "linf",
+    norm: str | Norm = "linf",
     steps: int = 20,
     bounds: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
@@ -336,17 +337,12 @@ def transfer_attack(
     >>> res.queries
     6
     """
-    from assay.attacks.base import check_norm, clip_to_bounds, flat_norm
+    from assay.attacks.base import clip_to_bounds
     from assay.attacks.gradient import pgd
 
-    norm = check_norm(norm)
+    norm = as_norm(norm, (LINF, L2), "transfer_attack")
     adv = pgd(surrogate, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
-    gen = make_generator(seed + 1)
-    if norm == "linf":
-        noise = eps * torch.randint(0, 2, x.shape, generator=gen).float().mul_(2).sub_(1)
-    else:
-        d = torch.randn(x.shape, generator=gen)
-        noise = eps * d / flat_norm(d, "l2").clamp_min(1e-12).reshape(-1, *([1] * (x.dim() - 1)))
+    noise = norm.random_at_radius(x.shape, eps, make_generator(seed + 1))
     x_noise = clip_to_bounds(x + noise, bounds)
     answers = torch.as_tensor(labels_fn(torch.cat([adv.x_adv, x_noise]))).reshape(-1)
     n = len(x)

@@ -19,16 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from assay.attacks.base import (
-    AttackResult,
-    check_norm,
-    finalize,
-    is_success,
-    make_generator,
-    normalize_grad,
-    project,
-)
+from assay.attacks.base import AttackResult, finalize, is_success, make_generator
 from assay.attacks.losses import LossFn, ce_loss, ce_targeted_loss, make_loss
+from assay.attacks.norms import L2, LINF, Norm, as_norm
 from assay.errors import InputError
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -53,25 +46,21 @@ def check_attack_inputs(
     y: torch.Tensor,
     *,
     eps: float,
-    norm: str,
+    norm: str | Norm,
     bounds: tuple[float, float],
     batch_size: int | None = None,
     eot_samples: int = 1,
-    norms: tuple[str, ...] = ("linf", "l2"),
-) -> str:
-    """Validate the common arguments at the boundary; returns the canonical norm name."""
+    norms: tuple[Norm, ...] = (LINF, L2),
+    who: str = "this attack",
+) -> Norm:
+    """Validate the common arguments at the boundary; returns the norm, resolved once."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise InputError("x must be a floating-point torch.Tensor; convert it with torch.as_tensor(x, dtype=torch.float32)")
     if x.dim() < 2:
         raise InputError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}; add a batch dimension with x[None]")
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise InputError(f"y must be a 1-D tensor of {x.shape[0]} integer labels, one per row of x")
-    try:
-        norm = check_norm(norm)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    if norm not in norms:
-        raise InputError(f"norm {norm!r} is not supported here; use one of {', '.join(norms)}")
+    norm = as_norm(norm, norms, who)
     try:
         eps_value = float(eps)
     except (TypeError, ValueError):
@@ -162,54 +151,18 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (N,) tensor to broadcast against a batch shaped like ``like``."""
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def ball_and_box(
-    x_new: torch.Tensor,
-    x0: torch.Tensor,
-    eps: float | torch.Tensor,
-    norm: str,
-    bounds: tuple[float, float],
-    limits: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Project onto the eps-ball around ``x0``, then onto the input box (in place on ``x_new``).
-
-    For L-inf, ``limits`` are :func:`step_limits` (the ball and the box are one clamp); for L2 the
-    box clamp after the ball projection only shrinks the perturbation, so the result stays inside.
-    """
-    if norm == "linf":
-        return x_new.clamp_(*(limits if limits is not None else step_limits(x0, eps, bounds)))
-    return (x0 + project(x_new - x0, eps, "l2")).clamp_(*bounds)
-
-
-def step_limits(x0: torch.Tensor, eps: float, bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element L-inf limits: the eps-box around ``x0`` intersected with the input bounds."""
-    return (x0 - eps).clamp_(min=bounds[0]), (x0 + eps).clamp_(max=bounds[1])
-
-
-def uniform_ball(shape, eps: float, norm: str, gen: torch.Generator, device, dtype) -> torch.Tensor:
-    """Perturbations drawn uniformly from the eps-ball (L2: direction * eps * U^(1/d))."""
-    if norm == "linf":
-        return (2 * torch.rand(shape, generator=gen, device=device, dtype=dtype) - 1) * eps
-    d = math.prod(shape[1:])
-    direction = normalize_grad(torch.randn(shape, generator=gen, device=device, dtype=dtype), "l2")
-    radius = eps * torch.rand(shape[0], generator=gen, device=device, dtype=dtype).pow(1.0 / d)
-    return direction * per_sample(radius, direction)
-
-
 class LoopState:
-    """Per-sample tensors of the points still in an attack loop; ``keep`` drops the others."""
+    """Per-sample tensors (or tuples of them) of the points still in an attack loop; ``keep`` drops the others."""
 
-    def __init__(self, **tensors: torch.Tensor):
+    def __init__(self, **tensors: torch.Tensor | tuple[torch.Tensor, ...] | None):
         self.__dict__.update(tensors)
 
     def keep(self, mask: torch.Tensor) -> None:
         for name, value in list(self.__dict__.items()):
             if isinstance(value, torch.Tensor) and value.dim() > 0:
                 setattr(self, name, value[mask])
+            elif isinstance(value, tuple):  # e.g. a norm's precomputed limits
+                setattr(self, name, tuple(v[mask] for v in value))
 
 
 class ChunkResult:
@@ -258,7 +211,7 @@ def fgsm(
     y: torch.Tensor,
     *,
     eps: float,
-    norm: str = "linf",
+    norm: str | Norm = "linf",
     bounds: tuple[float, float] = (0.0, 1.0),
     targeted: bool = False,
     y_target: torch.Tensor | None = None,
@@ -282,7 +235,7 @@ def fgsm(
     >>> res = fgsm(target.module, x, y, eps=0.1)  # doctest: +SKIP
     >>> res.robust_accuracy  # doctest: +SKIP
     """
-    norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds)
+    norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, who="fgsm")
     eps = float(eps)
     x = x.detach()
     y = y.to(x.device).long()
@@ -295,7 +248,7 @@ def fgsm(
     if todo.numel():
         x0 = x[todo]
         # One step of length eps in the norm; the box clamp only shrinks it.
-        x_new = (x0 + eps * normalize_grad(grad[todo], norm)).clamp_(*bounds)
+        x_new = (x0 + eps * norm.steepest(grad[todo])).clamp_(*bounds)
         hit = success_fn(logits_of(model, x_new), y[todo], goal[todo])
         tracker.x_adv[todo] = x_new
         tracker.success[todo] = hit
@@ -326,7 +279,7 @@ def _pgd_chunk(
     delta0: torch.Tensor | None,
     *,
     eps: float,
-    norm: str,
+    norm: Norm,
     step_sizes: list[float],
     loss_fn: LossFn,
     success_fn: SuccessFn,
@@ -336,9 +289,8 @@ def _pgd_chunk(
 ) -> ChunkResult:
     out = ChunkResult(x0)
     x_start = x0 if delta0 is None else (x0 + delta0).clamp_(*bounds)
-    s = LoopState(index=torch.arange(x0.shape[0], device=x0.device), x0=x0, y=y, goal=goal, x=x_start)
-    if norm == "linf":
-        s.low, s.high = step_limits(x0, eps, bounds)
+    s = LoopState(index=torch.arange(x0.shape[0], device=x0.device), x0=x0, y=y, goal=goal, x=x_start,
+                  limits=norm.limits(x0, eps, bounds))
     for alpha in step_sizes:
         logits, _, grad = value_and_grad(model, s.x, s.y, s.goal, loss_fn, eot_samples, precision)
         out.queries[s.index] += eot_samples
@@ -356,10 +308,7 @@ def _pgd_chunk(
             grad = grad[keep]
             if s.index.numel() == 0:
                 return out
-        if norm == "linf":
-            s.x = grad.sign_().mul_(alpha).add_(s.x).clamp_(s.low, s.high)
-        else:
-            s.x = ball_and_box(s.x + alpha * normalize_grad(grad, norm), s.x0, eps, norm, bounds)
+        s.x = norm.ball_and_box(norm.step_(s.x, grad, alpha), s.x0, eps, bounds, s.limits)
     # The last step's point has not been looked at yet.
     logits = logits_of(model, s.x, eot_samples)
     out.queries[s.index] += eot_samples
@@ -375,7 +324,7 @@ def pgd(
     y: torch.Tensor,
     *,
     eps: float,
-    norm: str = "linf",
+    norm: str | Norm = "linf",
     steps: int = 40,
     step_size: float | None = None,
     random_start: bool = True,
@@ -426,7 +375,8 @@ def pgd(
     >>> res = pgd(target.module, x, y, eps=8 / 255, steps=40)  # doctest: +SKIP
     >>> res.robust_accuracy, res.norms.max() <= 8 / 255 + 1e-6  # doctest: +SKIP
     """
-    norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size, eot_samples=eot_samples)
+    norm = check_attack_inputs(x, y, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size, eot_samples=eot_samples,
+                               who="pgd")
     precision = check_precision(precision)
     eps = float(eps)
     if int(steps) != steps or steps < 1:
@@ -447,7 +397,7 @@ def pgd(
     gen = make_generator(seed, x.device)
     for _ in range(int(restarts)):
         # Noise for every point, so that a point's start depends on the seed alone.
-        noise = uniform_ball(x.shape, eps, norm, gen, x.device, x.dtype) if random_start else None
+        noise = norm.uniform_ball(x.shape, eps, gen, x.device, x.dtype) if random_start else None
         todo = tracker.todo()
         for idx in tracker.chunks(todo, batch_size):
             run = _pgd_chunk(

@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from assay.attacks.base import AttackResult, _bcast, check_norm, flat_norm, make_generator
+from assay.attacks.base import AttackResult, make_generator
+from assay.attacks.norms import L2, LINF, Norm, as_norm, per_sample
 from assay.errors import BudgetExceeded, InputError
 
 _INIT_TRIALS = 100  # random draws tried per point to find a misclassified starting point
@@ -72,24 +73,17 @@ class _Oracle:
         return answered, adv
 
 
-def _blend(x, x_adv, alpha, norm):
-    """Point at fraction ``alpha`` from x to x_adv: convex blend (L2) or box clip (L-inf)."""
-    a = _bcast(alpha, x)
-    if norm == "l2":
-        return (1 - a) * x + a * x_adv
-    return torch.minimum(torch.maximum(x_adv, x - a), x + a)
+def _binary_search(oracle, idx, x, x_adv, norm: Norm, theta, fixed_threshold=None):
+    """Move x_adv (adversarial) onto the boundary towards x along ``norm.blend``. Keeps the adversarial end.
 
-
-def _binary_search(oracle, idx, x, x_adv, norm, theta, fixed_threshold=None):
-    """Move x_adv (adversarial) onto the boundary towards x. Keeps the adversarial end."""
-    if norm == "l2" or fixed_threshold is not None:
-        high = torch.ones(idx.numel(), device=x.device)
-        thresh = torch.full_like(high, fixed_threshold if fixed_threshold is not None else theta)
-        mode = "l2"
+    The search runs over the blend parameter, [0, 1] for L2 and [0, ||x_adv - x||_inf] for L-inf, to
+    precision ``fixed_threshold`` or else ``theta`` (relative to the span, at most ``theta``).
+    """
+    high = norm.blend_span(x, x_adv)
+    if fixed_threshold is not None:
+        thresh = torch.full_like(high, fixed_threshold)
     else:
-        high = flat_norm(x_adv - x, "linf")
         thresh = torch.clamp(high * theta, max=theta)
-        mode = "linf"
     low = torch.zeros_like(high)
     while True:
         open_ = ((high - low) > thresh) & (oracle.left(idx) >= 1)
@@ -97,12 +91,12 @@ def _binary_search(oracle, idx, x, x_adv, norm, theta, fixed_threshold=None):
             break
         o = open_.nonzero().squeeze(1)
         mid = (high[o] + low[o]) / 2
-        answered, adv = oracle.is_adv(idx[o], _blend(x[o], x_adv[o], mid, mode))
+        answered, adv = oracle.is_adv(idx[o], norm.blend(x[o], x_adv[o], mid))
         if not answered.any():
             break
         high[o] = torch.where(answered & adv, mid, high[o])
         low[o] = torch.where(answered & ~adv, mid, low[o])
-    return _blend(x, x_adv, high, mode)
+    return norm.blend(x, x_adv, high)
 
 
 def hop_skip_jump(
@@ -110,7 +104,7 @@ def hop_skip_jump(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    norm: str = "l2",
+    norm: str | Norm = "l2",
     max_queries: int = 1000,
     eps: float | None = None,
     init_evals: int = 100,
@@ -157,9 +151,7 @@ def hop_skip_jump(
     >>> res = hop_skip_jump(target.labels, x, y, norm="l2", max_queries=1000)  # doctest: +SKIP
     >>> res.norms[res.success].median()                                        # doctest: +SKIP
     """
-    norm = check_norm(norm)
-    if norm not in ("l2", "linf"):
-        raise InputError(f"hop_skip_jump supports norm 'l2' or 'linf', not {norm!r}")
+    norm = as_norm(norm, (L2, LINF), "hop_skip_jump")
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.dim() < 2:
         raise InputError("x must be a float tensor shaped (N, ...); convert it with torch.as_tensor")
     if y.shape != (x.shape[0],):
@@ -185,13 +177,14 @@ def hop_skip_jump(
     low, high = bounds
     n = x.shape[0]
     d = x[0].numel()
-    theta = gamma / (d * math.sqrt(d)) if norm == "l2" else gamma / d**2
+    # gamma / d^(3/2) for L2 and gamma / d^2 for L-inf: gamma / (d * ||1||_dual)
+    theta = gamma / (d * norm.dual.ones_norm(d))
     goal = y_target if targeted else y.to(dev).long()
     oracle = _Oracle(labels_fn, goal, max_queries, query_budget, dev, targeted=targeted)
     x_adv = x.clone()
     found = torch.zeros(n, dtype=torch.bool, device=dev)
     # queries one iteration needs besides its gradient probes (a few step halvings + binary search)
-    n_search = math.ceil(math.log2(1 / theta)) + 1 if norm == "l2" else math.ceil(math.log2(1 / theta)) + 1
+    n_search = math.ceil(math.log2(1 / theta)) + 1
     reserve = n_search + 3
 
     # clean check: misclassified points (targeted: already the target) are done
@@ -220,10 +213,10 @@ def hop_skip_jump(
         found[active[hit]] = True
         active = active[~hit]
     active = found.nonzero().squeeze(1)
-    active = active[flat_norm(x_adv[active] - x[active], norm) > 0]  # skip clean misclassifications
+    active = active[norm(x_adv[active] - x[active]) > 0]  # skip clean misclassifications
     if active.numel():
-        x_adv[active] = _binary_search(oracle, active, x[active], x_adv[active], "l2", theta, _INIT_THRESHOLD)
-    dist = flat_norm(x_adv - x, norm)
+        x_adv[active] = _binary_search(oracle, active, x[active], x_adv[active], L2, theta, _INIT_THRESHOLD)
+    dist = norm(x_adv - x)
 
     t = 0
     while True:
@@ -240,16 +233,13 @@ def hop_skip_jump(
         if t == 1:
             delta = torch.full((m,), 0.1 * (high - low), device=dev)
         else:
-            delta = (math.sqrt(d) if norm == "l2" else d) * theta * dist_a
+            delta = norm.dual.ones_norm(d) * theta * dist_a
         # --- gradient-direction estimate, every point's probes in one call
         n_evals = min(int(init_evals * math.sqrt(t)), max_num_evals)
         per_point = torch.clamp(oracle.left(active) - reserve, max=n_evals)  # (m,) >= 1
         valid = torch.arange(n_evals, device=dev)[None, :] < per_point[:, None]  # (m, n_evals)
         shape = (m, n_evals, *x.shape[1:])
-        if norm == "l2":
-            rv = torch.randn(shape, generator=gen).to(dev)
-        else:
-            rv = (2 * torch.rand(shape, generator=gen) - 1).to(dev)
+        rv = norm.noise(shape, gen).to(dev)
         rv = rv / rv.flatten(2).norm(dim=2).clamp_min(1e-12).reshape(m, n_evals, *[1] * (x.dim() - 1))
         dshape = (m, 1, *[1] * (x.dim() - 1))
         probes = (xb[:, None] + delta.reshape(dshape) * rv).clamp(low, high)
@@ -265,9 +255,8 @@ def hop_skip_jump(
         # baseline correction; when all probes agree, use the mean direction with that sign
         all_same = (mean.abs() == 1.0)
         weight = torch.where(all_same[:, None], mean[:, None].expand_as(fval), fval - mean[:, None]) * used
-        grad = (weight.reshape(m, n_evals, *[1] * (x.dim() - 1)) * rv).sum(dim=1) / _bcast(cnt.float(), xb)
-        grad = grad / _bcast(flat_norm(grad, "l2").clamp_min(1e-12), grad)
-        update = grad if norm == "l2" else grad.sign()
+        grad = (weight.reshape(m, n_evals, *[1] * (x.dim() - 1)) * rv).sum(dim=1) / per_sample(cnt.float(), xb)
+        update = norm.steepest(grad)
         if oracle.exhausted:
             break
         # --- geometric step search: xi = dist / sqrt(t), halved until adversarial
@@ -279,7 +268,7 @@ def hop_skip_jump(
             if not pending.any() or oracle.exhausted:
                 break
             o = pending.nonzero().squeeze(1)
-            cand = (xb[o] + _bcast(xi[o], xb) * update[o]).clamp(low, high)
+            cand = (xb[o] + per_sample(xi[o], xb) * update[o]).clamp(low, high)
             answered, adv = oracle.is_adv(active[o], cand)
             ok = answered & adv
             stepped[o[ok]] = cand[ok]
@@ -290,7 +279,7 @@ def hop_skip_jump(
         if moved.any():
             mo = moved.nonzero().squeeze(1)
             stepped[mo] = _binary_search(oracle, active[mo], xa[mo], stepped[mo], norm, theta)
-        new_dist = flat_norm(stepped - xa, norm)
+        new_dist = norm(stepped - xa)
         better = new_dist < dist_a
         x_adv[active[better]] = stepped[better]
         dist[active[better]] = new_dist[better]
@@ -299,9 +288,9 @@ def hop_skip_jump(
     return AttackResult(
         x_adv=x_adv.detach(),
         success=success,
-        norms=flat_norm(x_adv - x, norm),
+        norms=norm(x_adv - x),
         queries=oracle.queries.cpu(),
-        norm=norm,
+        norm=norm.name,
         eps=eps,
         attack="hop_skip_jump",
         info={"budget_exhausted": oracle.exhausted, "total_queries": oracle.used, "iterations": t,

@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from assay.attacks.base import finalize, AttackResult, _bcast, check_norm, flat_norm, project
+from assay.attacks.base import AttackResult, finalize
+from assay.attacks.norms import L2, LINF, Norm, as_norm, per_sample
 from assay.errors import InputError
 
-_DUAL = {"linf": 1, "l2": 2}
-# Initial step sizes of the FMN paper's experiments (alpha on the L2-normalised gradient).
-_ALPHA_INIT = {"linf": 10.0, "l2": 1.0}
+# Initial step sizes of the FMN paper's experiments (alpha on the L2-normalised gradient), for the
+# norms FMN supports.
+_ALPHA_INIT = {LINF: 10.0, L2: 1.0}
 _MARGIN = 1e-5
 
 
@@ -47,10 +48,9 @@ def _fmn_batch(model, x, labels, targeted, norm, steps, alpha_init, alpha_final,
     """Minimise the ``norm`` of an adversarial perturbation for one batch; returns (best_adv, best_norm, found)."""
     n = x.shape[0]
     low, high = bounds
-    dual = _DUAL[norm]
     sign = 1.0 if targeted else -1.0  # gradient ascent on sign * logit difference
     # Largest perturbation the box allows: the radius never needs to exceed it.
-    worst_norm = flat_norm(torch.maximum(x - low, high - x), norm)
+    worst_norm = norm(torch.maximum(x - low, high - x))
     best_norm = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
     best_adv = x.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -80,15 +80,15 @@ def _fmn_batch(model, x, labels, targeted, norm, steps, alpha_init, alpha_final,
         # re-evaluated in another batch (FMN converges onto the boundary, where float noise of
         # a different batch composition could flip the decision).
         is_adv = loss > _MARGIN * (1.0 + logits.detach().abs().amax(dim=1))
-        delta_norm = flat_norm(delta, norm)
+        delta_norm = norm(delta)
         better = is_adv & (delta_norm < best_norm)
         best_norm = torch.where(better, delta_norm, best_norm)
-        best_adv = torch.where(_bcast(better, x), x + delta, best_adv)
+        best_adv = torch.where(per_sample(better, x), x + delta, best_adv)
         found |= is_adv
 
         # Adapt the radius: shrink when adversarial, grow when not (or jump to the linearised
-        # distance to the boundary while nothing adversarial has been seen yet).
-        to_boundary = loss.abs() / flat_norm(grad, "l2" if dual == 2 else "l1").clamp_min(1e-12)
+        # distance to the boundary while nothing adversarial has been seen yet: |loss| / ||grad||_dual).
+        to_boundary = loss.abs() / norm.dual(grad).clamp_min(1e-12)
         epsilon = torch.where(
             is_adv,
             torch.minimum(epsilon * (1 - gamma), best_norm),
@@ -96,8 +96,8 @@ def _fmn_batch(model, x, labels, targeted, norm, steps, alpha_init, alpha_final,
         )
         epsilon = torch.minimum(epsilon, worst_norm)
 
-        step = grad / _bcast(flat_norm(grad, "l2").clamp_min(1e-12), grad)
-        delta = project(delta + alpha * step, epsilon, norm)
+        step = L2.steepest(grad)  # FMN steps along the L2-normalised gradient for every norm
+        delta = norm.project(delta + alpha * step, epsilon)
         delta = (x + delta).clamp(low, high) - x
     return best_adv, best_norm, found
 
@@ -107,7 +107,7 @@ def fmn(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    norm: str = "linf",
+    norm: str | Norm = "linf",
     steps: int = 100,
     targeted: bool = False,
     y_target: torch.Tensor | None = None,
@@ -147,9 +147,7 @@ def fmn(
     >>> res = fmn(target.module, x, y, norm="l2", steps=100)          # doctest: +SKIP
     >>> robust_accuracy_curve(res, [0.5, 1.0, 1.5])                    # doctest: +SKIP
     """
-    norm = check_norm(norm)
-    if norm not in _DUAL:
-        raise InputError(f"fmn supports norm 'linf' or 'l2', not {norm!r}; pick one of those")
+    norm = as_norm(norm, _ALPHA_INIT, "fmn")
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     _check_inputs(x, y, bounds)
@@ -184,7 +182,7 @@ def fmn(
             alpha_init, alpha_final, gamma_init, gamma_final, bounds,
         )
         idx = todo + start
-        x_adv[idx] = torch.where(_bcast(found, adv), adv, xb[todo])
+        x_adv[idx] = torch.where(per_sample(found, adv), adv, xb[todo])
         success[idx] = found
         queries[idx.cpu()] += steps
     return finalize(x, x_adv, success, queries, norm, None, "fmn", targeted=targeted, steps=steps)
@@ -195,7 +193,7 @@ def fmn_targeted(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    norm: str = "linf",
+    norm: str | Norm = "linf",
     steps: int = 100,
     n_target_classes: int = 9,
     alpha_init: float | None = None,
@@ -220,7 +218,7 @@ def fmn_targeted(
     -------
     >>> res = fmn_targeted(target.module, x, y, norm="linf", n_target_classes=9)  # doctest: +SKIP
     """
-    norm = check_norm(norm)
+    norm = as_norm(norm, _ALPHA_INIT, "fmn_targeted")
     _check_inputs(x, y, bounds)
     x = x.detach()
     y = y.to(x.device).long()

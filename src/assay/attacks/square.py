@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from assay.attacks.base import AttackResult, _bcast, check_norm, flat_norm, make_generator
+from assay.attacks.base import AttackResult, make_generator
+from assay.attacks.norms import L2, LINF, Norm, as_norm
 from assay.errors import BudgetExceeded, InputError
 
 # Iterations (out of 10000) after which the reference code halves p.
@@ -94,7 +95,7 @@ def square(
     y: torch.Tensor,
     *,
     eps: float,
-    norm: str = "linf",
+    norm: str | Norm = "linf",
     n_queries: int = 5000,
     p_init: float = 0.8,
     targeted: bool = False,
@@ -128,9 +129,8 @@ def square(
     >>> res = square(target.scores, x, y, eps=0.1, n_queries=1000)   # doctest: +SKIP
     >>> res.robust_accuracy                                            # doctest: +SKIP
     """
-    norm = check_norm(norm)
-    if norm not in ("linf", "l2"):
-        raise InputError(f"square supports norm 'linf' or 'l2', not {norm!r}")
+    norm = as_norm(norm, _SEARCH, "square")
+    init, propose = _SEARCH[norm]
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise InputError("square needs images shaped (N, C, H, W); reshape flat inputs or use hop_skip_jump")
     if y.shape != (x.shape[0],):
@@ -155,14 +155,7 @@ def square(
     success = torch.zeros(n, dtype=torch.bool, device=dev)
     state = {"used": 0, "exhausted": False}
 
-    def rand(*shape):
-        return torch.rand(*shape, generator=gen).to(dev)
-
-    def rand_sign(*shape):
-        return torch.where(torch.rand(*shape, generator=gen) < 0.5, -1.0, 1.0).to(dev)
-
-    def rand_int(hi, size):  # uniform in [0, hi)
-        return torch.randint(0, max(hi, 1), (size,), generator=gen).to(dev)
+    draw = _Draws(gen, dev)
 
     def query(idx: torch.Tensor, xs: torch.Tensor):
         """Scores for the points ``idx`` (inputs ``xs``), within the budget; None when stopped."""
@@ -201,10 +194,7 @@ def square(
 
     # --- initialisation
     xa = x[active]
-    if norm == "linf":
-        x_init = (xa + eps * rand_sign(active.numel(), c, 1, w)).clamp(low, high)
-    else:
-        x_init = (xa + eps * _l2_init(active.numel(), c, h, w, rand_sign, gen, dev)).clamp(low, high)
+    x_init = (xa + eps * init(active.numel(), c, h, w, draw)).clamp(low, high)
     got = query(active, x_init)
     if got is None:
         return _finish(x, x_adv, success, queries, norm, eps, state)
@@ -216,21 +206,11 @@ def square(
     success[idx] = best_margin[idx] < 0
     active = idx[best_margin[idx] >= 0]
 
-    n_features = c * h * w
     for it in range(n_queries - 2):
         if active.numel() == 0 or state["exhausted"]:
             break
-        m = active.numel()
         xa, xb = x[active], x_adv[active]
-        p = p_schedule(it, n_queries, p_init)
-        if norm == "linf":
-            side = min(max(int(round(math.sqrt(p * n_features / c))), 1), h, w)
-            vh, vw = rand_int(h - side + 1, m), rand_int(w - side + 1, m)
-            win = _window_index(m, c, side, vh, vw, dev)
-            x_new = xb.clone()
-            x_new[win] = (xa[win] + eps * rand_sign(m, c, 1, 1).expand(m, c, side, side)).clamp(low, high)
-        else:
-            x_new = _l2_step(xa, xb, eps, p, rand_int, rand_sign, gen, dev).clamp(low, high)
+        x_new = propose(xa, xb, eps, p_schedule(it, n_queries, p_init), draw, bounds)
         got = query(active, x_new)
         if got is None:
             break
@@ -247,54 +227,93 @@ def square(
     return _finish(x, x_adv, success, queries, norm, eps, state)
 
 
-def _l2_init(n, c, h, w, rand_sign, gen, dev):
+class _Draws:
+    """Every random choice of one run, from its seeded generator (drawn on the CPU, then moved)."""
+
+    def __init__(self, gen: torch.Generator, device):
+        self.gen, self.device = gen, device
+
+    def sign(self, *shape) -> torch.Tensor:
+        return torch.where(torch.rand(*shape, generator=self.gen) < 0.5, -1.0, 1.0).to(self.device)
+
+    def integer(self, hi: int, size: int) -> torch.Tensor:  # uniform in [0, hi)
+        return torch.randint(0, max(hi, 1), (size,), generator=self.gen).to(self.device)
+
+    def coin(self) -> bool:
+        return bool(torch.rand(1, generator=self.gen) < 0.5)
+
+
+# Each norm's search: the initial perturbation (unit size, scaled by eps) and the proposal step.
+
+
+def _linf_init(n, c, h, w, draw: _Draws) -> torch.Tensor:
+    """Vertical stripes of random sign (broadcast over the rows)."""
+    return draw.sign(n, c, 1, w)
+
+
+def _linf_step(xa, xb, eps, p, draw: _Draws, bounds) -> torch.Tensor:
+    """One L-inf proposal: a random square window set to +-eps per channel."""
+    m, c, h, w = xa.shape
+    side = min(max(int(round(math.sqrt(p * (c * h * w) / c))), 1), h, w)
+    vh, vw = draw.integer(h - side + 1, m), draw.integer(w - side + 1, m)
+    win = _window_index(m, c, side, vh, vw, xa.device)
+    x_new = xb.clone()
+    x_new[win] = (xa[win] + eps * draw.sign(m, c, 1, 1).expand(m, c, side, side)).clamp(*bounds)
+    return x_new
+
+
+def _l2_init(n, c, h, w, draw: _Draws) -> torch.Tensor:
     """Grid of the paper's square patterns with random signs, scaled to unit L2 norm."""
     s = max(h // 5, 1)
     start = (h - s * 5) // 2
-    delta = torch.zeros(n, c, h, w, device=dev)
+    delta = torch.zeros(n, c, h, w, device=draw.device)
     for vh in range(start, h - s + 1, s):
         for vw in range(start, w - s + 1, s):
-            flip = bool(torch.rand(1, generator=gen) < 0.5)
-            delta[:, :, vh : vh + s, vw : vw + s] += _eta(s, flip).to(dev) * rand_sign(n, c, 1, 1)
-    return delta / _bcast(flat_norm(delta, "l2").clamp_min(1e-12), delta)
+            flip = draw.coin()
+            delta[:, :, vh : vh + s, vw : vw + s] += _eta(s, flip).to(draw.device) * draw.sign(n, c, 1, 1)
+    return L2.steepest(delta)
 
 
-def _l2_step(xa, xb, eps, p, rand_int, rand_sign, gen, dev):
+def _l2_step(xa, xb, eps, p, draw: _Draws, bounds) -> torch.Tensor:
     """One L2 proposal: redistribute perturbation mass from window 2 into a new pattern on window 1."""
     m, c, h, w = xa.shape
+    dev = xa.device
     side = max(int(round(math.sqrt(p * h * w))), 3)
     side = min(side + (side % 2 == 0), h, w)
     delta = xb - xa
-    vh1, vw1 = rand_int(h - side + 1, m), rand_int(w - side + 1, m)
-    vh2, vw2 = rand_int(h - side + 1, m), rand_int(w - side + 1, m)
+    vh1, vw1 = draw.integer(h - side + 1, m), draw.integer(w - side + 1, m)
+    vh2, vw2 = draw.integer(h - side + 1, m), draw.integer(w - side + 1, m)
     win1 = _window_index(m, c, side, vh1, vw1, dev)
     win2 = _window_index(m, c, side, vh2, vw2, dev)
     union = torch.zeros_like(delta, dtype=torch.bool)
     union[win1] = True
     union[win2] = True
     norm_union = (delta * union).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()  # per channel
-    norm_image = flat_norm(delta, "l2").reshape(m, 1, 1, 1)
+    norm_image = L2(delta).reshape(m, 1, 1, 1)
     old = delta[win1]
     old = old / old.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-    flip = bool(torch.rand(1, generator=gen) < 0.5)
-    new = _eta(side, flip).to(dev) * rand_sign(m, c, 1, 1) + old
+    flip = draw.coin()
+    new = _eta(side, flip).to(dev) * draw.sign(m, c, 1, 1) + old
     # The new window carries the mass removed from both windows plus the unused budget.
     budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_union**2).sqrt()
     new = new / new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12) * budget
     delta = delta.clone()
     delta[win2] = 0.0
     delta[win1] = new
-    delta = delta / _bcast(flat_norm(delta, "l2").clamp_min(1e-12), delta) * eps
-    return xa + delta
+    delta = L2.steepest(delta) * eps
+    return (xa + delta).clamp(*bounds)
 
 
-def _finish(x, x_adv, success, queries, norm, eps, state) -> AttackResult:
+_SEARCH = {LINF: (_linf_init, _linf_step), L2: (_l2_init, _l2_step)}
+
+
+def _finish(x, x_adv, success, queries, norm: Norm, eps, state) -> AttackResult:
     return AttackResult(
         x_adv=x_adv.detach(),
         success=success.bool(),
-        norms=flat_norm((x_adv - x).detach(), norm),
+        norms=norm((x_adv - x).detach()),
         queries=queries,
-        norm=norm,
+        norm=norm.name,
         eps=float(eps),
         attack="square",
         info={"budget_exhausted": state["exhausted"], "total_queries": state["used"]},

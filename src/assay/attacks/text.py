@@ -31,8 +31,8 @@ it has. No batch is ever sent that would pass either cap: batches are cut to fit
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

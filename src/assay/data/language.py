@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.data.loaders import read_jsonl
 from assay.errors import InputError
 
 KINDS = ("document", "member", "non_member", "prompt", "canary")
@@ -211,33 +212,24 @@ def load_language_data(path: str | os.PathLike, name: str | None = None) -> Lang
     if not p.is_file():
         raise InputError(f"text data file {p} does not exist; check the path")
     groups: dict[str, list] = {k: [] for k in KINDS}
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    for n, rec in read_jsonl(p):
+        kind = str(rec.get("kind", "document")).replace("-", "_")
+        if kind not in KINDS:
+            raise InputError(f"{p}:{n} has kind {kind!r}; use one of {', '.join(KINDS)}")
+        if kind == "canary":
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{p}:{n} is not JSON ({e.msg}); write one JSON object per line") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{p}:{n} is not a JSON object; write {{\"kind\": ..., \"text\": ...}}")
-            kind = str(rec.get("kind", "document")).replace("-", "_")
-            if kind not in KINDS:
-                raise InputError(f"{p}:{n} has kind {kind!r}; use one of {', '.join(KINDS)}")
-            if kind == "canary":
-                try:
-                    groups[kind].append(Canary(str(rec["prefix"]), str(rec["secret"]), str(rec["format"]),
-                                               None if rec.get("copies") is None else int(rec["copies"]),
-                                               rec.get("name")))
-                except KeyError as e:
-                    raise InputError(f"{p}:{n}: a canary needs prefix, secret and format (missing {e.args[0]!r})") from None
-                except InputError as e:
-                    raise InputError(f"{p}:{n}: {e}") from None
-            else:
-                text = rec.get("text")
-                if not isinstance(text, str) or not text:
-                    raise InputError(f"{p}:{n} has no \"text\" string")
-                groups[kind].append(text)
+                groups[kind].append(Canary(str(rec["prefix"]), str(rec["secret"]), str(rec["format"]),
+                                           None if rec.get("copies") is None else int(rec["copies"]),
+                                           rec.get("name")))
+            except KeyError as e:
+                raise InputError(f"{p}:{n}: a canary needs prefix, secret and format (missing {e.args[0]!r})") from None
+            except InputError as e:
+                raise InputError(f"{p}:{n}: {e}") from None
+        else:
+            text = rec.get("text")
+            if not isinstance(text, str) or not text:
+                raise InputError(f"{p}:{n} has no \"text\" string")
+            groups[kind].append(text)
     return LanguageData(groups["document"], groups["member"], groups["non_member"], groups["prompt"],
                         groups["canary"], name=name or p.stem)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -333,21 +333,7 @@ def _read_text_file(p: Path):
         lines = p.read_text(encoding="utf-8", errors="strict").splitlines()
         return pd.DataFrame({"text": [t for t in lines if t.strip()]})
     if suffix in (".jsonl", ".ndjson"):
-        import json
-
-        rows = []
-        with open(p, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{p} line {i} is not valid JSON ({e.msg}); give one JSON object per line") from None
-                if not isinstance(row, dict):
-                    raise InputError(f"{p} line {i} is a JSON {type(row).__name__}, not an object; give one object per line")
-                rows.append(row)
-        return pd.DataFrame(rows)
+        return pd.DataFrame([row for _, row in read_jsonl(p)])
     if suffix in TABLE_SUFFIXES:
         return pd.read_csv(p, keep_default_na=False, na_values=[""]) if suffix == ".csv" else pd.read_parquet(p)
     raise InputError(f"{p} is not a text table; give .csv, .parquet, .jsonl or .txt for text data")
@@ -457,3 +443,21 @@ def _load_image_folder(root: Path, image_size, name: str) -> Dataset:
     x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)
     y = np.array([lab for _, lab in files], dtype=np.int64)
     return Dataset(x=torch.from_numpy(np.ascontiguousarray(x)), y=y, name=name, class_names=classes, kind="image")
+
+
+def read_jsonl(p: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for every non-empty line of a JSON Lines file; a line that is not a
+    JSON object is a one-line error naming the line."""
+    import json
+
+    with open(p, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{p}:{i} is not JSON ({e.msg}); write one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{p}:{i} is a JSON {type(row).__name__}, not an object; write one JSON object per line")
+            yield i, row

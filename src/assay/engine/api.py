@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from assay.data.dataset import Dataset
 from assay.engine.plan import apply_params, load_policy, load_suite, plan_from_names
 from assay.engine.runner import Runner
-from assay.data.dataset import Dataset
 from assay.errors import InputError
 from assay.targets.base import Target
 
@@ -113,7 +113,6 @@ def audit(
     'pass'
     """
     from assay.data.dataset import align_text_labels
-
     from assay.targets.loading import is_language_model
 
     dataset = as_dataset(data, language=is_language_model(model), **(data_options or {}))

@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from assay.data.dataset import Dataset
 from assay.engine.checkpoint import Checkpoint
 from assay.parallel import Executor, InProcessExecutor
-from assay.data.dataset import Dataset
 from assay.targets.base import SCORES, Target
 
 

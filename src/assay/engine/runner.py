@@ -13,22 +13,23 @@ import json
 import time
 import traceback
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from assay.version import __version__, versions
+from assay.data.dataset import Dataset, validate
 from assay.engine.checkpoint import Checkpoint
 from assay.engine.context import CleanCache, ProbeContext, seeded
-from assay.parallel import Executor, make_executor
 from assay.engine.plan import Plan, Policy, rules_for, unmatched_rules
 from assay.engine.progress import make_progress
-from assay.data.dataset import Dataset, validate
 from assay.errors import AssayError, BudgetExceeded, InputError, NotApplicable
 from assay.findings import Finding, Threshold, outside_interval
+from assay.parallel import Executor, make_executor
 from assay.targets.base import Target
+from assay.version import __version__, versions
 
 CHECKPOINT_DIRNAME = ".assay-checkpoint"
 
@@ -199,7 +200,7 @@ class Runner:
             schema_version=AuditReport.__dataclass_fields__["schema_version"].default,
             assay_version=__version__,
             run_id=uuid.uuid4().hex[:12],
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             seed=self.seed,
             suite=self.plan.name,
             target=target.describe(),

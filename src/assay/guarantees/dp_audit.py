@@ -42,8 +42,9 @@ returning logits, or a scikit-learn style estimator with ``predict_proba``.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

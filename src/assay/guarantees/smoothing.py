@@ -13,13 +13,12 @@ before normalization; the equivalent sigma in normalized space is ``sigma / std`
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
-from scipy.stats import binomtest, norm
 
 import numpy as np
+import torch
+from scipy.stats import binomtest, norm
 
 from assay.stats import clopper_pearson_one_sided_lower
 

@@ -347,7 +347,7 @@ class GroupMetrics:
         return _pd().Series(_ratio(bg, ov, method)[0], index=self.metric_names)
 
     # --------------------------------------------------------------- bootstrap
-    def bootstrap(self, n_boot: int = 1000, *, level: float = 0.95, seed: int = 0) -> "GroupIntervals":
+    def bootstrap(self, n_boot: int = 1000, *, level: float = 0.95, seed: int = 0) -> GroupIntervals:
         """Percentile-bootstrap intervals for every by-group value, overall value, difference and ratio.
 
         Label metrics are resampled as multinomial confusion-cell counts (all ``n_boot`` resamples in one

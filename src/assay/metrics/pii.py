@@ -40,6 +40,21 @@ class PiiFinding:
 
 
 # ------------------------------------------------------------------ checksums
+def luhn_check_digit(payload: str) -> str:
+    """The Luhn check digit that completes ``payload`` (a string of digits).
+
+    >>> luhn_check_digit("411111111111111")
+    '1'
+    """
+    total = 0
+    for i, ch in enumerate(reversed(payload)):  # the check digit will sit to the right: double odd places
+        d = int(ch)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return str((10 - total % 10) % 10)
+
+
 def luhn_ok(digits: str) -> bool:
     """The Luhn checksum (credit cards, Canadian SINs).
 
@@ -48,13 +63,7 @@ def luhn_ok(digits: str) -> bool:
     """
     if not digits.isdigit() or len(digits) < 2:
         return False
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+    return luhn_check_digit(digits[:-1]) == digits[-1]
 
 
 # IBAN lengths per country (ISO 13616 registry, the common ones)

@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as _st
 import torch
+from scipy import stats as _st
 
 from assay.errors import InputError
 from assay.stats import clopper_pearson, clopper_pearson_one_sided_upper

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from assay.errors import InputError
 from assay.findings import AXES, VERDICTS, Evidence, Finding, Metric, Threshold, clean_json, outside_interval  # noqa: F401
 
+
 class Probe:
     """Base class of all probes. Subclasses set the class attributes and implement :meth:`run`."""
 
@@ -133,14 +134,19 @@ def _coerce(v, hint, probe, key):
         if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
             if v is None or (isinstance(v, str) and v.lower() == "none"):
                 return None
+            first_error = None
             for a in args:
                 if a is type(None):
                     continue
                 try:
                     return _coerce(v, a, probe, key)
-                except InputError:
-                    continue
+                except InputError as e:  # keep the most specific reason (e.g. which choice was wrong)
+                    first_error = first_error or e
+            if first_error is not None:
+                raise first_error
             raise ValueError
+    except InputError:  # an InputError is a ValueError; keep its specific reason
+        raise
     except (ValueError, TypeError):
         raise InputError(f"parameter {key}={v!r} of probe {probe} is not a valid {hint}") from None
     return v

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from assay.report.schema import SCHEMA_VERSION, AuditReport, read_json, versions, worst_verdict
 from assay.report.html import render_html, write_html
 from assay.report.junit import write_junit
+from assay.report.schema import SCHEMA_VERSION, AuditReport, read_json, versions, worst_verdict
 from assay.report.text import summary_table
 
 __all__ = [

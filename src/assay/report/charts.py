@@ -9,8 +9,9 @@ Missing values (``None``, written for NaN) leave gaps; non-positive values are d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from markupsafe import Markup, escape
 

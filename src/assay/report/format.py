@@ -7,6 +7,7 @@ from typing import Any
 
 from assay.findings import Threshold
 
+
 def fmt(v: Any, digits: int = 4) -> str:
     """Numbers for people: 4 significant digits, ``n/a`` for missing / NaN, short exponents.
 

@@ -15,9 +15,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from assay import images
 from assay.errors import InputError
 from assay.findings import AXES, VERDICT_RANK
-from assay import images
 from assay.report import charts
 from assay.report.format import finding_reason, fmt, fmt_ci, policy_rows
 from assay.report.schema import EVIDENCE_KINDS, AuditReport

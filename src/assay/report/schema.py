@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from assay.errors import InputError
-from assay.version import __version__, versions  # noqa: F401  (versions: part of the report API)
 from assay.findings import AXES, VERDICTS, Evidence, Finding, Metric, clean_json, worst_verdict  # noqa: F401
+from assay.version import __version__, versions  # noqa: F401  (versions: part of the report API)
 
 SCHEMA_VERSION = "1.2"  # 1.1: metrics carry their labels; 1.2: findings carry per-sample outcomes
 
@@ -29,7 +29,7 @@ EVIDENCE_KINDS = ("curve", "bars", "histogram", "images", "table", "text", "high
 
 
 def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @dataclass

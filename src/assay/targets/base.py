@@ -243,6 +243,7 @@ class Target(ABC):
     def attach_store(self, directory) -> None:
         """Keep answers across runs in ``directory`` (remote targets: a resumed audit replays its
         queries from there, at no budget, instead of sending them again). No-op by default."""
+        return None
 
     def content_digest(self) -> str:
         """Identity of the model's function (weights, code, file bytes); "" where it cannot be seen

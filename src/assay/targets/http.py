@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import email.utils
 import hashlib
 import json
 import os
@@ -20,8 +19,7 @@ import torch
 
 from assay.errors import TargetError
 from assay.targets.base import LABELS, SCORES, Target
-
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+from assay.targets.retry import post_json
 
 
 def get_path(obj: Any, path: str) -> Any:
@@ -52,26 +50,6 @@ def set_path(obj: dict, path: str, value: Any) -> None:
     for part in parts[:-1]:
         obj = obj.setdefault(part, {})
     obj[parts[-1]] = value
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either delay-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _one_line(text: str, limit: int = 120) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class HttpTarget(Target):
@@ -325,44 +303,20 @@ class HttpTarget(Target):
         return torch.from_numpy(arr.astype(np.float32))
 
     def _post(self, body: dict, n_samples: int) -> Any:
-        """Send ``body`` (carrying ``n_samples`` inputs) with retries; every attempt is charged."""
-        httpx = self._httpx
-        last = ""
-        for attempt in range(self.retries + 1):
-            wait = self.backoff * (2**attempt) * (1.0 + 0.5 * self._rng.random())
-            # charged before it goes out, retries too: the budget counts what the server receives
+        """Send ``body`` (carrying ``n_samples`` inputs) with the shared retry rule; every attempt is
+        charged before it goes out, retries too: the budget counts what the server receives."""
+        def before_attempt():
             self.budget.charge(n_samples)
-            try:
-                self.requests_sent += 1
-                r = self._client.post(self.url, json=body)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.timeout:g} s"
-            except httpx.TransportError as e:
-                last = f"cannot connect ({type(e).__name__})"
-            else:
-                if r.status_code in _RETRY_STATUS:
-                    last = f"HTTP {r.status_code}"
-                    after = _retry_after_seconds(r.headers.get("retry-after"))
-                    if after is not None:
-                        wait = min(after, self.max_retry_wait)
-                elif r.status_code >= 400:
-                    raise TargetError(
-                        f"{self.url} rejected the request with HTTP {r.status_code} "
-                        f"({_one_line(r.text) or 'no body'}); check the URL, headers, request_template and input_key"
-                    )
-                else:
-                    try:
-                        return r.json()
-                    except (json.JSONDecodeError, UnicodeDecodeError):
-                        raise TargetError(
-                            f"the response from {self.url} is not JSON ({_one_line(r.text) or 'empty body'}); "
-                            "point the URL at the JSON scoring endpoint"
-                        ) from None
-            if attempt < self.retries:
-                self.sleep(wait)
-        raise TargetError(
-            f"{self.url} failed after {self.retries + 1} attempts (last: {last}); check the URL and that "
-            "the server is up, or raise the timeout / retries (CLI: --http timeout=30 --http retries=5)"
+            self.requests_sent += 1
+
+        return post_json(
+            self._client, self.url, body, retries=self.retries, backoff=self.backoff,
+            max_retry_wait=self.max_retry_wait, timeout=self.timeout, rng=self._rng, sleep=self.sleep,
+            before_attempt=before_attempt,
+            rejected_hint="check the URL, headers, request_template and input_key",
+            not_json_hint="point the URL at the JSON scoring endpoint",
+            failed_hint="check the URL and that the server is up, or raise the timeout / retries "
+                        "(CLI: --http timeout=30 --http retries=5)",
         )
 
     def content_digest(self) -> str:

@@ -8,13 +8,36 @@ back-off ``backoff * 2**attempt`` plus up to 50% jitter from the caller's seeded
 
 from __future__ import annotations
 
+import email.utils
 import json
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
 from assay.errors import TargetError
-from assay.targets.http import _RETRY_STATUS, _one_line, _retry_after_seconds
+
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After is either delay-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def post_json(

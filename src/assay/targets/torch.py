@@ -43,7 +43,7 @@ class Normalize(nn.Module):
 class _Counted(nn.Module):
     """Wraps the model so that every forward pass, gradient ones included, is counted and budgeted."""
 
-    def __init__(self, inner: nn.Module, target: "TorchTarget"):
+    def __init__(self, inner: nn.Module, target: TorchTarget):
         super().__init__()
         self.inner = inner
         self._target = [target]  # list: keep the target out of the module tree
@@ -53,7 +53,7 @@ class _Counted(nn.Module):
         t.budget.charge(x.shape[0])
         return self.inner(x.to(t.device))
 
-    def with_inner(self, inner: nn.Module) -> "_Counted":
+    def with_inner(self, inner: nn.Module) -> _Counted:
         """The same counting around another module (e.g. an inference-optimised copy)."""
         return _Counted(inner, self._target[0])
 

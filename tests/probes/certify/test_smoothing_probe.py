@@ -1,7 +1,7 @@
 
-from assay.guarantees.smoothing import Smoothed, certified_accuracy
-from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
+from assay.engine.context import ProbeContext
+from assay.guarantees.smoothing import Smoothed, certified_accuracy
 from assay.probes.certify.smoothing import SmoothingProbe
 from assay.targets.torch import TorchTarget
 

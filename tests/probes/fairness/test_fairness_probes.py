@@ -3,16 +3,16 @@ import pytest
 import torch
 from torch import nn
 
-from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
 from assay.data.demo_fairness import demo_sensitive_attribute
+from assay.engine.context import ProbeContext
 from assay.errors import InputError
 from assay.probes.fairness.groups import GroupFairness
 from assay.probes.fairness.slices import SliceFinding
+from assay.targets import TorchTarget
 
 # imported directly (not via the registry) so these tests do not depend on other axes' modules
 PROBES = {"fairness.groups": GroupFairness, "fairness.slices": SliceFinding}
-from assay.targets import TorchTarget
 
 
 class ThresholdModel(nn.Module):

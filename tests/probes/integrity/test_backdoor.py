@@ -4,11 +4,11 @@ model with a planted 2x2 trigger next to the clean demo model."""
 import pytest
 import torch
 
-from assay.integrity.neural_cleanse import anomaly_index, mask_shape, reverse_engineer_triggers
+from assay.data import Dataset
 from assay.engine.plan import plan_from_names
 from assay.engine.runner import Runner
-from assay.data import Dataset
 from assay.errors import InputError
+from assay.integrity.neural_cleanse import anomaly_index, mask_shape, reverse_engineer_triggers
 from assay.targets import TorchTarget
 
 TARGET_CLASS = 0

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from assay.attacks.extraction import extract
-from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
+from assay.engine.context import ProbeContext
 from assay.errors import InputError
 from assay.probes.privacy.extraction import ExtractionProbe
 from assay.targets import TorchTarget

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from assay.attacks.inversion import identification, invert_blackbox, invert_whitebox, total_variation
-from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
+from assay.engine.context import ProbeContext
 from assay.errors import InputError
 from assay.probes.privacy.inversion import InversionProbe, leakage_score
 from assay.targets import TorchTarget

@@ -17,14 +17,14 @@ from assay.attacks.privacy.reference import (
     predict_log_probs,
     train_reference_models,
 )
-from assay.engine.context import ProbeContext
-from assay.parallel import InProcessExecutor, ProcessPoolExecutorAdapter
 from assay.data.dataset import Dataset
-from assay.train.classifier import train_classifier
+from assay.engine.context import ProbeContext
 from assay.errors import InputError, NotApplicable
+from assay.parallel import InProcessExecutor, ProcessPoolExecutorAdapter
 from assay.probes.privacy.membership import MembershipProbe
 from assay.probes.privacy.unlearning import UnlearningProbe
 from assay.targets.torch import TorchTarget
+from assay.train.classifier import train_classifier
 
 N_FEATURES = 20
 N_CLASSES = 4
@@ -210,7 +210,7 @@ def test_probe_input_errors(pool):
         MembershipProbe(fprs=[0.001]).run(ProbeContext(target, Dataset(x, y, member=member)))
     with pytest.raises(InputError, match="does not import"):
         MembershipProbe(fprs=[0.01], recipe="nope_mod_abc:fn").run(ProbeContext(target, Dataset(x, y, member=member)))
-    with pytest.raises(InputError, match="unknown membership attack"):
+    with pytest.raises(InputError, match="attacks='magic' of probe privacy.membership is not one of baseline"):
         MembershipProbe(fprs=[0.01], attacks=["magic"]).run(ProbeContext(target, Dataset(x, y, member=member)))
     with pytest.raises(InputError, match="n_reference >= 2"):
         MembershipProbe(fprs=[0.01], n_reference=1).run(ProbeContext(target, Dataset(x, y, member=member)))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from assay.engine.context import ProbeContext
 from assay.data.dataset import Dataset
+from assay.engine.context import ProbeContext
 from assay.errors import InputError
 from assay.probes.reliability.calibration import Calibration
 from assay.probes.reliability.ood import OutOfDistribution

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from assay.engine.context import ProbeContext
 from assay.data import Dataset
+from assay.engine.context import ProbeContext
 from assay.probes.robustness.blackbox import BlackBoxProbe
 from assay.probes.robustness.evasion import EvasionProbe
 from assay.targets import TorchTarget

@@ -30,18 +30,18 @@ import hashlib
 import json
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from assay.errors import InputError
 from assay.train.recipes import RECIPE_SIGNATURE
 from assay.train.recipes import load_recipe as _load_entry_point  # imports and checks "module:fn"
-from assay.errors import InputError
-
 
 
 # --------------------------------------------------------------- recipes

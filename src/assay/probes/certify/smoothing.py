@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from assay.guarantees.smoothing import ABSTAIN, NoisyModel, Smoothed, certified_accuracy, max_certifiable_radius
 from assay.errors import InputError
 from assay.findings import Evidence, Metric, Threshold
+from assay.guarantees.smoothing import ABSTAIN, NoisyModel, Smoothed, certified_accuracy, max_certifiable_radius
 from assay.probes.base import Probe, register
 from assay.stats import clopper_pearson
 from assay.targets.base import GRADIENTS

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,10 +19,10 @@ from assay.explain.attributions import (
     saliency,
     smoothgrad,
 )
-from assay.stats import interval_of, row_bootstrap_weights
 from assay.findings import Evidence, Metric, Threshold
-from assay.probes.base import Probe, register
 from assay.images import heatmap_png_b64, to_png_b64
+from assay.probes.base import Probe, register
+from assay.stats import interval_of, row_bootstrap_weights
 from assay.targets.base import GRADIENTS
 
 GRADIENT_METHODS = ("integrated_gradients", "saliency", "smoothgrad")

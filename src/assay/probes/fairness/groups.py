@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from assay.errors import InputError
-from assay.metrics.groups import CRITERIA, GroupMetrics
 from assay.findings import Evidence, Metric, Threshold
+from assay.metrics.groups import CRITERIA, GroupMetrics
 from assay.probes.base import Probe, register
 
 BINARY_CRITERIA = ("demographic_parity", "equalized_odds", "accuracy_parity")

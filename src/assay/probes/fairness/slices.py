@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from assay.metrics.slices import find_slices
 from assay.findings import Evidence, Metric, Threshold
+from assay.metrics.slices import find_slices
 from assay.probes.base import Probe, register
 from assay.targets.base import SCORES
 

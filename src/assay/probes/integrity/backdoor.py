@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from assay.integrity.neural_cleanse import TriggerResult, anomaly_index, mask_shape, median, reverse_engineer_triggers
 from assay.errors import InputError, NotApplicable
 from assay.findings import Evidence, Metric, Threshold
+from assay.integrity.neural_cleanse import TriggerResult, anomaly_index, mask_shape, median, reverse_engineer_triggers
 from assay.probes.base import Probe, register
 from assay.stats import clopper_pearson
 from assay.targets.base import GRADIENTS

@@ -80,7 +80,7 @@ class CanaryProbe(Probe):
         hits = [lm.extracted(c, t) for c, t in zip(canaries, texts)]
         labels = _unique_labels(canaries)
         metrics: list[Metric] = []
-        for lab, e, hit in zip(labels, results, hits):
+        for lab, e in zip(labels, results):
             metrics.append(Metric.labelled("exposure", {"canary": lab}, e.exposure, e.low, e.high, unit="bits", higher_is_better=False,
                                   method=_method(e), description=f"of at most {e.max_exposure:.1f} bits"))
         worst = max(range(len(results)), key=lambda i: results[i].exposure)

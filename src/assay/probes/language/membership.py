@@ -9,10 +9,9 @@ intervals, AUC with a bootstrap interval.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 

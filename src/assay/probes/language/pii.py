@@ -11,16 +11,15 @@ be invented. The report shows every item masked, never in full.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 from assay.attacks import language as lm
 from assay.errors import InputError
-from assay.metrics import pii
 from assay.findings import Evidence, Finding, Metric, Threshold
+from assay.metrics import pii
 from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.targets.base import GENERATE

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from assay.attacks.privacy import membership as mia
-from assay.metrics import privacy as mm
 from assay.attacks.privacy.reference import ReferenceSet, recipe_for_target, train_reference_models
 from assay.errors import InputError, NotApplicable
 from assay.findings import Evidence, Metric
+from assay.metrics import privacy as mm
 from assay.stats import clopper_pearson, interval_of
 from assay.targets.base import LABELS, SCORES
 
@@ -43,7 +43,7 @@ def check_attacks(attacks, target, n_reference: int, lira_variant: str) -> list[
     return list(dict.fromkeys(attacks))
 
 
-def plan_attacks(p: "AttackParams", target, data=None) -> tuple[list[str], dict[str, str]]:
+def plan_attacks(p: AttackParams, target, data=None) -> tuple[list[str], dict[str, str]]:
     """The attacks that can run, and why the others cannot.
 
     Reference-model attacks (LiRA, RMIA) need reference models: ``reference_models`` (a directory of
@@ -73,7 +73,7 @@ def plan_attacks(p: "AttackParams", target, data=None) -> tuple[list[str], dict[
     return runnable, not_run
 
 
-def train_settings(p: "AttackParams") -> dict[str, Any]:
+def train_settings(p: AttackParams) -> dict[str, Any]:
     return {"epochs": p.train_epochs, "lr": p.train_lr, "batch_size": p.train_batch_size,
             "weight_decay": p.train_weight_decay}
 
@@ -113,7 +113,7 @@ class AttackParams:
     level: float = 0.95  # confidence level of every interval the probe reports
 
 
-def settings_from(p: AttackParams, attacks: list[str], seed: int) -> "ScoreSettings":
+def settings_from(p: AttackParams, attacks: list[str], seed: int) -> ScoreSettings:
     return ScoreSettings(
         attacks, p.n_reference, p.recipe, p.lira_variant, p.lira_fixed_variance, p.augment, p.rmia_a,
         p.rmia_gamma, p.rmia_variant, p.label_only_copies, p.label_only_sigma, seed,

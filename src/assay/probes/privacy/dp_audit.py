@@ -8,23 +8,22 @@ random, and bounds the epsilon the recipe can satisfy from below. The target is 
 
 from __future__ import annotations
 
-from typing import Literal
-
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
+from assay.errors import InputError
+from assay.findings import Evidence, Metric, Threshold
 from assay.guarantees.dp_audit import (
     CANARY_KINDS,
     canary_audit,
-    split_half_epsilon_bound,
     load_recipe,
     one_run_lower_bound,
     roc_points,
+    split_half_epsilon_bound,
 )
-from assay.errors import InputError
-from assay.findings import Evidence, Metric, Threshold
 from assay.probes.base import Probe, register
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 

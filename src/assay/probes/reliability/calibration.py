@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from assay.metrics.calibration import BINNED, CalibrationTerms, fit_temperature, reliability_diagram, temperature_interval
-from assay.stats import interval_of, row_bootstrap_weights
 from assay.findings import Evidence, Metric, Threshold, outside_interval
+from assay.metrics.calibration import BINNED, CalibrationTerms, fit_temperature, reliability_diagram, temperature_interval
 from assay.probes.base import Probe, register
 from assay.probes.reliability._common import clean_probs
+from assay.stats import interval_of, row_bootstrap_weights
 
 
 @register

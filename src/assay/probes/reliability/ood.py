@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from assay.errors import InputError
-from assay.metrics.ood import DetectionTerms, ash_logits, energy_score, msp_score, shifted_copy
 from assay.findings import Evidence, Metric, Threshold
+from assay.metrics.ood import DetectionTerms, ash_logits, energy_score, msp_score, shifted_copy
 from assay.probes.base import Probe, register
 from assay.targets.base import GRADIENTS
 

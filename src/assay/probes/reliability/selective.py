@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from assay.metrics.selective import SelectiveTerms
 from assay.findings import Evidence, Metric, Threshold
+from assay.metrics.selective import SelectiveTerms
 from assay.probes.base import Probe, register
 from assay.probes.reliability._common import clean_probs
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
-from assay.shifts.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from assay.errors import InputError
 from assay.findings import Evidence, Metric, Threshold
 from assay.probes.base import Probe, register
+from assay.shifts.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from assay.stats import wilson
 
 
@@ -77,7 +76,9 @@ class CorruptionProbe(Probe):
                 k = int(correct.sum())
                 iv = wilson(k, n)
                 acc = k / n
-                accs.append(acc); lows.append(iv.low); highs.append(iv.high)
+                accs.append(acc)
+                lows.append(iv.low)
+                highs.append(iv.high)
                 all_acc.append(acc)
                 metrics.append(Metric.labelled("accuracy", {"corruption": name, "severity": s}, acc, iv.low, iv.high,
                                       higher_is_better=True, method="wilson", keyed={"severity": ""}))

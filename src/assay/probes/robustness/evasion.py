@@ -20,6 +20,7 @@ from assay.probes.robustness._evidence import example_images
 from assay.probes.robustness._space import threat_space
 from assay.stats import bootstrap, clopper_pearson
 
+
 @register
 class EvasionProbe(Probe):
     name = "robustness.evasion"

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from dataclasses import dataclass, field
-
+from typing import Literal
 
 from assay.attacks.text import EDITS, greedy_text_attack
 from assay.errors import InputError

@@ -14,9 +14,9 @@ from safetensors.torch import save as st_save
 from assay.arena.challenge import ScoreResult
 from assay.arena.kit import BatchedChallenge, architecture_source, load_digits_cnn, single_thread, weights_bytes
 from assay.arena.payload import array_schema, check_keys, float_array, integer_schema, number_schema, object_schema
-from assay.integrity.neural_cleanse import anomaly_index, apply_trigger, reverse_engineer_triggers
 from assay.data.demo import DigitsCNN, load_digits_splits, train_classifier
 from assay.errors import InputError
+from assay.integrity.neural_cleanse import anomaly_index, apply_trigger, reverse_engineer_triggers
 
 SHAPE = (1, 8, 8)
 PATCH = 3  # the trigger is a 3x3 block of on / off pixels
