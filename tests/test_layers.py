@@ -20,6 +20,7 @@ LAYERS = [
     {"probes"},
     {"report"},
     {"engine"},
+    {"compare"},
     {"cli", "train_cli", "demos", "arena", "__main__", ""},
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

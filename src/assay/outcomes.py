@@ -4,11 +4,11 @@ Two audits of the same inputs (same data, seed, probes and parameters) can then 
 row (``assay compare``): McNemar's exact test on paired binary outcomes, and a paired bootstrap of
 any metric that a *recipe* recomputes from the rows. A finding's ``outcomes`` (report schema 1.2) is::
 
-    {"vectors": {name: {"kind": str, "n": int, "dtype": "bits" | "int16" | "float32", "data": base64}},
+    {"vectors": {name: {"kind": str, "n": int, "dtype": "bits" | "int16" | "float64", "data": base64}},
      "metrics": {metric display name: recipe}}
 
 Vectors are bit-packed (binary outcomes: ``np.packbits``, little bit order) or little-endian
-``int16`` / ``float32``, then base64: 300 rows of one outcome take 52 characters. ``kind`` says what
+``int16`` / ``float64`` (``float32`` is read too), then base64: 300 rows of one outcome take 52 characters. ``kind`` says what
 a vector holds: binary outcomes per row (``correct``, ``robust``, ``certified``, ``refused``,
 ``leaked``, ``selected``, ``member``), numbers per row (``score``, ``confidence``, ``loss``,
 ``similarity``) or strata of the data (``group``: an index, ``-1`` for rows left out).
@@ -18,7 +18,8 @@ row weights ``(B, n)`` at once (weights all one give the reported value, which t
 checks before it trusts a recipe):
 
 - ``{"op": "mean", "of": v}``: ``sum w v / sum w`` (accuracy, robust accuracy, a rate, a mean loss)
-- ``{"op": "ratio", "of": [r1, r2]}``, ``{"op": "max" | "min", "of": [r, ...]}``
+- ``{"op": "ratio", "of": [r1, r2]}``, ``{"op": "max" | "min" | "average", "of": [r, ...]}`` (average:
+  the plain mean of the recipes' values, e.g. accuracy over several corruptions)
 - ``{"op": "gap", "of": v, "by": g, "stat": "difference" | "ratio"}``: the group means of ``v``
   over the strata ``g`` (``-1`` excluded), ``max - min`` or ``min / max`` (groups a resample leaves
   empty are ignored)
@@ -42,8 +43,8 @@ BINARY_KINDS = ("correct", "robust", "certified", "refused", "leaked", "selected
 VALUE_KINDS = ("score", "confidence", "loss", "similarity")
 STRATA_KINDS = ("group",)
 KINDS = BINARY_KINDS + VALUE_KINDS + STRATA_KINDS
-DTYPES = ("bits", "int16", "float32")
-OPS = ("mean", "ratio", "max", "min", "gap", "ece", "auc", "tpr_at_fpr")
+DTYPES = ("bits", "int16", "float32", "float64")
+OPS = ("mean", "average", "ratio", "max", "min", "gap", "ece", "auc", "tpr_at_fpr")
 
 
 class Outcomes:
@@ -74,8 +75,10 @@ class Outcomes:
         return self._add(name, kind, "int16", a.astype("<i2").tobytes(), a.size)
 
     def floats(self, name: str, kind: str, values) -> str:
+        # float64: a score rounded to float32 can tie with its neighbours and move an AUC or a
+        # threshold, and the comparison trusts a recipe only when it reproduces the reported value
         a = np.asarray(_numpy(values), dtype=np.float64).reshape(-1)
-        return self._add(name, kind, "float32", a.astype("<f4").tobytes(), a.size)
+        return self._add(name, kind, "float64", a.astype("<f8").tobytes(), a.size)
 
     def _add(self, name: str, kind: str, dtype: str, raw: bytes, n: int) -> str:
         if kind not in KINDS:
@@ -106,6 +109,10 @@ def mean(v: str) -> dict[str, Any]:
 
 def ratio(a: dict, b: dict) -> dict[str, Any]:
     return {"op": "ratio", "of": [a, b]}
+
+
+def average(*recipes: dict) -> dict[str, Any]:
+    return {"op": "average", "of": list(recipes)}
 
 
 def most(*recipes: dict) -> dict[str, Any]:
@@ -151,8 +158,8 @@ def decode(outcomes: dict[str, Any] | None, where: str = "outcomes") -> dict[str
             a = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")
             ok = len(a) >= n and len(a) - n < 8
             a = a[:n].astype(bool)
-        elif dtype in ("int16", "float32"):
-            a = np.frombuffer(raw, "<i2" if dtype == "int16" else "<f4")
+        elif dtype in ("int16", "float32", "float64"):
+            a = np.frombuffer(raw, {"int16": "<i2", "float32": "<f4", "float64": "<f8"}[dtype])
             ok = len(a) == n
             a = a.astype(np.int64 if dtype == "int16" else np.float64)
         else:
@@ -218,13 +225,15 @@ def evaluate(recipe: dict[str, Any], vectors: dict[str, np.ndarray], w: np.ndarr
     with np.errstate(divide="ignore", invalid="ignore"):
         if op == "mean":
             return (w @ vec("of").astype(np.float64)) / w.sum(1)
-        if op in ("ratio", "max", "min"):
+        if op in ("ratio", "max", "min", "average"):
             parts = recipe.get("of")
             if not isinstance(parts, list) or not parts or (op == "ratio" and len(parts) != 2):
                 raise InputError(f"recipe {op} needs a list of recipes under 'of'")
             vals = np.stack([evaluate(r, vectors, w) for r in parts])
             if op == "ratio":
                 return vals[0] / vals[1]
+            if op == "average":
+                return vals.mean(0)
             return _nan_reduce(vals, np.nanmax if op == "max" else np.nanmin)
         if op == "gap":
             return _gap(vec("of").astype(np.float64), vec("by"), w, recipe.get("stat", "difference"))

@@ -296,7 +296,7 @@ def mcnemar_mde(n: int, discordant: float, alpha: float = 0.05, power: float = 0
     """
     if n <= 0:
         return float("nan")
-    za, zb = float(_st.norm.ppf(1 - alpha / 2)), float(_st.norm.ppf(power))
+    za = float(_st.norm.ppf(1 - alpha / 2))
 
     def achieved(d: float) -> float:
         pd = max(discordant, d)

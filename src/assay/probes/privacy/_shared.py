@@ -375,6 +375,34 @@ def max_metrics(summaries: list[AttackSummary], prefix: str = "max") -> list[Met
     return out
 
 
+def membership_outcomes(scores: dict[str, np.ndarray], is_member: np.ndarray, metrics: list[Metric]) -> dict | None:
+    """Per-record attack scores and membership, with the recipes of the AUC and TPR-at-FPR metrics
+    (each attack's and the worst over attacks), so two models can be compared record by record."""
+    from assay import outcomes as oc
+
+    rows = oc.Outcomes()
+    member = rows.bits("member", "member", is_member)
+    for name, sc in scores.items():
+        rows.floats(f"score[{name}]", "score", sc)
+    by_fpr: dict[float, list[dict]] = {}
+    aucs = []
+    for m in metrics:
+        attack = m.labels.get("attack")
+        if attack in scores and m.base_name == "auc":
+            aucs.append(oc.auc(f"score[{attack}]", member))
+            rows.recipe(m, aucs[-1])
+        elif attack in scores and m.base_name == "tpr_at_fpr" and m.value == m.value:
+            r = oc.tpr_at_fpr(f"score[{attack}]", member, float(m.labels["fpr"]))
+            rows.recipe(m, r)
+            by_fpr.setdefault(float(m.labels["fpr"]), []).append(r)
+    for m in metrics:
+        if m.name == "max_auc" and aucs:
+            rows.recipe(m, oc.most(*aucs))
+        elif m.base_name == "max_tpr_at_fpr" and by_fpr.get(float(m.labels.get("fpr", -1))):
+            rows.recipe(m, oc.most(*by_fpr[float(m.labels["fpr"])]))
+    return rows.to_dict()
+
+
 # -------------------------------------------------------------- evidence
 def roc_evidence(scores: dict[str, np.ndarray], is_member: np.ndarray, title: str, max_points: int = 300) -> Evidence:
     series = []

@@ -1,0 +1,96 @@
+"""``assay.compare(baseline, candidate, data)``: audit two models alike and compare them."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from assay.compare.diff import Settings, compare_reports
+from assay.compare.report import Comparison
+from assay.engine.api import as_dataset, as_target
+from assay.engine.plan import apply_params, load_policy, load_suite, plan_from_names
+from assay.engine.runner import Runner
+from assay.parallel import Executor, make_executor
+
+
+def compare(
+    baseline: Any,
+    candidate: Any,
+    data: Any,
+    *,
+    suite: str | None = "standard",
+    probes: list[str] | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    policy: str | Path | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    executor: str = "local",
+    names: tuple[str, str] = ("baseline", "candidate"),
+    level: float = 0.95,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    n_boot: int = 2000,
+    resume: bool = True,
+    log=None,
+    data_options: dict[str, Any] | None = None,
+    **target_options: Any,
+) -> Comparison:
+    """Audit ``baseline`` and ``candidate`` on the same ``data`` with the same probes, parameters and
+    seed, and compare them metric by metric with paired statistics.
+
+    The two audits share what does not depend on the model: the sampled rows, the noise draws
+    (units are seeded by probe and unit, not by model), one executor, and the membership reference
+    models (cached in a work directory both audits read). ``policy`` is a delta policy TOML (rules on
+    candidate minus baseline, docs/compare.md); without one, the gate fails on any metric that is
+    significantly worse. With ``out``, writes ``baseline/`` and ``candidate/`` audit reports and
+    comparison.json, comparison.html and junit.xml there.
+
+    Example
+    -------
+    >>> import assay, copy
+    >>> from assay.data.demo import train_demo_model
+    >>> model, s = train_demo_model(seed=0)                                          # doctest: +SKIP
+    >>> c = assay.compare(model, copy.deepcopy(model), (s.x_test, s.y_test),
+    ...                   probes=["robustness.corruption"])                         # doctest: +SKIP
+    >>> c.gate["passed"], [d.change for d in c.significant()]                       # doctest: +SKIP
+    (True, [])
+    """
+    rules = load_policy(policy, comparison=True) if policy is not None else None
+    dataset = as_dataset(data, **(data_options or {}))
+    targets = [as_target(m, dataset, **target_options) for m in (baseline, candidate)]
+    plan = plan_from_names(list(probes), params) if probes else apply_params(load_suite(suite or "standard"), params)
+    pool = make_executor(executor)
+    scratch = None
+    if out is None:
+        scratch = tempfile.TemporaryDirectory(prefix="assay-compare-")
+        shared = Path(scratch.name)
+    else:
+        shared = Path(out) / ".assay-cache"
+    reports = []
+    try:
+        for name, target in zip(names, targets):
+            runner = Runner(target, dataset, plan, out_dir=(Path(out) / name) if out is not None else None, seed=seed,
+                            executor=pool, resume=resume, workdir=shared,
+                            log=(lambda m, name=name: log(f"{name}: {m}")) if log else None)
+            reports.append(runner.run())
+    finally:
+        if not isinstance(executor, Executor):  # one handed in belongs to the caller
+            pool.close()
+        if scratch is not None:
+            scratch.cleanup()
+    comparison = compare_reports(reports[0], reports[1], policy=rules,
+                                 settings=Settings(level=level, alpha=alpha, power=power, n_boot=n_boot, seed=seed))
+    comparison.names = tuple(names)
+    if policy is not None:
+        comparison.policy_source = str(policy)
+    if out is not None:
+        from assay.report import render_all
+
+        for name, report in zip(names, reports):
+            render_all(report, Path(out) / name)
+        comparison.write_all(out)
+    return comparison
+
+
+__all__ = ["Comparison", "compare"]
