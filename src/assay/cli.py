@@ -353,6 +353,8 @@ def _comparison_exit(comparison, paths, quiet: bool) -> int:
 def cmd_demo(a) -> int:
     if a.which == "llm":
         return cmd_demo_llm(a)
+    if a.which == "compare":
+        return cmd_demo_compare(a)
     from assay.data.demo import write_demo
 
     out = Path(a.out)
@@ -381,6 +383,23 @@ def cmd_demo(a) -> int:
     # The demo model is deliberately undefended, so it fails robustness policies: that is the
     # demonstration, not an error. Only a policy the user passed turns failures into an exit code.
     return code if (code != EXIT_POLICY_FAILED or a.policy) else 0
+
+
+def cmd_demo_compare(a) -> int:
+    from assay.demos import run_compare_demo
+
+    out = Path(a.out)
+    print("Training the demo CNN and three candidates: dynamic int8, 50% pruned, fine-tuned on low-contrast digits ...",
+          file=sys.stderr)
+    results = run_compare_demo(out, seed=a.seed, log=lambda m: print(m, file=sys.stderr))
+    code = 0
+    for name, comparison in results.items():
+        if not a.quiet:
+            print(f"\n== fp32 vs {name} ==")
+            print(comparison.summary())
+            print(f"report: {out / f'fp32-vs-{name}' / 'comparison.html'}")
+        code = max(code, _comparison_exit(comparison, {}, quiet=True))
+    return code
 
 
 def cmd_demo_llm(a) -> int:
@@ -460,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train the demo CNN and audit it end to end (or: assay demo llm)")
-    d.add_argument("which", nargs="?", default="cnn", choices=["cnn", "llm"],
-                   help="cnn (default): the digits CNN; llm: fine-tune SmolLM2 on planted secrets and audit what leaks")
+    d.add_argument("which", nargs="?", default="cnn", choices=["cnn", "llm", "compare"],
+                   help="cnn (default): the digits CNN; llm: fine-tune SmolLM2 on planted secrets and audit what "
+                        "leaks; compare: the CNN beside its int8, pruned and fine-tuned copies (assay compare)")
     d.add_argument("--out", default="assay-demo")
     d.add_argument("--suite", default="standard")
     d.add_argument("--seed", type=int, default=0)

@@ -198,3 +198,25 @@ def test_paired_test_needs_outcomes_that_reproduce_the_metric(models):
     b.findings[0].metric("clean_accuracy").value += 0.01
     d = compare_reports(a, b, settings=Settings(n_boot=200)).delta("robustness.corruption", "clean_accuracy")
     assert d.test == "unpaired (intervals)"
+
+
+def test_candidates_share_the_baselines_membership_reference_models():
+    """An int8 copy cannot be retrained; every candidate is judged against the reference models its
+    baseline trained (same recipe and settings), read from the shared cache, none trained again."""
+    from assay.compare import compare_each
+    from assay.data.demo import DigitsCNN, load_digits_splits
+
+    s = load_digits_splits(0)
+    base = DigitsCNN().eval()
+    int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {nn.Linear}, dtype=torch.qint8)
+    x, y = torch.cat([s.x_train[:60], s.x_test[:60]]), torch.cat([s.y_train[:60], s.y_test[:60]])
+    member = torch.cat([torch.ones(60, dtype=torch.bool), torch.zeros(60, dtype=torch.bool)])
+    out = compare_each(base, {"int8": int8, "copy": copy.deepcopy(base)}, Dataset(x, y, member=member),
+                       probes=["privacy.membership"], n_boot=100,
+                       params={"privacy.membership": {"attacks": ["rmia"], "n_reference": 2, "fprs": [0.1]}})
+    assert out["int8"].baseline.findings[0].accounting["reference_trained"] == 2
+    for c in out.values():
+        acct = c.candidate.findings[0].accounting
+        assert (acct["reference_trained"], acct["reference_cached"]) == (0, 2)
+        assert acct["recipe"] == c.baseline.findings[0].accounting["recipe"]
+    assert out["copy"].delta("privacy.membership", "auc[rmia]").delta == 0

@@ -7,6 +7,6 @@ See docs/compare.md.
 
 from assay.compare.diff import MetricDelta, Settings, compare_reports, input_mismatches
 from assay.compare.report import Comparison
-from assay.compare.run import compare
+from assay.compare.run import compare, compare_each
 
-__all__ = ["Comparison", "MetricDelta", "Settings", "compare", "compare_reports", "input_mismatches"]
+__all__ = ["Comparison", "MetricDelta", "Settings", "compare", "compare_each", "compare_reports", "input_mismatches"]
