@@ -103,6 +103,7 @@ class Comparison:
                 f"(FDR {self.settings.alpha:g}); gate {'passed' if self.gate.get('passed') else 'FAILED'}")
         lines = [head] + [f"  {d.change:>7}  {d.probe}: {d.metric} {d.baseline:.4g} -> {d.candidate:.4g} "
                           f"(delta {d.delta:+.4g}{_ci(d)}, q={d.q:.3g}, {d.test})" for d in sig]
+        lines += [f"  {p.probe}: {p.note}" for p in self.pairs if p.note]
         lines += [f"  FAIL: {f}" for f in self.gate.get("problems", [])]
         return "\n".join(lines)
 

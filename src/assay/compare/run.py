@@ -49,10 +49,11 @@ def compare(
 
     Example
     -------
-    >>> import assay, copy
+    >>> import copy
+    >>> from assay.compare import compare
     >>> from assay.data.demo import train_demo_model
     >>> model, s = train_demo_model(seed=0)                                          # doctest: +SKIP
-    >>> c = assay.compare(model, copy.deepcopy(model), (s.x_test, s.y_test),
+    >>> c = compare(model, copy.deepcopy(model), (s.x_test, s.y_test),
     ...                   probes=["robustness.corruption"])                         # doctest: +SKIP
     >>> c.gate["passed"], [d.change for d in c.significant()]                       # doctest: +SKIP
     (True, [])
@@ -93,9 +94,13 @@ def compare_each(
     if baseline_name in candidates or not candidates:
         raise InputError(f"give at least one candidate, each named other than the baseline ({baseline_name!r})")
     rules = load_policy(policy, comparison=True) if policy is not None else None
-    dataset = as_dataset(data, **(data_options or {}))
+    from assay.data.dataset import align_text_labels
+    from assay.targets.loading import is_language_model
+
+    dataset = as_dataset(data, language=is_language_model(baseline), **(data_options or {}))
     models = {baseline_name: baseline, **candidates}
     targets = {name: as_target(m, dataset, **target_options) for name, m in models.items()}
+    dataset = align_text_labels(dataset, targets[baseline_name])
     plan = plan_from_names(list(probes), params) if probes else apply_params(load_suite(suite or "standard"), params)
     _share_reference_recipe(targets[baseline_name], [targets[n] for n in candidates])
     pool = make_executor(executor)
