@@ -57,6 +57,16 @@ def test_square_breaks_undefended_model_within_ball_and_budget(data, norm, eps):
     assert torch.equal(again.x_adv, res.x_adv) and torch.equal(again.queries, res.queries)
 
 
+def test_square_reports_progress_without_changing_its_result(data):
+    model, x, y = data
+    seen = []
+    res = square(_scores(model), x[:8], y[:8], eps=0.02, n_queries=160, seed=0, progress=lambda d, t: seen.append((d, t)))
+    plain = square(_scores(model), x[:8], y[:8], eps=0.02, n_queries=160, seed=0)
+    assert torch.equal(res.x_adv, plain.x_adv)
+    assert seen[-1] == (158, 158) and all(t == 158 for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
 def test_square_total_budget_is_hard(data):
     model, x, y = data
     fn = Counter(_scores(model))

@@ -43,3 +43,20 @@ def test_heartbeat_speaks_when_a_step_is_silent():
         assert "training reference models: 1/8" in out.getvalue().splitlines()[-1]
     finally:
         p.close()
+
+
+def test_heartbeat_speaks_from_the_start_of_a_probe_that_reports_no_steps():
+    """Observed: 11 minutes of a black-box probe on a slow machine with no line at all, because the
+    probe had not yet reported a step and the heartbeat had nothing to name."""
+    out, clock = io.StringIO(), Clock()
+    p = LineProgress(out, interval=0.05, queries=lambda: 1234, clock=clock)
+    try:
+        p.phase("robustness.blackbox")
+        clock.t = 75.0
+        deadline = time.time() + 5
+        while not out.getvalue() and time.time() < deadline:
+            time.sleep(0.02)
+        assert out.getvalue().splitlines()[-1].strip() == (
+            "progress: still working on robustness.blackbox, 1,234 queries so far, 1m15s elapsed")
+    finally:
+        p.close()

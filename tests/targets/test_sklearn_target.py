@@ -93,3 +93,33 @@ def test_errors_are_one_line():
     clf = LogisticRegression().fit(np.eye(3), [0, 1, 2])
     with pytest.raises(TargetError, match="output"):
         SklearnTarget(clf, output="bogus")
+
+
+def test_small_batches_run_on_one_openmp_thread_and_large_ones_on_all(blobs):
+    """Attack loops send thousands of small batches; OpenMP's many-thread start-up made a
+    HistGradientBoosting call 20x slower on a busy machine. Small batches are limited to one thread."""
+    from threadpoolctl import threadpool_info
+
+    from assay.targets import sklearn as sk
+
+    x, y = blobs
+    seen = []
+
+    class Probe(LogisticRegression):
+        def predict_proba(self, a):
+            seen.append((len(a), [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"]))
+            return super().predict_proba(a)
+
+    est = Probe(max_iter=300).fit(x, y)
+    t = SklearnTarget(est)
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"]
+    if not before:
+        pytest.skip("no OpenMP runtime loaded")
+    small = t.scores(torch.as_tensor(x[:10], dtype=torch.float32))
+    big_x = np.repeat(x, sk._SMALL_BATCH // len(x) + 1, axis=0)
+    t.batch_size = len(big_x)
+    t.scores(torch.as_tensor(big_x, dtype=torch.float32))
+    assert seen[0] == (10, [1] * len(before))
+    assert seen[1][0] >= sk._SMALL_BATCH and seen[1][1] == before
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"] == before  # restored
+    assert np.allclose(small.numpy(), LogisticRegression(max_iter=300).fit(x, y).predict_proba(x[:10]), atol=1e-6)

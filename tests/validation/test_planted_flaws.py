@@ -13,6 +13,9 @@ from assay.cli import main
 
 from .zoo import build
 
+# the module fixture builds and audits the whole zoo (about 4 minutes on 2 quiet cores): room for a slow machine
+pytestmark = pytest.mark.timeout(1800)
+
 SMALL_SCALE = [
     "robustness.evasion.max_samples=30", "robustness.evasion.steps=10", "robustness.evasion.square_queries=100",
     "robustness.blackbox.max_samples=20", "robustness.blackbox.queries_per_sample=100",

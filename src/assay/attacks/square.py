@@ -103,6 +103,7 @@ def square(
     bounds: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
     query_budget: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AttackResult:
     """Square Attack: score-based black-box attack in an L-inf or L2 ball of radius ``eps``.
 
@@ -118,6 +119,8 @@ def square(
     targeted, y_target : reach class ``y_target`` instead of leaving ``y``.
     bounds : valid input range. seed : seeds every random choice.
     query_budget : hard cap on the total number of samples sent to ``scores_fn`` in this call.
+    progress : called as ``progress(iterations done, iterations planned)`` every 50 iterations and at
+        the end (an audit's progress line).
 
     Returns
     -------
@@ -209,6 +212,8 @@ def square(
     for it in range(n_queries - 2):
         if active.numel() == 0 or state["exhausted"]:
             break
+        if progress is not None and it % 50 == 0:
+            progress(it, n_queries - 2)
         xa, xb = x[active], x_adv[active]
         x_new = propose(xa, xb, eps, p_schedule(it, n_queries, p_init), draw, bounds)
         got = query(active, x_new)
@@ -224,6 +229,8 @@ def square(
         broke = margin < 0
         success[idx[broke]] = True
         active = active[~success[active]]
+    if progress is not None:
+        progress(n_queries - 2, n_queries - 2)
     return _finish(x, x_adv, success, queries, norm, eps, state)
 
 

@@ -102,6 +102,7 @@ class ProbeContext:
         log: Callable[[str], None] | None = None,
         rows: torch.Tensor | None = None,
         facts: dict[str, Any] | None = None,
+        display_name: str | None = None,
     ):
         self.target = target
         self.full_data = data
@@ -109,6 +110,7 @@ class ProbeContext:
         self.data = data if rows is None else data.subset(rows)
         self.seed = seed
         self.probe_name = probe_name
+        self.display_name = display_name or probe_name  # what progress lines and logs call the probe
         self.checkpoint = checkpoint or Checkpoint(None)
         self.namespace = f"{namespace}/{probe_name}"
         self.clean = clean or CleanCache(target, data, self.checkpoint, namespace + "/clean", seed)
@@ -192,11 +194,11 @@ class ProbeContext:
 
     def progress(self, desc: str, done: int, total: int) -> None:
         if self._progress is not None:
-            self._progress(f"{self.probe_name}: {desc}", done, total)
+            self._progress(f"{self.display_name}: {desc}", done, total)
 
     def log(self, msg: str) -> None:
         if self._log is not None:
-            self._log(f"{self.probe_name}: {msg}")
+            self._log(f"{self.display_name}: {msg}")
 
     def generator(self, salt: int = 0) -> torch.Generator:
         g = torch.Generator()

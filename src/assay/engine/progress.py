@@ -33,6 +33,7 @@ class LineProgress:
         self.clock = clock
         self._steps: dict[str, tuple[float, int, int]] = {}  # desc -> (started, done, total)
         self._current: str | None = None
+        self._phase_started = clock()
         self._last_line = clock()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -49,6 +50,14 @@ class LineProgress:
                 self._emit(desc)
             if finished:
                 self._steps.pop(desc, None)
+
+    def phase(self, name: str) -> None:
+        """A new stretch of work begins (a probe starts): until it reports finer steps, the heartbeat
+        says it is still at work on ``name``, so a log is never silent for more than ``interval``."""
+        with self._lock:
+            self._current = name
+            self._phase_started = self.clock()
+            self._last_line = self.clock()
 
     def line(self, desc: str) -> str:
         started, done, total = self._steps[desc]
@@ -74,7 +83,8 @@ class LineProgress:
                     self._emit(self._current)
                 elif self._current is not None:
                     q = f", {self.queries():,} queries so far" if self.queries is not None else ""
-                    print(f"  progress: still working after {self._current}{q}", file=self.stream, flush=True)
+                    took = _duration(self.clock() - self._phase_started)
+                    print(f"  progress: still working on {self._current}{q}, {took} elapsed", file=self.stream, flush=True)
                     self._last_line = self.clock()
 
     def close(self) -> None:

@@ -274,12 +274,14 @@ class Runner:
                 continue
             allowance = self._allowance(i, probes, pending, ledger, key)
             self.log(f"{tag}: running" + (f" (query share {allowance:,})" if allowance is not None else ""))
+            if hasattr(self._progress, "phase"):
+                self._progress.phase(probe.name)
             rows, _ = self._rows_for(probe)
             ctx = ProbeContext(
                 target, self.data, seed=self.seed, probe_name=key, namespace=ns,
                 checkpoint=self.checkpoint, clean=clean, executor=self.executor,
                 workdir=self.workdir,
-                progress=self._progress, log=self.log, rows=rows, facts=facts,
+                progress=self._progress, log=self.log, rows=rows, facts=facts, display_name=probe.name,
             )
             q0, t0 = target.queries, time.time()
             try:

@@ -77,6 +77,20 @@ def test_slices_probe_finds_the_weak_slice():
     assert f.metric("worst_slice_gap").value > 0.1
 
 
+def test_slices_fail_only_on_sensitive_groups_and_judge_the_whole_interval():
+    """The same weak region fails the fairness axis when it is a sensitive group and only warns when
+    it is an input region (observed: a sound gradient-boosted model failed on 'x3 in .. & x4 in ..')."""
+    data = _tabular(3000, seed=1)
+    as_group = _run("fairness.slices", ThresholdModel(1.5), data)
+    gap = as_group.metric("worst_group_slice_gap")
+    assert gap.low > 0.25 and as_group.verdict == "fail"
+    inputs_only = Dataset(data.x, data.y, feature_names=data.feature_names)
+    as_region = _run("fairness.slices", ThresholdModel(1.5), inputs_only)
+    assert as_region.metric("worst_slice_gap").low > 0.25
+    assert as_region.verdict == "warn", as_region.checks
+    assert "worst_group_slice_gap" not in [m.name for m in as_region.metrics]
+
+
 def test_demo_attribute_is_balanced_per_class(demo):
     _, sp = demo
     g = demo_sensitive_attribute(sp.x_test, sp.y_test, seed=0)

@@ -174,7 +174,8 @@ class BlackBoxProbe(Probe):
             if len(todo) and (left is None or left > 0) and (target_left is None or target_left > 0):
                 out = ctx.unit(f"square-{norm}-{eps:.6g}-n{len(todo)}", lambda: square(
                     scores_fn, as_image(x[todo]), y[todo], eps=eps, norm=norm, n_queries=p.queries_per_sample,
-                    bounds=bounds, seed=ctx.seed, query_budget=left).to_dict())
+                    bounds=bounds, seed=ctx.seed, query_budget=left,
+                    progress=lambda done, total: ctx.progress(f"{norm} square search at eps={eps:.4g}", done, total)).to_dict())
                 out["x_adv"] = out["x_adv"].reshape(len(todo), *shape)
                 used_total += int(out["queries"].sum())
                 exhausted |= bool(out.get("budget_exhausted", False))
