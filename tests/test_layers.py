@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "assay"
 
 # lowest first; a package may import its own layer and any layer listed before it
 LAYERS = [
-    {"errors", "stats", "findings", "version"},
+    {"errors", "stats", "findings", "outcomes", "version"},
     {"metrics", "images", "parallel", "inference", "generation", "train"},
     {"targets"},
     {"data"},
@@ -20,6 +20,7 @@ LAYERS = [
     {"probes"},
     {"report"},
     {"engine"},
+    {"compare"},
     {"cli", "train_cli", "demos", "arena", "__main__", ""},
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

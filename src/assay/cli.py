@@ -36,7 +36,7 @@ def _parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _add_target_options(p: argparse.ArgumentParser) -> None:
+def _add_target_options(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--factory", help="MODULE:CALLABLE that builds the architecture for safetensors/state-dict weights")
     g.add_argument("--trust-pickle", action="store_true",
@@ -61,7 +61,7 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
                         "api_key_env, echo_logprobs, concurrency, timeout, retries, template_overhead, system_prompt, "
                         "max_batch_size, max_batch_tokens, headers (JSON)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", required=True, help=".npz/.npy, .csv/.parquet/.jsonl, an image folder, or .jsonl texts "
+    d.add_argument("--data", required=data_required, help=".npz/.npy, .csv/.parquet/.jsonl, an image folder, or .jsonl texts "
                    "for language models (docs/language.md)")
     d.add_argument("--text-column", help="text classifiers: the column holding the text (CSV/Parquet/JSONL; "
                    "JSON Lines default to 'text'); see docs/text.md")
@@ -298,9 +298,63 @@ def cmd_audit(a) -> int:
     return _write_and_summarise(report, out, a.quiet)
 
 
+def cmd_compare(a) -> int:
+    from assay.compare import Settings, compare_reports
+    from assay.engine.plan import load_policy
+
+    names = tuple(n.strip() for n in a.names.split(",")) if a.names else ("baseline", "candidate")
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise InputError(f"--names {a.names!r} must be two different names, e.g. fp32,int8")
+    if a.reports:
+        if a.models:
+            raise InputError("give either BASELINE CANDIDATE models or --reports A.json B.json, not both")
+        from assay.report import read_json
+
+        reports = [read_json(Path(r)) for r in a.reports]
+        comparison = compare_reports(*reports, policy=load_policy(a.policy, comparison=True) if a.policy else None,
+                                     settings=Settings(level=a.level, alpha=a.alpha, power=a.power,
+                                                       n_boot=a.n_boot, seed=a.seed))
+        comparison.names = names
+        paths = comparison.write_all(Path(a.out))
+    else:
+        if len(a.models or []) != 2:
+            raise InputError("give two models, BASELINE CANDIDATE (or --reports A.json B.json)")
+        if not a.data:
+            raise InputError("--data is required to compare two models (it is not needed with --reports)")
+        from assay.compare import compare
+
+        a.model = a.models[0]
+        data = _load_data(a)
+        comparison = compare(
+            a.models[0], a.models[1], data, suite=a.suite, probes=a.probe, params=_parse_params(a.param),
+            policy=a.policy, out=a.out, seed=a.seed, executor=a.executor, names=names, resume=not a.no_resume,
+            level=a.level, alpha=a.alpha, power=a.power, n_boot=a.n_boot,
+            log=None if a.quiet else (lambda m: print(m, file=sys.stderr)), **_target_kwargs(a))
+        paths = {k: Path(a.out) / f for k, f in (("json", "comparison.json"), ("html", "comparison.html"),
+                                                  ("junit", "junit.xml"))}
+    return _comparison_exit(comparison, paths, a.quiet)
+
+
+def _comparison_exit(comparison, paths, quiet: bool) -> int:
+    if not quiet:
+        print(comparison.summary())
+        print("\n" + "  ".join(f"{k}: {v}" for k, v in paths.items()))
+    if comparison.verdict == "error":
+        for problem in comparison.gate.get("problems", []):
+            print(f"assay: error: {problem}", file=sys.stderr)
+        return EXIT_INPUT
+    if not comparison.gate.get("passed", True):
+        for f in comparison.gate.get("failures", []) + comparison.gate.get("problems", []):
+            print(f"assay: compare: {f}", file=sys.stderr)
+        return EXIT_POLICY_FAILED
+    return 0
+
+
 def cmd_demo(a) -> int:
     if a.which == "llm":
         return cmd_demo_llm(a)
+    if a.which == "compare":
+        return cmd_demo_compare(a)
     from assay.data.demo import write_demo
 
     out = Path(a.out)
@@ -329,6 +383,23 @@ def cmd_demo(a) -> int:
     # The demo model is deliberately undefended, so it fails robustness policies: that is the
     # demonstration, not an error. Only a policy the user passed turns failures into an exit code.
     return code if (code != EXIT_POLICY_FAILED or a.policy) else 0
+
+
+def cmd_demo_compare(a) -> int:
+    from assay.demos import run_compare_demo
+
+    out = Path(a.out)
+    print("Training the demo CNN and three candidates: dynamic int8, 50% pruned, fine-tuned on low-contrast digits ...",
+          file=sys.stderr)
+    results = run_compare_demo(out, seed=a.seed, log=lambda m: print(m, file=sys.stderr))
+    code = 0
+    for name, comparison in results.items():
+        if not a.quiet:
+            print(f"\n== fp32 vs {name} ==")
+            print(comparison.summary())
+            print(f"report: {out / f'fp32-vs-{name}' / 'comparison.html'}")
+        code = max(code, _comparison_exit(comparison, {}, quiet=True))
+    return code
 
 
 def cmd_demo_llm(a) -> int:
@@ -408,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train the demo CNN and audit it end to end (or: assay demo llm)")
-    d.add_argument("which", nargs="?", default="cnn", choices=["cnn", "llm"],
-                   help="cnn (default): the digits CNN; llm: fine-tune SmolLM2 on planted secrets and audit what leaks")
+    d.add_argument("which", nargs="?", default="cnn", choices=["cnn", "llm", "compare"],
+                   help="cnn (default): the digits CNN; llm: fine-tune SmolLM2 on planted secrets and audit what "
+                        "leaks; compare: the CNN beside its int8, pruned and fine-tuned copies (assay compare)")
     d.add_argument("--out", default="assay-demo")
     d.add_argument("--suite", default="standard")
     d.add_argument("--seed", type=int, default=0)
@@ -432,6 +504,29 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--quiet", action="store_true")
     au.add_argument("--debug", action="store_true", help="show tracebacks")
     au.set_defaults(fn=cmd_audit)
+
+    cp = sub.add_parser("compare", help="compare two models (or two finished audits) with paired statistics")
+    cp.add_argument("models", nargs="*", metavar="MODEL", help="BASELINE CANDIDATE: two model files, directories or URLs")
+    cp.add_argument("--reports", nargs=2, metavar=("A.json", "B.json"),
+                    help="compare two finished audits instead (refused when their inputs differ)")
+    _add_target_options(cp, data_required=False)
+    cp.add_argument("--suite", default="standard", help="quick, standard, full, or a suite .toml")
+    cp.add_argument("--probe", action="append", help="probe name or axis (repeatable); overrides --suite")
+    cp.add_argument("--param", action="append", help="PROBE.KEY=VALUE probe parameter (repeatable)")
+    cp.add_argument("--out", default="assay-compare")
+    cp.add_argument("--policy", help="delta policy .toml: rules on candidate minus baseline (sets the exit code); "
+                    "default: no metric may be significantly worse")
+    cp.add_argument("--names", help="the two models' names in the report, e.g. fp32,int8")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--level", type=float, default=0.95, help="confidence level of the difference intervals")
+    cp.add_argument("--alpha", type=float, default=0.05, help="false-discovery rate over all compared metrics")
+    cp.add_argument("--power", type=float, default=0.8, help="power at which the minimum detectable effect is reported")
+    cp.add_argument("--n-boot", type=int, default=2000, help="paired bootstrap resamples")
+    cp.add_argument("--executor", default="local", help="local, process or ray")
+    cp.add_argument("--no-resume", action="store_true", help="ignore checkpoints from an earlier run")
+    cp.add_argument("--quiet", action="store_true")
+    cp.add_argument("--debug", action="store_true", help="show tracebacks")
+    cp.set_defaults(fn=cmd_compare)
 
     pr = sub.add_parser("probes", help="list the probes with their requirements and cost")
     pr.add_argument("--axis")

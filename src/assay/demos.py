@@ -114,3 +114,68 @@ def _summary(by: dict, info: dict, seconds: float) -> str:
             lines.append(f"{name}: jailbreak: {jb.summary}")
     lines.append(f"Demo time: {seconds:.0f} s")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ assay demo compare
+COMPARE_PROBES = ["robustness.evasion", "robustness.corruption", "reliability.calibration", "fairness.groups",
+                  "certify.smoothing", "privacy.membership"]
+# sized for 2 CPU cores: the digits' 17 grey levels make eps 0.1-0.2 the budgets where robustness moves
+COMPARE_PARAMS = {
+    "robustness.evasion": {"eps_linf": [0.1, 0.2], "attack": "apgd-ce", "steps": 20, "curve": False,
+                           "max_samples": 300},
+    "robustness.corruption": {"severities": [3], "max_samples": 400},
+    "reliability.calibration": {"n_boot": 500},
+    "fairness.groups": {"n_boot": 500},
+    "certify.smoothing": {"n": 200, "max_samples": 100, "attack": False, "radii": [0.0, 0.25, 0.5]},
+    "privacy.membership": {"attacks": ["baseline", "rmia"], "n_reference": 4},
+}
+
+
+def compression_candidates(model, splits, seed: int = 0) -> dict:
+    """Three real changes of the demo CNN: its dynamic int8 quantization (linear layers), a copy with
+    50% of every layer's weights pruned by magnitude, and a copy fine-tuned on a shifted subset (300
+    training digits at half contrast)."""
+    import copy
+
+    import torch
+    from torch import nn
+    from torch.nn.utils import prune
+
+    from assay.train.classifier import train_classifier
+
+    int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+    pruned = copy.deepcopy(model)
+    for m in pruned.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            prune.l1_unstructured(m, "weight", amount=0.5)
+            prune.remove(m, "weight")  # the zeros become the weights: a plain module again
+    tuned = copy.deepcopy(model)
+    x = splits.x_train[:300] * 0.5 + 0.25  # the shift: low-contrast scans
+    with torch.random.fork_rng():
+        train_classifier(tuned, x, splits.y_train[:300], epochs=5, lr=1e-3, seed=seed)
+    return {"int8": int8.eval(), "pruned50": pruned.eval(), "finetuned-shift": tuned.eval()}
+
+
+def run_compare_demo(out: str | Path, *, seed: int = 0, log: Callable[[str], None] = print,
+                     params: dict | None = None) -> dict:
+    """Train the demo CNN, make its three candidates, audit all four on the demo data (400 training
+    members and the held-out digits, with the stroke attribute) and compare each with the baseline."""
+    import torch
+
+    from assay.compare import compare_each
+    from assay.data.dataset import Dataset
+    from assay.data.demo import train_demo_model
+    from assay.data.demo_fairness import demo_sensitive_attribute
+
+    t0 = time.time()
+    model, s = train_demo_model(seed)
+    candidates = compression_candidates(model, s, seed)
+    log(f"trained the demo CNN and its candidates in {time.time() - t0:.0f} s")
+    x = torch.cat([s.x_train[:400], s.x_test])
+    y = torch.cat([s.y_train[:400], s.y_test])
+    member = torch.cat([torch.ones(400, dtype=torch.bool), torch.zeros(len(s.x_test), dtype=torch.bool)])
+    data = Dataset(x, y, groups={"stroke": demo_sensitive_attribute(x, y, seed=seed)}, member=member)
+    results = compare_each(model, candidates, data, probes=COMPARE_PROBES, params=params or COMPARE_PARAMS,
+                           out=out, seed=seed, baseline_name="fp32", log=None)
+    log(f"audited 4 models and compared 3 pairs in {time.time() - t0:.0f} s")
+    return results

@@ -15,6 +15,7 @@ from assay.errors import InputError
 AXES = ("robustness", "privacy", "integrity", "fairness", "reliability", "explain", "certify", "language")
 VERDICTS = ("pass", "warn", "fail", "info", "skipped", "error")
 VERDICT_RANK = {"skipped": 0, "info": 0, "pass": 1, "warn": 2, "fail": 3, "error": 4}
+ON_CHOICES = ("value", "interval", "significant")  # what a policy rule judges (Threshold.on)
 
 
 @dataclass
@@ -92,7 +93,9 @@ class Threshold:
     ``on="interval"`` judges the metric's confidence interval instead of its point value: an
     ``*_above`` bound is crossed only when the whole interval lies above it (its low end), a
     ``*_below`` bound only when the whole interval lies below it: "significantly above / below".
-    A metric without an interval is judged on its value."""
+    A metric without an interval is judged on its value. ``on="significant"`` (comparisons of two
+    models only) judges the value of a change only when the comparison found it significant after
+    false-discovery-rate control; a change it could not tell from noise passes."""
 
     fail_below: float | None = None
     warn_below: float | None = None
@@ -102,12 +105,16 @@ class Threshold:
     labels: dict[str, Any] | None = None  # only metrics with these labels (e.g. {eps = 0.0314})
 
     def __post_init__(self):
-        if self.on not in ("value", "interval"):
-            raise InputError(f"a policy rule's on = {self.on!r} must be \"value\" or \"interval\"")
+        if self.on not in ON_CHOICES:
+            raise InputError(f"a policy rule's on = {self.on!r} must be \"value\", \"interval\" or "
+                             "\"significant\" (comparisons only)")
 
-    def verdict(self, value: float, low: float | None = None, high: float | None = None) -> str:
-        above = value if self.on == "value" or low is None else low
-        below = value if self.on == "value" or high is None else high
+    def verdict(self, value: float, low: float | None = None, high: float | None = None,
+                significant: bool | None = None) -> str:
+        if self.on == "significant" and not significant:
+            return "pass"
+        above = value if self.on != "interval" or low is None else low
+        below = value if self.on != "interval" or high is None else high
         if self.fail_below is not None and below < self.fail_below:
             return "fail"
         if self.fail_above is not None and above > self.fail_above:
@@ -122,7 +129,8 @@ class Threshold:
         parts = [f"{k.replace('_', ' ')} {v:g}" for k, v in dataclasses.asdict(self).items()
                  if v is not None and k not in ("on", "labels")]
         where = f" where {', '.join(f'{k}={v}' for k, v in self.labels.items())}" if self.labels else ""
-        return ", ".join(parts) + (" (whole interval)" if self.on == "interval" else "") + where
+        how = {"interval": " (whole interval)", "significant": " (if significant)"}.get(self.on, "")
+        return ", ".join(parts) + how + where
 
 
 @dataclass
@@ -141,6 +149,8 @@ class Finding:
     checks: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # per-sample outcomes and the recipes that recompute metrics from them (assay.outcomes; schema 1.2)
+    outcomes: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; NaN / inf become None so the output is valid JSON."""

@@ -241,3 +241,123 @@ def paired_test(diffs: np.ndarray, method: str = "wilcoxon") -> float:
     if method != "wilcoxon":
         raise ValueError(f"paired test {method!r}: use 'wilcoxon' or 'sign'")
     return float(_st.wilcoxon(d).pvalue)
+
+
+# ------------------------------------------------------------------ paired comparisons
+def mcnemar_outcomes(baseline, candidate) -> dict[str, float]:
+    """McNemar's exact test (:func:`mcnemar_exact`) of two paired binary outcome vectors (one pair per row).
+
+    Only the discordant rows carry information: ``lost`` (baseline 1, candidate 0) and ``gained``
+    (baseline 0, candidate 1). Under "no change" each discordant row is lost or gained with
+    probability 1/2, so the two-sided p-value is ``2 * P(Binomial(lost + gained, 1/2) <= min)``,
+    capped at 1 (the same as ``statsmodels.stats.contingency_tables.mcnemar(exact=True)``).
+
+    >>> r = mcnemar_outcomes([1, 1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0, 0]); r["lost"], round(r["p"], 4)
+    (6, 0.0312)
+    """
+    a = np.asarray(baseline).astype(bool).reshape(-1)
+    b = np.asarray(candidate).astype(bool).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes differ in length: {a.size} and {b.size}")
+    lost, gained = int((a & ~b).sum()), int((~a & b).sum())
+    return {"lost": lost, "gained": gained, "n": int(a.size), "p": mcnemar_exact(gained, lost)}
+
+
+def index_bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Row-bootstrap counts drawn as ``n`` row indices per resample (``rng.integers(0, n, (B, n))``),
+    the way ``scipy.stats.bootstrap`` draws them; the same distribution as
+    :func:`row_bootstrap_weights`, for cross-checks against scipy on identical resamples."""
+    idx = rng.integers(0, n, (n_boot, n))
+    yield np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """A difference ``candidate - baseline`` with its paired bootstrap distribution summarised."""
+
+    estimate: float
+    low: float
+    high: float
+    se: float
+    p: float
+    level: float
+    n_boot: int
+
+
+def paired_bootstrap(delta: Callable[[np.ndarray], np.ndarray], n: int, *, n_boot: int = 2000,
+                     level: float = 0.95, seed: int = 0, weights: Iterator[np.ndarray] | None = None) -> PairedDelta:
+    """Paired percentile bootstrap of a difference between two models measured on the same ``n`` rows.
+
+    ``delta(w)`` maps ``(B, n)`` row weights to the ``B`` differences ``stat_candidate(w) -
+    stat_baseline(w)``: both models see the very same resampled rows, so what the rows have in common
+    cancels out of the interval. The p-value of "no difference" is the two-sided bootstrap tail
+    ``2 * min(P*(delta <= 0), P*(delta >= 0))`` with the ``(k + 1) / (B + 1)`` correction, which is
+    below ``1 - level`` about when the percentile interval excludes 0. ``weights`` replaces the
+    multinomial resamples (e.g. :func:`index_bootstrap_weights`).
+    """
+    point = float(np.asarray(delta(np.ones((1, n))), dtype=float).reshape(-1)[0])
+    rng = np.random.default_rng(seed)
+    chunks = weights if weights is not None else row_bootstrap_weights(n, n_boot, rng)
+    samples = np.concatenate([np.asarray(delta(w), dtype=float).reshape(-1) for w in chunks])
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0 or point != point:
+        return PairedDelta(point, float("nan"), float("nan"), float("nan"), float("nan"), level, 0)
+    low, high = percentile_interval(samples, level)
+    b = samples.size
+    tail = min((np.sum(samples <= 0) + 1) / (b + 1), (np.sum(samples >= 0) + 1) / (b + 1))
+    p = 1.0 if np.all(samples == 0) else min(1.0, 2.0 * float(tail))
+    se = float(samples.std(ddof=1)) if b > 1 else 0.0
+    return PairedDelta(point, float(low), float(high), se, p, level, int(b))
+
+
+def unpaired_delta(a: float, a_low: float | None, a_high: float | None, b: float, b_low: float | None,
+                   b_high: float | None, level: float = 0.95, a_level: float = 0.95, b_level: float = 0.95) -> PairedDelta:
+    """``b - a`` from two independently reported intervals: each interval's half-width is read as
+    ``z * se`` (normal approximation), the standard errors add in quadrature, and the p-value is the
+    two-sided z test. Conservative when the two figures share their rows (a paired design would
+    cancel what they have in common). NaN interval and p-value when either interval is missing."""
+    if None in (a_low, a_high, b_low, b_high) or not all(np.isfinite([a, b, a_low, a_high, b_low, b_high])):
+        return PairedDelta(b - a, float("nan"), float("nan"), float("nan"), float("nan"), level, 0)
+    se_a = (a_high - a_low) / (2 * float(_st.norm.ppf(0.5 + a_level / 2)))
+    se_b = (b_high - b_low) / (2 * float(_st.norm.ppf(0.5 + b_level / 2)))
+    se = math.hypot(se_a, se_b)
+    d = b - a
+    z = float(_st.norm.ppf(0.5 + level / 2))
+    if se == 0:
+        return PairedDelta(d, d, d, 0.0, 1.0 if d == 0 else 0.0, level, 0)
+    return PairedDelta(d, d - z * se, d + z * se, se, float(2 * _st.norm.sf(abs(d) / se)), level, 0)
+
+
+def mcnemar_mde(n: int, discordant: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest change in a paired proportion that McNemar's test detects with ``power`` at two-sided
+    ``alpha`` on ``n`` pairs (Connor 1987's normal approximation: ``n = (z_a sqrt(p_d) + z_b
+    sqrt(p_d - d^2))^2 / d^2``, solved for ``d``).
+
+    ``discordant`` is the observed share of discordant pairs; a change of ``d`` needs at least ``d``
+    of them, so ``p_d = max(discordant, d)``: with no discordance seen (identical outcomes) the answer
+    is the change that moves ``d * n`` rows one way, about ``(z_a + z_b)^2 / n``.
+
+    >>> round(mcnemar_mde(200, 0.0), 3), round(mcnemar_mde(200, 0.2), 3)
+    (0.039, 0.088)
+    """
+    if n <= 0:
+        return float("nan")
+    za = float(_st.norm.ppf(1 - alpha / 2))
+
+    def achieved(d: float) -> float:
+        pd = max(discordant, d)
+        return float(_st.norm.cdf((d * math.sqrt(n) - za * math.sqrt(pd)) / math.sqrt(max(pd - d * d, 1e-300))))
+
+    if achieved(1.0 - 1e-12) < power:
+        return float("nan")
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # power rises with d: bisection
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if achieved(mid) < power else (lo, mid)
+    return hi
+
+
+def normal_mde(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest difference a two-sided z test at ``alpha`` detects with ``power`` when the difference's
+    standard error is ``se``: ``(z_(1 - alpha/2) + z_power) * se``."""
+    return (float(_st.norm.ppf(1 - alpha / 2)) + float(_st.norm.ppf(power))) * se

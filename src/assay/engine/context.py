@@ -146,7 +146,9 @@ class ProbeContext:
             self.resumed_queries += int(hit.pop("__queries__", 0))
             return hit
         q0 = self.target.queries
-        with seeded(self.seed, f"{self.namespace}/{key}"):
+        # seeded by the probe and unit alone, not the model: two models audited with the same seed
+        # draw the same noise (a paired comparison's draws are shared); the checkpoint keeps the model
+        with seeded(self.seed, f"{self.probe_name}/{key}"):
             out = fn()
         self.checkpoint.put(self.namespace, key, {**out, "__queries__": self.target.queries - q0})
         self.units_run += 1

@@ -146,15 +146,17 @@ class Policy(dict):
         self.optional: set[str] = set(optional or ())
 
 
-def load_policy(path: str | Path | None) -> Policy:
+def load_policy(path: str | Path | None, *, comparison: bool = False) -> Policy:
     """A :class:`Policy` from a policy TOML (an empty one for none).
 
     A probe's table holds metric rules and, optionally, ``optional = true``: by default a rule on a
     probe that was skipped or errored fails the gate, so a CI gate cannot pass on a check that
-    never ran."""
+    never ran. A ``comparison`` policy (``assay compare``) has the same form; its rules judge the
+    change of each metric (candidate minus baseline), and ``on = "significant"`` is allowed there."""
     if path is None:
         return Policy()
-    raw = _read_toml(Path(path), "policy")
+    what = "comparison policy" if comparison else "policy"
+    raw = _read_toml(Path(path), what)
     out = Policy()
     registry = all_probes()
     for probe, rules in raw.items():
@@ -172,13 +174,13 @@ def load_policy(path: str | Path | None) -> Policy:
         out[probe] = {}
         for metric, rule in rules.items():
             entries = rule if isinstance(rule, list) else [rule]
-            out[probe][metric] = [_threshold(probe, metric, e) for e in entries]
+            out[probe][metric] = [_threshold(probe, metric, e, comparison) for e in entries]
             if not isinstance(rule, list):
                 out[probe][metric] = out[probe][metric][0]
     return out
 
 
-def _threshold(probe: str, metric: str, rule: Any) -> Threshold:
+def _threshold(probe: str, metric: str, rule: Any, comparison: bool = False) -> Threshold:
     """One rule table: numeric bounds, ``on``, and ``labels`` (the metric variants it judges)."""
     if not isinstance(rule, dict):
         raise InputError(f"policy rule {probe}.{metric} must be a table like {{ fail_below = 0.5 }} (or a list of them)")
@@ -189,6 +191,9 @@ def _threshold(probe: str, metric: str, rule: Any) -> Threshold:
         raise InputError(f"policy rule {probe}.{metric}: {k} = {v!r} must be a number (write {k} = 0.5, without quotes)")
     if "labels" in rule and not isinstance(rule["labels"], dict):
         raise InputError(f"policy rule {probe}.{metric}: labels must be a table like {{ eps = 0.0314 }}")
+    if rule.get("on") == "significant" and not comparison:
+        raise InputError(f"policy rule {probe}.{metric}: on = \"significant\" judges changes between two models; "
+                         "use it in an assay compare --policy, or use on = \"value\" or \"interval\" here")
     try:
         return Threshold(**rule)
     except TypeError:
@@ -196,6 +201,14 @@ def _threshold(probe: str, metric: str, rule: Any) -> Threshold:
             f"policy rule {probe}.{metric} has unknown keys {sorted(rule)}; use fail_below, warn_below, fail_above, "
             "warn_above, on = \"interval\" (judge the whole interval) and labels = { ... } (which variants)"
         ) from None
+
+
+def unmatched_rules(rules: dict[str, Any], metrics) -> list[str]:
+    """The metric names of a probe's policy rules that match none of its ``metrics`` (a typo): a CI
+    gate must not pass because a rule silently matched nothing."""
+    return sorted(k for k, rule in rules.items()
+                  if not any(m.name == k or (m.base_name == k and (not r.labels or m.matches(r.labels)))
+                             for m in metrics for r in (rule if isinstance(rule, list) else [rule])))
 
 
 def _did_you_mean(name: str, choices) -> str:

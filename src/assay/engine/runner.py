@@ -23,7 +23,7 @@ import torch
 from assay.data.dataset import Dataset, validate
 from assay.engine.checkpoint import Checkpoint
 from assay.engine.context import CleanCache, ProbeContext, seeded
-from assay.engine.plan import Plan, Policy, rules_for
+from assay.engine.plan import Plan, Policy, rules_for, unmatched_rules
 from assay.engine.progress import make_progress
 from assay.errors import AssayError, BudgetExceeded, InputError, NotApplicable
 from assay.findings import Finding, Threshold, outside_interval
@@ -93,6 +93,7 @@ class Runner:
         log: Callable[[str], None] | None = None,
         debug: bool = False,
         budget_split: dict[str, int] | None = None,
+        workdir: str | Path | None = None,
     ):
         self.target, self.data, self.plan = target, data, plan
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -100,6 +101,11 @@ class Runner:
         self.policy = policy if policy is not None else Policy()
         self.policy_source = policy_source or "default"
         self.executor = make_executor(executor)
+        # an executor handed in (e.g. shared by the two audits of a comparison) belongs to the caller
+        self._owns_executor = not isinstance(executor, Executor)
+        # reusable artefacts (reference models): beside the report, or where the caller shares them
+        self.workdir = Path(workdir) if workdir is not None else (
+            self.out_dir / ".assay-cache" if self.out_dir is not None else None)
         self.resume = resume
         self.log = log or (lambda m: None)
         self.debug = debug
@@ -130,9 +136,7 @@ class Runner:
         must not pass because its rule silently matched nothing."""
         if f.verdict in ("error", "skipped"):
             return
-        unmatched = sorted(k for k, rules in self.policy.get(f.probe, {}).items()
-                           if not any(m.name == k or (m.base_name == k and (not r.labels or m.matches(r.labels)))
-                                      for m in f.metrics for r in (rules if isinstance(rules, list) else [rules])))
+        unmatched = unmatched_rules(self.policy.get(f.probe, {}), f.metrics)
         if unmatched:
             f.error = (f"policy rule(s) {', '.join(unmatched)} for {f.probe} match no metric it reports; "
                        f"its metrics: {', '.join(sorted({m.base_name for m in f.metrics}))}")
@@ -189,7 +193,8 @@ class Runner:
             close = getattr(self._progress, "close", None)
             if close is not None:
                 close()
-            self.executor.close()
+            if self._owns_executor:
+                self.executor.close()
         gate = self._gate(findings)
         report = AuditReport(
             schema_version=AuditReport.__dataclass_fields__["schema_version"].default,
@@ -210,6 +215,9 @@ class Runner:
                 "resumed_units": sum(f.accounting.get("units_resumed", 0) for f in findings),
                 "resumed_findings": sum(1 for f in findings if f.accounting.get("resumed")),
                 "audit_fingerprint": ns,
+                # what the audit's inputs were, so two reports can be compared pair by pair (assay compare)
+                "data_fingerprint": self.data.fingerprint(),
+                "target_fingerprint": target.fingerprint(),
                 "executor": self.executor.name,
                 **({"budget_split": self._split_record} if self._split_record else {}),
             },
@@ -272,7 +280,7 @@ class Runner:
             ctx = ProbeContext(
                 target, self.data, seed=self.seed, probe_name=key, namespace=ns,
                 checkpoint=self.checkpoint, clean=clean, executor=self.executor,
-                workdir=(self.out_dir / ".assay-cache") if self.out_dir is not None else None,
+                workdir=self.workdir,
                 progress=self._progress, log=self.log, rows=rows, facts=facts, display_name=probe.name,
             )
             q0, t0 = target.queries, time.time()

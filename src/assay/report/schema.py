@@ -23,7 +23,7 @@ from assay.errors import InputError
 from assay.findings import AXES, VERDICTS, Evidence, Finding, Metric, clean_json, worst_verdict  # noqa: F401
 from assay.version import __version__, versions  # noqa: F401  (versions: part of the report API)
 
-SCHEMA_VERSION = "1.1"  # 1.1: metrics carry their labels
+SCHEMA_VERSION = "1.2"  # 1.1: metrics carry their labels; 1.2: findings carry per-sample outcomes
 
 EVIDENCE_KINDS = ("curve", "bars", "histogram", "images", "table", "text", "highlight")
 
@@ -181,7 +181,7 @@ def _parse_version(v: str) -> tuple[int, int] | None:
 
 
 # fields added by a minor version: (class, field) -> the minor version that added it
-ADDED_FIELDS = {("Metric", "labels"): 1}
+ADDED_FIELDS = {("Metric", "labels"): 1, ("Finding", "outcomes"): 2}
 
 
 def _pick(d: Any, cls, where: str, newer: bool, bad, report_minor: int | None = None) -> dict[str, Any]:

@@ -45,7 +45,27 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def _tensor_bytes(h, name: str, t: torch.Tensor) -> None:
     t = t.detach().cpu().contiguous()
     h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
+
+
+def _state_bytes(h, name: str, v: Any) -> None:
+    """Hash a state_dict entry of any form: tensors (quantized ones by their integers, scale and zero
+    point), tuples of them, or plain values."""
+    if isinstance(v, torch.Tensor):
+        if v.is_quantized:
+            h.update(f"{name}|{v.qscheme()}".encode())
+            if v.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+                h.update(f"{v.q_scale()}|{v.q_zero_point()}".encode())
+            else:
+                _tensor_bytes(h, name + ".scales", v.q_per_channel_scales())
+                _tensor_bytes(h, name + ".zero_points", v.q_per_channel_zero_points())
+            v = v.int_repr()
+        _tensor_bytes(h, name, v)
+    elif isinstance(v, (tuple, list)):
+        for i, item in enumerate(v):
+            _state_bytes(h, f"{name}.{i}", item)
+    else:
+        h.update(f"{name}|{v!r}".encode())
 
 
 def _plain_attributes(m: nn.Module) -> str:
@@ -79,6 +99,12 @@ def module_digest(module: nn.Module) -> str:
         _tensor_bytes(h, name, p)
     for name, b in module.named_buffers(remove_duplicate=False):
         _tensor_bytes(h, name, b)
+    # state neither a parameter nor a buffer: quantized modules keep packed weights in their state_dict
+    seen = {n for n, _ in module.named_parameters(remove_duplicate=False)} | {
+        n for n, _ in module.named_buffers(remove_duplicate=False)}
+    for name, v in module.state_dict(keep_vars=True).items():
+        if name not in seen:
+            _state_bytes(h, name, v)
     for name, m in module.named_modules(remove_duplicate=False):
         if isinstance(m, torch.jit.ScriptModule):  # a scripted part inside a Python model
             h.update(f"{name}|{module_digest(m)}".encode())

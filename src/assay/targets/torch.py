@@ -118,11 +118,14 @@ class TorchTarget(Target):
         if num_classes is None:
             with torch.no_grad():
                 num_classes = self.net(torch.zeros(1, *input_shape, device=self._device)).shape[1]
+        # a model gradients do not reach (a dynamically quantized one: its int8 kernels have no
+        # backward) must not be attacked white-box: the attacks would see no gradient and "fail"
+        self.no_gradients = _gradient_check(self.net, tuple(input_shape), self._device)
         super().__init__(
             num_classes=num_classes,
             input_shape=tuple(input_shape),
             bounds=bounds,
-            capabilities={SCORES, LABELS, GRADIENTS},
+            capabilities={SCORES, LABELS} | (set() if self.no_gradients else {GRADIENTS}),
             query_budget=query_budget,
             batch_size=batch_size,
             name=name or type(model).__name__,
@@ -154,4 +157,24 @@ class TorchTarget(Target):
     def describe(self):
         d = super().describe()
         d.update(device=str(self._device), mean=self.mean, std=self.std)
+        if self.no_gradients:
+            d["no_gradients"] = self.no_gradients
         return d
+
+
+def _gradient_check(net: nn.Module, input_shape: tuple[int, ...], device) -> str | None:
+    """Why no gradient reaches the input of ``net`` (None when one does): one backward pass."""
+    import warnings
+
+    x = torch.zeros(1, *input_shape, device=device, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            net(x).float().sum().backward()
+        except Exception as e:  # noqa: BLE001 - any failure means: no usable gradients
+            return f"backward pass failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    if x.grad is not None:
+        return None
+    ops = sorted({str(w.message).split(": ", 1)[0] for w in caught if "autograd kernel" in str(w.message)})
+    return (f"{', '.join(ops)} has no gradient" if ops else "no gradient reaches the input") + \
+        " (e.g. a dynamically quantized model); white-box probes are skipped, black-box ones still run"

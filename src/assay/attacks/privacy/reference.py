@@ -176,7 +176,9 @@ def recipe_for_target(target, recipe: str | Recipe | None = None, **train_kwargs
     """The recipe to train reference models for ``target``.
 
     ``recipe`` given: that recipe (a ``"module:function"`` string is resolved and checked now).
-    Otherwise a clone of the target: its scikit-learn ``estimator`` attribute, or its torch
+    Otherwise, when the target names a ``reference_source`` target (``assay compare`` names the
+    baseline for each candidate, so a quantized or pruned copy is judged against the very reference
+    models of its baseline), that target's recipe with the same training settings; else a clone of the target: its scikit-learn ``estimator`` attribute, or its torch
     module (``target.net`` for a :class:`~assay.targets.torch.TorchTarget`, normalisation
     included, so the copy works in the same input space).
     """
@@ -184,6 +186,9 @@ def recipe_for_target(target, recipe: str | Recipe | None = None, **train_kwargs
         return recipe
     if isinstance(recipe, str):
         return load_recipe(recipe)
+    source = getattr(target, "reference_source", None)  # set by assay compare: the baseline's target
+    if source is not None and source is not target:
+        return recipe_for_target(source, None, **train_kwargs)
     est = getattr(target, "estimator", None)
     if est is not None and hasattr(est, "get_params"):
         return SklearnRecipe(est)

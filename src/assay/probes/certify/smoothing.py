@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from assay import outcomes as oc
 from assay.errors import InputError
 from assay.findings import Evidence, Metric, Threshold
 from assay.guarantees.smoothing import ABSTAIN, NoisyModel, Smoothed, certified_accuracy, max_certifiable_radius
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.stats import clopper_pearson
 from assay.targets.base import GRADIENTS
@@ -82,10 +84,14 @@ class SmoothingProbe(Probe):
         cert = certified_accuracy(res, y, radii)
         abstain = float((pred == ABSTAIN).float().mean())
         metrics, rows = [], []
+        rows_out = Outcomes()
         for r, a in zip(radii, cert):
             iv = clopper_pearson(round(a * k), k)
             metrics.append(Metric.labelled("certified_accuracy", {"norm": "l2", "r": r}, a, iv.low, iv.high, higher_is_better=True,
                                   method=iv.method, keyed={"r": ".3g"}))
+            # the same rule as certified_accuracy: certified correct with radius >= r
+            rows_out.recipe(metrics[-1], oc.mean(rows_out.bits(f"certified[r={r:.6g}]", "certified",
+                                                               (pred == y) & (radius >= r))))
         iv = clopper_pearson(round(abstain * k), k)
         metrics.append(Metric("abstention_rate", abstain, iv.low, iv.high, higher_is_better=False, method=iv.method))
         grid = np.linspace(0, max(max(radii), float(radius.max()) if len(radius) else 0) * 1.05 + 1e-9, 41).tolist()
@@ -127,6 +133,7 @@ class SmoothingProbe(Probe):
         iv = clopper_pearson(round(cert[radii.index(mid)] * k), k)
         metrics.insert(0, Metric("certified_accuracy", cert[radii.index(mid)], iv.low, iv.high, higher_is_better=True,
                                  method=iv.method, description=f"certified accuracy at L2 radius {mid:.3g}"))
+        rows_out.recipe(metrics[0], oc.mean(f"certified[r={mid:.6g}]"))
         return self.finding(
             metrics=metrics,
             warnings=warnings,
@@ -140,4 +147,5 @@ class SmoothingProbe(Probe):
                      + ", ".join(f"{a:.1%} at r={r:.3g}" for r, a in zip(radii, cert))
                      + f"; abstains on {abstain:.1%}."),
             accounting={"samples": k, "max_certifiable_radius": rmax},
+            outcomes=rows_out.to_dict(),
         )

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from assay import outcomes as oc
 from assay.errors import InputError
 from assay.findings import Evidence, Metric, Threshold
 from assay.metrics.groups import CRITERIA, GroupMetrics
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 
 BINARY_CRITERIA = ("demographic_parity", "equalized_odds", "accuracy_parity")
@@ -70,6 +72,9 @@ class GroupFairness(Probe):
             analyses.append(("+".join(names), {a: data.groups[a] for a in names}))
 
         finding_metrics, evidence, warnings, table_rows = [], [], [], []
+        rows_out = Outcomes()
+        rows_out.bits("correct", "correct", y_pred == y_true)
+        rows_out.bits("selected", "selected", y_pred == p.pos_label)
         for label, feats in analyses:
             full = GroupMetrics(base + ["count"], y_true, y_pred, feats, pos_label=p.pos_label, min_group_size=p.min_group_size)
             full_iv = full.bootstrap(p.n_boot, level=p.level, seed=ctx.seed)
@@ -96,6 +101,7 @@ class GroupFairness(Probe):
             diff_s, ratio_s = iv.difference_samples(), iv.ratio_samples()
             col = {m: i for i, m in enumerate(gm.metric_names)}
             d_point, r_point = gm.difference().to_numpy(), gm.ratio().to_numpy()
+            recipes = _gap_recipes(rows_out, label, keep, gm.group_index, y_true == p.pos_label)
             for crit in criteria:
                 idx = [col[m] for m in CRITERIA[crit]]
                 worst = idx[int(np.nanargmax(d_point[idx]))]  # the metric with the largest gap decides
@@ -116,6 +122,8 @@ class GroupFairness(Probe):
                            higher_is_better=False, level=p.level, method=f"{gap['test']} test, Holm-corrected over pairs",
                            description="the gap when it is statistically significant at alpha, else 0"),
                 ]
+                rows_out.recipe(finding_metrics[-3], recipes[crit]("difference"))
+                rows_out.recipe(finding_metrics[-2], recipes[crit]("ratio"))
                 table_rows.append([
                     label, crit, round(d, 4), f"[{d_lo:.3f}, {d_hi:.3f}]", round(r, 4), f"[{r_lo:.3f}, {r_hi:.3f}]",
                     f"{gap['metric']}: {_label(gap['group_high'])} vs {_label(gap['group_low'])}",
@@ -130,7 +138,27 @@ class GroupFairness(Probe):
         summary = (f"largest gap: {worst.name} = {worst.value:.3f} [{worst.low:.3f}, {worst.high:.3f}]" if worst
                    else "no attribute had two groups large enough to compare")
         return self.finding(metrics=finding_metrics, evidence=evidence, warnings=warnings, summary=summary,
-                            accounting={"queries": 0, "n": len(y_true), "n_boot": p.n_boot})
+                            accounting={"queries": 0, "n": len(y_true), "n_boot": p.n_boot}, outcomes=rows_out.to_dict())
+
+
+def _gap_recipes(rows_out: Outcomes, label: str, keep: np.ndarray, group_index: np.ndarray, positive: np.ndarray):
+    """Recipes of each criterion's gaps over one attribute's judged groups (rows of small groups are
+    left out, as the probe leaves them out): the rates are per-row means within strata, TPR over the
+    positives, FPR over the negatives."""
+    strata = np.full(len(keep), -1, dtype=np.int64)
+    strata[keep] = group_index
+    g = rows_out.ints(f"group[{label}]", "group", strata)
+    g_pos = rows_out.ints(f"group[{label},positive]", "group", np.where(positive, strata, -1))
+    g_neg = rows_out.ints(f"group[{label},negative]", "group", np.where(positive, -1, strata))
+
+    def pick(stat: str):
+        return oc.most if stat == "difference" else oc.least
+
+    return {
+        "accuracy_parity": lambda stat: oc.gap("correct", g, stat),
+        "demographic_parity": lambda stat: oc.gap("selected", g, stat),
+        "equalized_odds": lambda stat: pick(stat)(oc.gap("selected", g_pos, stat), oc.gap("selected", g_neg, stat)),
+    }
 
 
 def _floats(series) -> list:

@@ -197,7 +197,7 @@ def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True,
             refs = train_reference_models(
                 recipe, x_all, y_all, n_models=s.n_reference, seed=s.seed, views=views, num_classes=target.num_classes,
                 executor=ctx.executor, cache_dir=ctx.cache_dir("membership-refs"),
-                cache_key=f"{target.fingerprint()}|{data.fingerprint()}",
+                cache_key=reference_key(recipe, data),
                 progress=ctx.progress,
             )
     if refs is not None:
@@ -233,6 +233,20 @@ def compute_scores(ctx, target, s: ScoreSettings, *, shared_clean: bool = True,
         ).numpy()
         info["label_only"] = {"copies": s.label_only_copies, "noise_sigma": sigma}
     return scores, info
+
+
+def reference_key(recipe, data) -> str:
+    """What reference models depend on: the pool (the data) and the recipe that trains them, never the
+    audited weights. Two models of one architecture trained by one recipe (a model and its fine-tuned
+    or pruned copy) therefore share them: the second audit of ``assay compare`` trains none. A torch
+    recipe is identified by its freshly initialised copy (architecture, code, normalisation)."""
+    from assay.attacks.privacy.reference import TorchRecipe
+    from assay.targets.identity import module_digest
+
+    part = recipe.identity
+    if isinstance(recipe, TorchRecipe):
+        part += "|" + module_digest(recipe.fresh(0))
+    return f"{data.fingerprint()}|{part}"
 
 
 def load_reference_models(directory: str, target, views: torch.Tensor, n_pool: int) -> ReferenceSet:
@@ -359,6 +373,34 @@ def max_metrics(summaries: list[AttackSummary], prefix: str = "max") -> list[Met
     out.append(Metric(f"{prefix}_epsilon_lower_bound", s.eps.epsilon, higher_is_better=False, level=summaries[0].level,
                       description=f"highest empirical epsilon lower bound over attacks ({s.name})"))
     return out
+
+
+def membership_outcomes(scores: dict[str, np.ndarray], is_member: np.ndarray, metrics: list[Metric]) -> dict | None:
+    """Per-record attack scores and membership, with the recipes of the AUC and TPR-at-FPR metrics
+    (each attack's and the worst over attacks), so two models can be compared record by record."""
+    from assay import outcomes as oc
+
+    rows = oc.Outcomes()
+    member = rows.bits("member", "member", is_member)
+    for name, sc in scores.items():
+        rows.floats(f"score[{name}]", "score", sc)
+    by_fpr: dict[float, list[dict]] = {}
+    aucs = []
+    for m in metrics:
+        attack = m.labels.get("attack")
+        if attack in scores and m.base_name == "auc":
+            aucs.append(oc.auc(f"score[{attack}]", member))
+            rows.recipe(m, aucs[-1])
+        elif attack in scores and m.base_name == "tpr_at_fpr" and m.value == m.value:
+            r = oc.tpr_at_fpr(f"score[{attack}]", member, float(m.labels["fpr"]))
+            rows.recipe(m, r)
+            by_fpr.setdefault(float(m.labels["fpr"]), []).append(r)
+    for m in metrics:
+        if m.name == "max_auc" and aucs:
+            rows.recipe(m, oc.most(*aucs))
+        elif m.base_name == "max_tpr_at_fpr" and by_fpr.get(float(m.labels.get("fpr", -1))):
+            rows.recipe(m, oc.most(*by_fpr[float(m.labels["fpr"])]))
+    return rows.to_dict()
 
 
 # -------------------------------------------------------------- evidence

@@ -102,6 +102,7 @@ class MembershipProbe(Probe):
             warnings.append(f"not run: {names} ({next(iter(not_run.values()))}); the figures come from "
                             f"{', '.join(scores)} only and may understate the leakage")
         finding = self.finding(
+            outcomes=sh.membership_outcomes(scores, is_member, metrics),
             warnings=warnings,
             metrics=metrics,
             evidence=evidence,

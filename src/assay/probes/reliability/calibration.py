@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from assay import outcomes as oc
 from assay.findings import Evidence, Metric, Threshold, outside_interval
 from assay.metrics.calibration import BINNED, CalibrationTerms, fit_temperature, reliability_diagram, temperature_interval
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.reliability._common import clean_probs
 from assay.stats import interval_of, row_bootstrap_weights
@@ -54,6 +56,12 @@ class Calibration(Probe):
         metrics = [Metric(k, point[k], *ci[k], unit=u, higher_is_better=False, level=p.level,
                           method="bootstrap (multinomial row weights" + (", shifted by its bias)" if k in BINNED else ")"),
                           description=d) for k, (d, u) in desc.items()]
+        rows_out = Outcomes()
+        conf = rows_out.floats("confidence", "confidence", terms.conf)
+        right = rows_out.bits("correct", "correct", terms.correct)
+        rows_out.recipe("ece", oc.ece(conf, right, p.n_bins))
+        rows_out.recipe("brier", oc.mean(rows_out.floats("brier", "loss", terms.brier)))
+        rows_out.recipe("nll", oc.mean(rows_out.floats("nll", "loss", terms.nll)))
         diag = reliability_diagram(probs, y, p.n_bins)
         series = [
             {"name": "model", "x": diag["confidence"], "y": diag["accuracy"]},
@@ -105,7 +113,7 @@ class Calibration(Probe):
                                                           "series": [{"name": "count", "values": diag["count"]}]}),
         ]
         return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting=accounting,
-                            warnings=self._biased_intervals(metrics, len(y), p.n_bins))
+                            warnings=self._biased_intervals(metrics, len(y), p.n_bins), outcomes=rows_out.to_dict())
 
     @staticmethod
     def _biased_intervals(metrics, n: int, n_bins: int) -> list[str]:

@@ -7,8 +7,10 @@ from typing import Literal
 
 import torch
 
+from assay import outcomes as oc
 from assay.errors import InputError
 from assay.findings import Evidence, Metric, Threshold
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.shifts.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from assay.stats import wilson
@@ -59,6 +61,7 @@ class CorruptionProbe(Probe):
 
         metrics, series, rows = [], [], []
         all_acc = []
+        rows_out = Outcomes()
         for ci, name in enumerate(names):
             accs, lows, highs = [], [], []
             for s in p.severities:
@@ -82,6 +85,7 @@ class CorruptionProbe(Probe):
                 all_acc.append(acc)
                 metrics.append(Metric.labelled("accuracy", {"corruption": name, "severity": s}, acc, iv.low, iv.high,
                                       higher_is_better=True, method="wilson", keyed={"severity": ""}))
+                rows_out.recipe(metrics[-1], oc.mean(rows_out.bits(f"correct[{name},{s}]", "correct", correct)))
                 ctx.progress("corruptions", len(all_acc), len(names) * len(p.severities))
             series.append({"name": name, "x": list(p.severities), "y": accs, "low": lows, "high": highs})
             rows.append([name] + [f"{a:.3f}" for a in accs])
@@ -89,11 +93,15 @@ class CorruptionProbe(Probe):
         mean_acc = sum(all_acc) / len(all_acc)
         ivc = wilson(int(clean_correct.sum()), n)
         metrics.insert(0, Metric("clean_accuracy", clean_acc, ivc.low, ivc.high, higher_is_better=True, method="wilson"))
+        rows_out.recipe(metrics[0], oc.mean(rows_out.bits("correct", "correct", clean_correct)))
         metrics.insert(1, Metric("mean_corruption_accuracy", mean_acc, higher_is_better=True,
                                  description="mean over corruptions and severities"))
         rel = mean_acc / clean_acc if clean_acc > 0 else float("nan")
         metrics.insert(2, Metric("relative_robustness", rel, higher_is_better=True,
                                  description="mean corrupted accuracy / clean accuracy"))
+        corrupted = oc.average(*(r for name, r in rows_out.metrics.items() if name != "clean_accuracy"))
+        rows_out.recipe("mean_corruption_accuracy", corrupted)
+        rows_out.recipe("relative_robustness", oc.ratio(corrupted, oc.mean("correct")))
         worst = min(zip(all_acc, [(c, s) for c in names for s in p.severities]))
         # A model at chance keeps "all" its accuracy under corruption: that is no robustness. Chance is
         # what always answering the most common class scores on these rows.
@@ -115,4 +123,5 @@ class CorruptionProbe(Probe):
                          {"columns": ["corruption"] + [f"s{s}" for s in p.severities], "rows": rows}),
             ],
             accounting={"samples": n},
+            outcomes=rows_out.to_dict(),
         )

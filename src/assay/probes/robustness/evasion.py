@@ -9,12 +9,14 @@ from typing import Literal
 import numpy as np
 import torch
 
+from assay import outcomes as oc
 from assay.attacks.apgd import apgd
 from assay.attacks.autoattack import autoattack
 from assay.attacks.minnorm import fmn, robust_accuracy_from_norms
 from assay.attacks.randomized import vote
 from assay.errors import InputError
 from assay.findings import Evidence, Metric, Threshold
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.robustness._evidence import example_images
 from assay.probes.robustness._space import threat_space
@@ -100,6 +102,8 @@ class EvasionProbe(Probe):
         ivc = clopper_pearson(n_clean_ok, n)
         metrics = [Metric("clean_accuracy", n_clean_ok / n, ivc.low, ivc.high, higher_is_better=True, method=ivc.method,
                           description=f"majority over {p.draws} draws" if random_outputs else "")]
+        rows_out = Outcomes()  # per-sample outcomes: two models audited alike compare row by row
+        rows_out.recipe(metrics[0], oc.mean(rows_out.bits("correct", "correct", ~clean_wrong)))
 
         series, stage_rows, summary_bits, all_eps = [], [], [], []
         for norm in p.norms:
@@ -191,6 +195,7 @@ class EvasionProbe(Probe):
                 metrics.append(Metric.labelled("robust_accuracy", {"norm": norm, "eps": eps}, k_robust / n, iv.low, iv.high,
                                       higher_is_better=True, method=iv.method,
                                       description=f"{p.attack} ({version}) union minimum-norm attack; eps in {space.unit}", keyed={"eps": ".4g"}))
+                rows_out.recipe(metrics[-1], oc.mean(rows_out.bits(f"robust[{norm},eps={eps:.6g}]", "robust", ~broken)))
                 ctx.progress(f"{norm} epsilons", len(ra_by_eps), len(eps_list))
             summary_bits.append(f"{norm}: " + ", ".join(f"{r:.1%} at {e:.4g}" for e, r in zip(eps_list, ra_by_eps)))
 
@@ -250,6 +255,7 @@ class EvasionProbe(Probe):
             evidence=evidence,
             summary=f"Clean accuracy {n_clean_ok / n:.1%} on {n} samples; robust accuracy " + "; ".join(summary_bits) + ".",
             accounting={"samples": n, "version": version, "eps": {nm: e for nm, e in all_eps}, **space.describe()},
+            outcomes=rows_out.to_dict(),
         )
 
     @staticmethod
