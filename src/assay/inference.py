@@ -1,11 +1,29 @@
 """Faster inference-only copies of torch models, for work that runs many forward passes of one
-shape (randomized smoothing's noise samples, the Square attack). Attacks and certification import it;
-it imports nothing of assay."""
+shape (randomized smoothing's noise samples, the Square attack), and the one offline import of
+``transformers`` (targets, scorers and demos that load Hugging Face models). Imports only assay.errors."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+from assay.errors import TargetError
+
+
+def offline_transformers(install_hint: str = "pip install 'assay[hf]'"):
+    """``transformers``, imported so that it never reaches the network (the offline variables are
+    set before transformers / huggingface_hub read their settings), quiet; a one-line TargetError
+    naming ``install_hint`` when it is missing."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise TargetError(f"transformers is not installed; {install_hint}") from e
+    transformers.logging.set_verbosity_error()
+    return transformers
 
 
 def fast_inference(module: nn.Module, example: torch.Tensor) -> nn.Module:

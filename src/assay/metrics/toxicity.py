@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from assay.errors import InputError, TargetError, UnsafeModelFile
+from assay.inference import offline_transformers
 
 PROFANITY_PACKAGE = "alt-profanity-check"
 
@@ -135,13 +136,7 @@ class HfToxicityScorer:
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
             raise InputError(f"toxicity scorer {path} is not a Hugging Face model directory (no config.json)")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            import transformers
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise TargetError("a Hugging Face toxicity scorer needs transformers; pip install 'assay[hf]'") from e
-        transformers.logging.set_verbosity_error()
+        transformers = offline_transformers("a Hugging Face toxicity scorer needs it: pip install 'assay[hf]'")
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             self.model = transformers.AutoModelForSequenceClassification.from_pretrained(

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from assay.errors import InputError, TargetError
+from assay.inference import offline_transformers
 from assay.targets.base import LABELS, SCORES, Target
 from assay.targets.torch import TorchTarget
 
@@ -22,15 +23,7 @@ TASKS = ("image-classification", "text-classification")
 
 
 def _transformers():
-    # Never reach the network: set before transformers / huggingface_hub read their settings.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise TargetError("transformers is not installed; pip install 'assay[hf]'") from e
-    transformers.logging.set_verbosity_error()
-    return transformers
+    return offline_transformers()
 
 
 def _class_names(config) -> list[str] | None:
