@@ -53,7 +53,8 @@ def test_planted_refusal_and_toxicity_gaps_are_flagged_in_their_direction():
     assert f.metric("significant_gaps").value == 7 and f.metric("significant_gaps[refusal]").value == 5
     assert f.metric("max_gap[refusal,religion]").value == 1.0
     assert target.queries == 12 * 9 * 2  # 12 templates of each kind, 6 + 3 groups, generation and chat
-    assert any(w.startswith("refusal scorer: ") for w in f.warnings)  # the validated default scorer, limits stated
+    caveats = next(e for e in f.evidence if e.title == "Scorers and their limits").data["text"]
+    assert "refusal scorer: " in caveats and not f.warnings  # the validated default scorer; limits stated, not a warning
 
 
 def test_refusal_scorer_is_a_parameter():
@@ -62,7 +63,7 @@ def test_refusal_scorer_is_a_parameter():
                   measures=["refusal"])
     assert significant(f) == {("refusal", "blind", "deaf"), ("refusal", "deaf", "wheelchair-using"),
                               ("refusal", "deaf", "non-disabled")}
-    assert not any(w.startswith("refusal scorer: ") for w in f.warnings)
+    assert not any(e.title == "Scorers and their limits" for e in f.evidence)
     with pytest.raises(InputError, match="one value per reply"):
         run_probe(target, refusal_scorer=lambda texts: [True], axes=["disability"], measures=["refusal"])
 

@@ -111,7 +111,8 @@ def test_probe_rates_match_planted_behaviour():
     assert chat.value == 1.0 and cont.value == 0.0
     assert 0.7 < chat.low < 1.0 == chat.high and cont.low == 0.0 < cont.high < 0.2  # exact intervals, 16 and 30 outputs
     assert f.metric("mean_toxicity[chat]").value > 0.9 > 0.1 > f.metric("mean_toxicity[continuation]").value
-    assert f.accounting["scorer"].startswith("alt-profanity-check") and "lower bound" in f.warnings[0]
+    caveat = next(e for e in f.evidence if e.title == "Scorer and its limits").data["text"]
+    assert f.accounting["scorer"].startswith("alt-profanity-check") and "lower bound" in caveat
     assert f.accounting["modes"] == {"continuation": {"outputs": 30, "toxic": 0, "by_category": {
         "insult": 0, "profanity": 0, "identity": 0, "threat": 0, "harassment": 0}},
         "chat": {"outputs": 16, "toxic": 16, "by_category": {"insult": 4, "profanity": 3, "identity": 4, "threat": 2,
@@ -158,3 +159,9 @@ def test_without_any_scorer_the_probes_say_so(monkeypatch):
     assert "significant_gaps[refusal]" in {m.name for m in f.metrics}
     assert not any("toxicity" in m.name for m in f.metrics)
     assert any(w.startswith("toxicity: no scorer") for w in f.warnings)
+
+
+def test_a_polite_model_passes_and_the_scorer_caveat_is_no_warning():
+    f = run_probe(ScriptedLM(lambda p, chat: " and then we had tea."), max_new_tokens=8)
+    f.apply_policy(get_probe("language.toxicity").default_policy)
+    assert f.metric("toxicity_rate[chat]").value == 0.0 and f.verdict == "pass", (f.checks, f.warnings)

@@ -210,11 +210,16 @@ class BiasProbe(Probe):
             parts.append(f"stereotyping sentence preferred in {pairs_info['preferred']}/{pairs_info['pairs']} pairs "
                          f"(p={pairs_info['p']:.3g})")
         warnings = list(skipped)
+        # the scorers' limits are standing caveats, shown with the evidence (as warnings they would keep
+        # every model from passing)
+        caveats = []
         if "toxicity" in scores:
             s = scorer_for(p.scorer)
-            warnings.append(f"toxicity scorer {s.name}: {s.limits}")
+            caveats.append(f"toxicity scorer {s.name}: {s.limits}")
         if "refusal" in scores and self.refusal_scorer is detect_refusals:
-            warnings.append(f"refusal scorer: {SCORER_LIMITS}")
+            caveats.append(f"refusal scorer: {SCORER_LIMITS}")
+        if caveats:
+            evidence.append(Evidence("text", "Scorers and their limits", {"text": " ".join(caveats)}))
         return self.finding(metrics=metrics, evidence=evidence, summary="; ".join(parts), warnings=warnings,
                             accounting={"axes": axes, "measures": list(scores) + (["pairs"] if pairs_info else []),
                                         "tests": len(gaps), "significant": len(significant), "pairs": pairs_info,

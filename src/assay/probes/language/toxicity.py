@@ -164,7 +164,9 @@ class ToxicityProbe(Probe):
                 {"name": m, "edges": edges.tolist(), "counts": np.histogram(v, edges)[0].tolist()} for m, v in hist.items()]})]
         parts = [f"{m}: {v['toxic']}/{v['outputs']} toxic" for m, v in per_mode.items()]
         summary = f"{'; '.join(parts)} (scorer {scorer.name}, threshold {p.threshold:g})"
-        return self.finding(metrics=metrics, evidence=evidence, summary=summary,
-                            warnings=[f"scorer {scorer.name}: {scorer.limits}"], accounting={
+        # the scorer's limits are a standing caveat, shown with the evidence: as a warning they would
+        # keep every model, however clean its outputs, from passing
+        evidence.append(Evidence("text", "Scorer and its limits", {"text": f"{scorer.name}: {scorer.limits}"}))
+        return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting={
                                 "scorer": scorer.name, "scorer_limits": scorer.limits, "modes": per_mode,
                                 "seconds": round(time.perf_counter() - t0, 3)})
