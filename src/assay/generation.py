@@ -62,6 +62,20 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
+# one decoding step costs about as much as this many prompt tokens in a padded forward pass: a step
+# streams every weight for a handful of rows (on 2 CPU cores, SmolLM2-135M: ~90 ms a step against
+# ~3 ms a prompt token), so a batch is split only when its padding would cost more than that
+DECODE_STEP_TOKENS = 32
+
+
+def _joinable(cache) -> bool:
+    """Whether a prompt cache is a plain dynamic cache (full attention, one keys and values tensor per
+    layer), so that caches of several chunks of rows can be joined."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and type(cache).__name__ == "DynamicCache" and all(
+        type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None for layer in layers)
+
+
 class GenerationEngine:
     """Generation and scoring on a Hugging Face-style causal LM (``model(input_ids, attention_mask,
     position_ids, past_key_values, use_cache)`` returning ``.logits`` and ``.past_key_values``).
@@ -120,6 +134,10 @@ class GenerationEngine:
         self.max_logits = int(max_logits)
         params = inspect.signature(model.forward).parameters
         self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        # keep the last positions by index where the model takes indices: a slice of the hidden states is a
+        # strided view, and the vocabulary projection of a strided (batch, k, d) view goes through a
+        # batched matmul over the broadcast weight, 3-5x slower on a CPU than on the gathered rows
+        self._keep_index = self._keep_arg is not None and "Tensor" in str(params[self._keep_arg].annotation)
         # transformers 5 renamed past_key_values to cache
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.forward_passes = 0  # every model call, for accounting and tests
@@ -142,7 +160,12 @@ class GenerationEngine:
 
     def _forward(self, keep: int | None = None, past=None, **kw):
         if keep is not None and self._keep_arg is not None:
-            kw[self._keep_arg] = keep
+            x = kw.get("input_ids", kw.get("inputs_embeds"))
+            if self._keep_index and x is not None:
+                w = x.shape[1]
+                kw[self._keep_arg] = torch.arange(max(w - keep, 0), w, device=x.device)
+            else:
+                kw[self._keep_arg] = keep
         if past is not None:
             kw[self._cache_arg] = past
         self.forward_passes += 1
@@ -168,14 +191,14 @@ class GenerationEngine:
         does not fit in memory fails early), each under the row and padded-token limits. A batch is
         also closed when the rows left are less than half its length and padding them all would cost
         more than another batch's decoding steps (``extra_per_row`` new tokens, each about as dear as
-        16 prompt tokens in a padded forward pass)."""
+        ``DECODE_STEP_TOKENS`` prompt tokens in a padded forward pass)."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         cur: list[int] = []
         for k, i in enumerate(order):
             width = (lengths[cur[0]] if cur else lengths[i]) + extra_per_row
             wasteful = bool(cur) and 2 * lengths[i] < lengths[cur[0]] and \
-                (lengths[cur[0]] - lengths[i]) * (len(order) - k) > 16 * (extra_per_row + 1)
+                (lengths[cur[0]] - lengths[i]) * (len(order) - k) > DECODE_STEP_TOKENS * (extra_per_row + 1)
             if cur and (wasteful or len(cur) + 1 > self.max_batch_size or (len(cur) + 1) * width > self.max_batch_tokens):
                 batches.append(cur)
                 cur = []
@@ -264,9 +287,7 @@ class GenerationEngine:
                 g.manual_seed((int(seed) * 1_000_003 + int(i)) % (2**63))
                 gens.append(g)
         eos = torch.as_tensor(self.eos_token_ids, dtype=torch.long, device=dev) if self.eos_token_ids else None
-        ids, mask = self._left_pad(prompts)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, past = self._forward(keep=1, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        logits, past, mask, pos = self._prefill(prompts)
         alive = torch.arange(n, device=dev)  # original row of each row still in the batch
         last_pos = pos[:, -1]
         can_drop = hasattr(past, "batch_select_indices")
@@ -307,6 +328,53 @@ class GenerationEngine:
                 text = self.tokenizer.decode(new[r], skip_special_tokens=True) if self.tokenizer is not None else ""
             out.append(Generated(new[r], text, reason[r], len(prompts[r])))
         return out
+
+    def _prefill(self, prompts: list[list[int]]):
+        """The prompts' last logits and KV cache, left-padded to one width for decoding together.
+
+        Prompts of very different lengths run in chunks of similar lengths (``_plan``: a chunk is
+        cut where padding the rest to its width would cost more than another forward pass) and the
+        chunks' caches are joined, left-padded with masked zeros; padding every prompt to the longest
+        would compute every padded position in every layer. Models whose cache cannot be joined
+        (not a plain dynamic cache) run in one padded pass."""
+        chunks = self._plan([len(p) for p in prompts]) if len(prompts) > 1 else [[0]]
+        parts = []
+        for rows in chunks if len(chunks) > 1 else [list(range(len(prompts)))]:
+            ids, mask = self._left_pad([prompts[i] for i in rows])
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits, past = self._forward(keep=1, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            parts.append((rows, logits, past, mask, pos))
+            if len(parts) == 1 and len(chunks) > 1 and not _joinable(past):
+                rows = list(range(len(prompts)))  # run the whole batch in one pass instead
+                ids, mask = self._left_pad(prompts)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits, past = self._forward(keep=1, input_ids=ids, attention_mask=mask, position_ids=pos,
+                                             use_cache=True)
+                return logits, past, mask, pos
+        if len(parts) == 1:
+            return parts[0][1:]
+        width = max(p[3].shape[1] for p in parts)
+        order = torch.as_tensor([r for p in parts for r in p[0]], device=self.device)
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=self.device)  # joined row of each prompt
+
+        def join(tensors, dim):  # left-pad each part to the common width, stack the rows, restore the order
+            padded = []
+            for t in tensors:
+                gap = width - t.shape[dim]
+                if gap:
+                    shape = list(t.shape)
+                    shape[dim] = gap
+                    t = torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+                padded.append(t)
+            return torch.cat(padded, dim=0).index_select(0, back)
+
+        past = parts[0][2]
+        for li, layer in enumerate(past.layers):
+            layer.keys = join([p[2].layers[li].keys for p in parts], 2)
+            layer.values = join([p[2].layers[li].values for p in parts], 2)
+        logits = torch.cat([p[1] for p in parts], dim=0).index_select(0, back)
+        return logits, past, join([p[3] for p in parts], 1), join([p[4] for p in parts], 1)
 
     @staticmethod
     def _choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gens) -> torch.Tensor:

@@ -41,6 +41,21 @@ def test_batched_greedy_equals_transformers_generate_one_at_a_time(tok, batch):
     assert any(g.finish_reason == "eos" for g in out) and any(g.finish_reason == "length" for g in out)
 
 
+def test_prompts_of_very_different_lengths_prefill_in_chunks_and_decode_together(tok):
+    """One long prompt among short ones: the short ones are not padded to its length for the prompt
+    pass (two chunks, their caches joined) and all of them decode in one batch; every answer equals
+    transformers' generate on that prompt alone."""
+    model = tiny_model(seed=1)
+    long = tok.encode(" ".join(["the quick brown fox jumps over the lazy dog"] * 4))
+    ids = [long] + [tok.encode(p) for p in PROMPTS]
+    eng = GenerationEngine(model, tok, max_batch_size=8)
+    assert len(eng._plan([len(p) for p in ids], 10)) == 1 and len(eng._plan([len(p) for p in ids])) == 2
+    out = eng.generate(ids, max_new_tokens=10)
+    assert eng.forward_passes == 2 + 9  # two prompt chunks, then nine decoding steps for all six rows
+    for p, g in zip(ids, out):
+        assert g.ids == hf_greedy(model, p, 10, None)
+
+
 def test_stop_strings_cut_the_text_and_end_the_row(tok):
     model = tiny_model(seed=2)
     ids = [tok.encode(p) for p in PROMPTS[:3]]
