@@ -104,15 +104,18 @@ def main() -> None:
         for r in reqs:
             ng = run_nanogcg(sys.executable, args.nanogcg_path, model_dir, r.request, r.target, args, Path(tmp))
             ng_out = target.generate([r.request + ng["suffix"]], max_new_tokens=24, chat=True)[0].text
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0 = time.perf_counter()
             res = gcg(target, r.request, r.target, steps=args.steps, search_width=args.search_width, topk=args.topk,
                       init=" x" * args.suffix_tokens, seed=args.seed, max_new_tokens=24)
-            a_sec, a_cpu = time.perf_counter() - t0, time.process_time() - c0
+            # the search alone, as nanogcg's figures are: assay's final check (a greedy generation from
+            # the text prompt, which nanogcg does not do) is timed apart
+            a_sec, a_cpu = res.search_seconds, res.search_cpu_seconds
+            check_sec = time.perf_counter() - t0 - a_sec
             row = {"category": r.category, "target": r.target,
                    "nanogcg": {"seconds": ng["seconds"], "cpu": ng["cpu"], "steps": ng["steps"], "loss": ng["loss"],
                                "success": ng_out.lstrip().startswith(r.target), "output": ng_out},
                    "assay": {"seconds": a_sec, "cpu": a_cpu, "steps": res.steps, "loss": res.loss, "success": res.success,
-                             "output": res.output, "optimise_seconds": res.seconds}}
+                             "output": res.output, "with_check_seconds": a_sec + check_sec}}
             rows.append(row)
             print(json.dumps(row), flush=True)
             ng_versions = ng["transformers"]
@@ -163,7 +166,9 @@ def write(args, rows, ng_transformers: str, torch_version: str, tf_version: str,
         f"Per step: nanogcg {ng_t / max(ng_s, 1):.2f} s wall, {ng_c / max(ng_s, 1):.2f} s CPU; assay "
         f"{a_t / max(a_s, 1):.2f} s wall, {a_c / max(a_s, 1):.2f} s CPU (ratios "
         f"{(a_t / max(a_s, 1)) / (ng_t / max(ng_s, 1)):.2f}x wall, {(a_c / max(a_s, 1)) / (ng_c / max(ng_s, 1)):.2f}x "
-        "CPU). assay's figures include its final check (one greedy generation of 24 tokens); nanogcg's do not.",
+        "CPU). Both are the search alone: assay's final check (one greedy generation of 24 tokens from the text "
+        f"prompt, which nanogcg does not do) took {sum(r['assay']['with_check_seconds'] - r['assay']['seconds'] for r in rows):.1f} s "
+        "more in all.",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))

@@ -142,9 +142,24 @@ def test_shared_prefix_candidate_losses_equal_a_full_recomputation(white):
     a, hit_a = shared.losses(suffix, cands, pos)
     b, hit_b = full.losses(suffix, cands, pos)
     assert torch.allclose(a, b, atol=1e-4) and torch.equal(hit_a, hit_b)
-    ga, la = shared.gradient(suffix)
-    gb, lb = full.gradient(suffix)
+    ga, la, base = shared.gradient(suffix)
+    gb, lb, _ = full.gradient(suffix)
     assert abs(la - lb) < 1e-4 and torch.allclose(ga, gb, atol=1e-4)
+    # packed: all 48 candidates end to end in rows with a block mask, on the gradient pass's cache
+    assert base is not None and shared.can_pack and not shared.pack_checked
+    c, hit_c = shared.losses(suffix, cands, pos, base)
+    assert shared.pack_checked and shared.can_pack  # checked against grouped passes, and kept
+    assert torch.allclose(c, b, atol=1e-4) and torch.equal(hit_c, hit_b)
+    assert base.get_seq_length() == len(before) + len(suffix)  # the shared cache is left as it was
+    # the gradient w.r.t. the one-hot suffix (taken through the embedding rows) equals autograd
+    # through one_hot @ W on a full forward pass
+    emb = white.model.get_input_embeddings()
+    W = emb.weight.detach()
+    one_hot = torch.nn.functional.one_hot(suffix, W.shape[0]).to(W.dtype).requires_grad_(True)
+    x = torch.cat([emb(torch.tensor(before)).detach(), one_hot @ W, emb(torch.tensor(after + goal[:-1])).detach()])
+    logits = white.model(inputs_embeds=x.unsqueeze(0)).logits[0, -len(goal):]
+    (ref,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits.float(), torch.tensor(goal)), [one_hot])
+    assert torch.allclose(ga, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_gcg_needs_a_white_box_target_and_transfer_keeps_the_budget():

@@ -21,19 +21,24 @@ honest way: the request plus the suffix *as text* is sent through the target's `
 What makes it fast (measured against nanogcg in ``benchmarks/bench_gcg.py``):
 
 - the tokens before the suffix (system prompt, chat template, request) run once, and their KV cache
-  is shared by every forward pass;
+  is shared by every forward pass; the gradient pass's cache of the current suffix is the
+  candidates' starting point (no separate pass for it);
 - a candidate differs from the current suffix at one position ``p`` only, so the tokens before
-  ``p`` are shared too: candidates are sorted by ``p`` and cut into groups (one per position when
-  there are enough candidates, else groups of at least 4), and each group runs only from its
-  smallest ``p`` on, on the KV cache of the current suffix cut there (at 512 candidates, on average
-  half the suffix is not recomputed);
-- the vocabulary projection runs only where the target tokens are predicted.
+  ``p`` are shared too: each candidate runs only from its own ``p`` on (on average half the suffix
+  is not recomputed). The candidates' remaining tokens are packed end to end into rows of about
+  ``ROW_TOKENS`` with a block attention mask and their own position ids, all of them in one forward
+  pass (per ``PASS_TOKENS``): one pass streams the weights once, where a pass per group of
+  candidates would stream them once per group. Packing is checked against plain grouped passes on
+  the first step for each model and used only when they agree; models that cannot take a custom
+  4-D mask run the grouped passes (candidates sorted by ``p`` and cut into groups);
+- the vocabulary projection runs only where the target tokens are predicted, on gathered rows.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +51,10 @@ from assay.targets.llm import LanguageModelTarget
 
 _MARK = "\u2063ASSAY-GCG-SUFFIX\u2063"  # an invisible separator: no chat template edits it
 _ALLOWED: dict[int, torch.Tensor] = {}  # id(tokenizer) -> bool mask over the embedding rows
+_PACKING_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> packed passes agreed with grouped
 MIN_ROWS = 4  # fewest candidates per shared-prefix group (on a CPU even 4 rows fill a matrix product well)
+PASS_TOKENS = 4096  # most candidate tokens in one packed forward pass
+ROW_TOKENS = 160  # about this many tokens per packed row (its masked attention is quadratic in the length)
 
 
 @dataclass
@@ -69,6 +77,8 @@ class GCGResult:
     candidates_evaluated: int
     forward_passes: int
     history: list[str] = field(default_factory=list)
+    search_seconds: float = 0.0  # the optimisation alone, without the final check's generation
+    search_cpu_seconds: float = 0.0  # its CPU time (this process)
 
     @property
     def prompt(self) -> str:
@@ -141,6 +151,12 @@ class _Runner:
             _, self.prefix = self._fwd(torch.tensor([before], device=self.dev), None, 0, keep=1)
         self.can_share = self.prefix is not None and all(
             hasattr(self.prefix, m) for m in ("crop", "batch_repeat_interleave"))
+        # packing needs the vocabulary projection at chosen positions; it is checked against the
+        # grouped passes on the first candidates before it is trusted (``_check_packing``)
+        self.can_pack = self.can_share and hasattr(self.prefix, "layers") and hasattr(self.model, "base_model") \
+            and self.model.get_output_embeddings() is not None
+        self.pack_checked = self.model in _PACKING_OK
+        self.can_pack = self.can_pack and _PACKING_OK.get(self.model, True)
         self.forward_passes = 1
 
     def _fwd(self, ids_or_embeds: torch.Tensor, past, start: int, keep: int, embeds: bool = False):
@@ -149,6 +165,15 @@ class _Runner:
         mask = torch.ones((b, start + w), dtype=torch.long, device=self.dev)
         kw = {"inputs_embeds" if embeds else "input_ids": ids_or_embeds}
         return self.engine._forward(keep=keep, past=past, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
+
+    @staticmethod
+    def _detach(cache, drop: int):
+        """``cache`` without its last ``drop`` positions, cut from the autograd graph."""
+        if drop:
+            cache.crop(-drop)
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+        return cache
 
     def _past(self, cut: int | None = None, rows: int = 1, base=None):
         if not self.can_share:
@@ -160,29 +185,125 @@ class _Runner:
             c.batch_repeat_interleave(rows)
         return c
 
-    def gradient(self, suffix: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """d loss / d one-hot(suffix): (suffix_len, vocab); and the current loss."""
+    def gradient(self, suffix: torch.Tensor) -> tuple[torch.Tensor, float, Any]:
+        """d loss / d one-hot(suffix): (suffix_len, vocab); the current loss; and the KV cache of the
+        tokens before the suffix and the suffix (the candidates' shared start), or None.
+
+        ``one_hot @ W`` is exactly the embedding rows ``W[suffix]``, so the pass takes the rows and
+        the gradient with respect to the one-hot matrix is that with respect to the rows times
+        ``W^T`` (the chain rule through the product; the product itself would be wasted work)."""
         W = self.emb.weight
-        one_hot = torch.zeros(len(suffix), W.shape[0], dtype=W.dtype, device=self.dev)
-        one_hot.scatter_(1, suffix.view(-1, 1), 1.0)
-        one_hot.requires_grad_(True)
+        rows = W[suffix].detach().requires_grad_(True)
         tail_embeds = self.emb(self.tail).detach()
-        embeds = torch.cat([one_hot @ W, tail_embeds]).unsqueeze(0)
+        embeds = torch.cat([rows, tail_embeds]).unsqueeze(0)
         T = len(self.goal)
+        base = None
         if self.can_share:
-            logits, _ = self._fwd(embeds, self._past(), len(self.before), keep=T, embeds=True)
+            logits, cache = self._fwd(embeds, self._past(), len(self.before), keep=T, embeds=True)
+            if self.can_pack and cache is not None:
+                base = cache
         else:
             full = torch.cat([self.emb(torch.tensor(self.before, device=self.dev)).detach(), embeds[0]]).unsqueeze(0)
             logits, _ = self._fwd(full, None, 0, keep=T, embeds=True)
         self.forward_passes += 1
         loss = F.cross_entropy(logits[0, -T:].float(), self.goal_t)
-        (grad,) = torch.autograd.grad(loss, [one_hot])
-        return grad, float(loss.detach())
+        (g_rows,) = torch.autograd.grad(loss, [rows])
+        grad = g_rows @ W.detach().T
+        if base is not None:
+            base = self._detach(base, len(self.tail))
+        return grad, float(loss.detach()), base
 
     @torch.no_grad()
-    def losses(self, suffix: torch.Tensor, cands: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, suffix: torch.Tensor, cands: torch.Tensor, pos: torch.Tensor, base=None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target loss of every candidate (one changed position each, ``pos``), and whether the target
-        is its greedy answer (teacher-forced argmax of every target token)."""
+        is its greedy answer (teacher-forced argmax of every target token). ``base``: the KV cache of
+        the tokens before the suffix and the current suffix, when the gradient pass made it."""
+        if base is not None and self.can_pack and not self.pack_checked:
+            self._check_packing(suffix, cands, pos, base)
+        if base is not None and self.can_pack:
+            return self._packed_losses(suffix, cands, pos, base)
+        return self._grouped_losses(suffix, cands, pos)
+
+    def _check_packing(self, suffix, cands, pos, base) -> None:
+        """Packed passes rely on the model honouring a custom 4-D attention mask and position ids;
+        on the first step a few candidates go both ways, and packing is used only when they agree."""
+        k = min(len(cands), 3)
+        packed = self._packed_losses(suffix, cands[:k], pos[:k], base)[0]
+        grouped = self._grouped_losses(suffix, cands[:k], pos[:k])[0]
+        self.can_pack = bool(torch.allclose(packed, grouped, rtol=1e-3, atol=1e-3))
+        self.pack_checked = True
+        _PACKING_OK[self.model] = self.can_pack
+
+    def _packed_losses(self, suffix, cands, pos, base) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidates packed end to end into a few long rows: candidate ``i`` contributes only its
+        tokens from its changed position ``p_i`` on (then the chat template's tokens and the target),
+        with its own positions, and attends to the shared cache up to ``p_i`` and to its own tokens
+        only. The arithmetic is that of one group per candidate, done in one forward pass per
+        ``PASS_TOKENS`` (each pass streams every weight once, which on a CPU costs as much as ~50
+        tokens of a 135M model); rows of ``ROW_TOKENS`` keep the masked attention, which is
+        quadratic in the row length, small."""
+        T, S, L = len(self.goal), len(suffix), len(self.before)
+        tail = self.tail
+        loss = torch.empty(len(cands), device=self.dev)
+        hit = torch.zeros(len(cands), dtype=torch.bool, device=self.dev)
+        lens = [S - int(p) + len(tail) for p in pos.tolist()]
+        passes, cur, tokens = [], [], 0
+        for i, n in enumerate(lens):
+            if cur and tokens + n > PASS_TOKENS:
+                passes.append(cur)
+                cur, tokens = [], 0
+            cur.append(i)
+            tokens += n
+        if cur:
+            passes.append(cur)
+        decoder = self.model.base_model
+        head = self.model.get_output_embeddings()
+        causal = torch.ones(S + len(tail), S + len(tail), dtype=torch.bool, device=self.dev).tril()
+        for members in passes:
+            R = max(1, min(len(members), round(sum(lens[i] for i in members) / ROW_TOKENS)))
+            rows: list[list[int]] = [[] for _ in range(R)]
+            filled = [0] * R
+            for i in sorted(members, key=lambda i: -lens[i]):  # longest first, each to the emptiest row
+                r = min(range(R), key=filled.__getitem__)
+                rows[r].append(i)
+                filled[r] += lens[i]
+            W = max(filled)
+            ids = torch.zeros(R, W, dtype=torch.long, device=self.dev)
+            where = torch.zeros(R, W, dtype=torch.long, device=self.dev)
+            mask = torch.zeros(R, 1, W, L + S + W, dtype=torch.bool, device=self.dev)
+            at_row, at_col, order = [], [], []
+            for r, mine in enumerate(rows):
+                o = 0
+                for i in mine:
+                    p, n = int(pos[i]), lens[i]
+                    ids[r, o:o + n] = torch.cat([cands[i, p:], tail])
+                    where[r, o:o + n] = L + p + torch.arange(n, device=self.dev)
+                    mask[r, 0, o:o + n, :L + p] = True
+                    mask[r, 0, o:o + n, L + S + o:L + S + o + n] = causal[:n, :n]
+                    at_row += [r] * T
+                    at_col += range(o + n - T, o + n)
+                    order.append(i)
+                    o += n
+                pad = torch.arange(o, W, device=self.dev)
+                mask[r, 0, pad, L + S + pad] = True  # padding sees itself only (no empty softmax row)
+            past = copy.deepcopy(base)
+            if R > 1:
+                past.batch_repeat_interleave(R)
+            out = decoder(input_ids=ids, attention_mask=mask, position_ids=where, use_cache=True,
+                          **{self.engine._cache_arg: past})
+            self.forward_passes += 1
+            self.engine.forward_passes += 1
+            h = out.last_hidden_state[torch.tensor(at_row, device=self.dev), torch.tensor(at_col, device=self.dev)]
+            lg = head(h).float().view(len(order), T, -1)
+            idx = torch.tensor(order, device=self.dev)
+            loss[idx] = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), self.goal_t.repeat(len(order)),
+                                        reduction="none").view(len(order), T).mean(1)
+            hit[idx] = (lg.argmax(-1) == self.goal_t).all(1)
+        return loss, hit
+
+    def _grouped_losses(self, suffix: torch.Tensor, cands: torch.Tensor, pos: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         T, S, L = len(self.goal), len(suffix), len(self.before)
         loss = torch.empty(len(cands), device=self.dev)
         hit = torch.zeros(len(cands), dtype=torch.bool, device=self.dev)
@@ -255,7 +376,7 @@ def gcg(
         raise InputError("GCG needs a non-empty target string, e.g. 'Sure, here is'")
     if steps < 1 or search_width < 1 or topk < 1 or batch_size < 1:
         raise InputError("steps, search_width, topk and batch_size must be >= 1")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if init is None:
         if suffix_tokens < 1:
             raise InputError(f"suffix_tokens={suffix_tokens} must be >= 1")
@@ -282,7 +403,7 @@ def gcg(
         best_loss, best_suffix, losses, history = float("inf"), suffix.clone(), [], []
         matched, evaluated, done = False, 0, 0
         for step in range(steps):
-            grad, cur_loss = r.gradient(suffix)
+            grad, cur_loss, base = r.gradient(suffix)
             if step == 0:
                 best_loss = cur_loss
             grad[:, ~allowed] = float("inf")
@@ -301,7 +422,7 @@ def gcg(
                 losses.append(cur_loss)
                 done = step + 1
                 continue
-            loss, hit = r.losses(suffix, cands, pos)
+            loss, hit = r.losses(suffix, cands, pos, base)
             evaluated += len(cands)
             j = int(loss.argmin())
             suffix = cands[j].clone()
@@ -321,6 +442,7 @@ def gcg(
                 if early_stop:
                     break
         forward_passes = r.forward_passes
+        search_seconds, search_cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         for p, req in zip(target.model.parameters(), requires):
             p.requires_grad_(req)
@@ -328,7 +450,7 @@ def gcg(
     out = target.generate([request + text], max_new_tokens=max_new_tokens or len(goal) + 8, chat=chat)[0].text
     return GCGResult(request, target_text, text, best_suffix.tolist(), best_loss, losses, done,
                      _starts_with(out, target_text), matched, out, time.perf_counter() - t0, evaluated,
-                     forward_passes, history)
+                     forward_passes, history, search_seconds, search_cpu)
 
 
 def _init_suffix(tokenizer, n: int) -> torch.Tensor:
