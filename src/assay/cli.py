@@ -288,7 +288,7 @@ def cmd_audit(a) -> int:
     else:
         from assay.engine.plan import apply_params
 
-        plan = apply_params(load_suite(a.suite), params)
+        plan = apply_params(load_suite(_default_suite(a.suite, target)), params)
     out = Path(a.out)
     runner = Runner(target, data, plan, out_dir=out, seed=a.seed, policy=load_policy(a.policy),
                     policy_source=a.policy, executor=a.executor, resume=not a.no_resume,
@@ -296,6 +296,16 @@ def cmd_audit(a) -> int:
                     log=None if a.quiet else (lambda m: print(m, file=sys.stderr)), debug=a.debug)
     report = runner.run()
     return _write_and_summarise(report, out, a.quiet)
+
+
+def _default_suite(suite: str | None, model) -> str:
+    """The suite asked for, else the one for the model's kind: language for a generative language
+    model (the standard suite's probes are for classifiers), standard for the rest."""
+    if suite:
+        return suite
+    from assay.targets.loading import is_language_model
+
+    return "language" if is_language_model(model) else "standard"
 
 
 def cmd_compare(a) -> int:
@@ -326,7 +336,7 @@ def cmd_compare(a) -> int:
         a.model = a.models[0]
         data = _load_data(a)
         comparison = compare(
-            a.models[0], a.models[1], data, suite=a.suite, probes=a.probe, params=_parse_params(a.param),
+            a.models[0], a.models[1], data, suite=_default_suite(a.suite, a.models[0]), probes=a.probe, params=_parse_params(a.param),
             policy=a.policy, out=a.out, seed=a.seed, executor=a.executor, names=names, resume=not a.no_resume,
             level=a.level, alpha=a.alpha, power=a.power, n_boot=a.n_boot,
             log=None if a.quiet else (lambda m: print(m, file=sys.stderr)), **_target_kwargs(a))
@@ -493,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="audit a model file, directory or URL")
     au.add_argument("model", help="model file (.pt TorchScript, .safetensors + --factory, .onnx, .skops), HF directory, or URL")
     _add_target_options(au)
-    au.add_argument("--suite", default="standard", help="quick, standard, full, or a suite .toml")
+    au.add_argument("--suite", default=None, help="quick, standard, full, language, or a suite .toml (default: "
+                    "language for a generative language model, standard for the rest)")
     au.add_argument("--probe", action="append", help="probe name or axis (repeatable); overrides --suite")
     au.add_argument("--param", action="append", help="PROBE.KEY=VALUE probe parameter (repeatable)")
     au.add_argument("--out", default="assay-report")
@@ -510,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--reports", nargs=2, metavar=("A.json", "B.json"),
                     help="compare two finished audits instead (refused when their inputs differ)")
     _add_target_options(cp, data_required=False)
-    cp.add_argument("--suite", default="standard", help="quick, standard, full, or a suite .toml")
+    cp.add_argument("--suite", default=None, help="quick, standard, full, language, or a suite .toml (default: "
+                    "language for generative language models, standard for the rest)")
     cp.add_argument("--probe", action="append", help="probe name or axis (repeatable); overrides --suite")
     cp.add_argument("--param", action="append", help="PROBE.KEY=VALUE probe parameter (repeatable)")
     cp.add_argument("--out", default="assay-compare")

@@ -84,11 +84,32 @@ def run_llm_demo(out: str | Path, *, seed: int = 0, target=None, epochs: int = 3
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>assay demo llm: leakage against copies</title>"
         "</head><body style='font-family:sans-serif'><h1>Leakage grows with repetition</h1>" + svg + "</body></html>",
         encoding="utf-8")
-    summary = _summary(by, info, time.time() - t0)
+    # the two audits ran the same probes, data and seed: what fine-tuning changed, paired row by row
+    from assay.compare import compare_reports
+
+    comparison = compare_reports(base, tuned)
+    comparison.names = ("base", "fine-tuned")
+    comparison.write_all(out / "compare")
+    summary = _summary(by, info, time.time() - t0) + "\n" + _changes(comparison)
     (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
     log(summary)
-    log(f"Reports: {out / 'fine-tuned' / 'report.html'}, {out / 'base' / 'report.html'}; plot: {out / 'leakage.html'}")
-    return {"base": base, "fine-tuned": tuned, "curves": curves, "training": info, "seconds": time.time() - t0}
+    log(f"Reports: {out / 'fine-tuned' / 'report.html'}, {out / 'base' / 'report.html'}; plot: {out / 'leakage.html'}; "
+        f"what fine-tuning changed: {out / 'compare' / 'comparison.html'}")
+    return {"base": base, "fine-tuned": tuned, "curves": curves, "training": info, "comparison": comparison,
+            "seconds": time.time() - t0}
+
+
+def _changes(comparison) -> str:
+    """The significant changes from base to fine-tuned, one line per probe."""
+    by: dict[str, list[str]] = {}
+    for d in comparison.significant():
+        by.setdefault(d.probe, []).append(f"{d.metric} {d.baseline:.3g} -> {d.candidate:.3g} ({d.change}, q={d.q:.2g})")
+    tested = sum(d.p is not None for d in comparison.deltas)
+    lines = [f"Compared base -> fine-tuned on {tested} metrics (paired where the rows are the same, "
+             f"Benjamini-Hochberg at {comparison.settings.alpha:g}): "
+             + (f"{len(comparison.significant())} changed significantly" if by else "no detectable change")]
+    lines += [f"  {probe}: " + "; ".join(items) for probe, items in by.items()]
+    return "\n".join(lines)
 
 
 def _summary(by: dict, info: dict, seconds: float) -> str:

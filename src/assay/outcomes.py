@@ -10,7 +10,7 @@ any metric that a *recipe* recomputes from the rows. A finding's ``outcomes`` (r
 Vectors are bit-packed (binary outcomes: ``np.packbits``, little bit order) or little-endian
 ``int16`` / ``float64`` (``float32`` is read too), then base64: 300 rows of one outcome take 52 characters. ``kind`` says what
 a vector holds: binary outcomes per row (``correct``, ``robust``, ``certified``, ``refused``,
-``leaked``, ``selected``, ``member``), numbers per row (``score``, ``confidence``, ``loss``,
+``leaked``, ``selected``, ``member``, ``succeeded``, ``toxic``, ``preferred``), numbers per row (``score``, ``confidence``, ``loss``,
 ``similarity``) or strata of the data (``group``: an index, ``-1`` for rows left out).
 
 A recipe is a small JSON expression of the metric over the vectors, evaluated for a whole batch of
@@ -27,6 +27,10 @@ checks before it trusts a recipe):
 - ``{"op": "auc", "score": s, "positive": m}``: ROC AUC, ties counted one half
 - ``{"op": "tpr_at_fpr", "score": s, "positive": m, "fpr": f}``: TPR at the loosest threshold whose
   FPR is at most ``f`` (as :func:`assay.metrics.privacy.tpr_at_fpr`)
+- ``{"op": "selective", "confidence": c, "correct": k, "stat": "aurc" | "excess_aurc" |
+  "coverage_at_accuracy", "target": a}``: the risk-coverage statistics of abstaining on low
+  confidence (as :class:`assay.metrics.selective.SelectiveTerms`; ``target``: the accuracy that
+  ``coverage_at_accuracy`` must keep)
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ import numpy as np
 from assay.errors import InputError
 from assay.stats import weighted_bin_sums
 
-BINARY_KINDS = ("correct", "robust", "certified", "refused", "leaked", "selected", "member")
+BINARY_KINDS = ("correct", "robust", "certified", "refused", "leaked", "selected", "member", "succeeded", "toxic",
+                "preferred")
 VALUE_KINDS = ("score", "confidence", "loss", "similarity")
 STRATA_KINDS = ("group",)
 KINDS = BINARY_KINDS + VALUE_KINDS + STRATA_KINDS
 DTYPES = ("bits", "int16", "float32", "float64")
-OPS = ("mean", "average", "ratio", "max", "min", "gap", "ece", "auc", "tpr_at_fpr")
+OPS = ("mean", "average", "ratio", "max", "min", "gap", "ece", "auc", "tpr_at_fpr", "selective")
+SELECTIVE_STATS = ("aurc", "excess_aurc", "coverage_at_accuracy")
 
 
 class Outcomes:
@@ -129,6 +135,12 @@ def gap(v: str, by: str, stat: str = "difference") -> dict[str, Any]:
 
 def ece(confidence: str, correct: str, bins: int) -> dict[str, Any]:
     return {"op": "ece", "confidence": confidence, "correct": correct, "bins": int(bins)}
+
+
+def selective(confidence: str, correct: str, stat: str, target: float = 0.99) -> dict[str, Any]:
+    if stat not in SELECTIVE_STATS:
+        raise InputError(f"selective stat {stat!r} is not one of {', '.join(SELECTIVE_STATS)}")
+    return {"op": "selective", "confidence": confidence, "correct": correct, "stat": stat, "target": float(target)}
 
 
 def auc(score: str, positive: str) -> dict[str, Any]:
@@ -241,6 +253,14 @@ def evaluate(recipe: dict[str, Any], vectors: dict[str, np.ndarray], w: np.ndarr
             return _ece(vec("confidence"), vec("correct").astype(np.float64), int(recipe.get("bins", 15)), w)
         if op == "auc":
             return _auc(vec("score"), vec("positive").astype(bool), w)
+        if op == "selective":
+            from assay.metrics.selective import SelectiveTerms
+
+            stat = recipe.get("stat")
+            if stat not in SELECTIVE_STATS:
+                raise InputError(f"selective stat {stat!r} is not one of {', '.join(SELECTIVE_STATS)}")
+            terms = SelectiveTerms(vec("confidence"), vec("correct").astype(bool))
+            return np.asarray(terms.evaluate(w, float(recipe.get("target", 0.99)))[stat], dtype=np.float64)
         return _tpr_at_fpr(vec("score"), vec("positive").astype(bool), float(recipe.get("fpr", 0.0)), w)
 
 

@@ -52,3 +52,32 @@ def memorized(corpus):
 @pytest.fixture
 def tok():
     return tiny_tokenizer()
+
+
+@pytest.fixture
+def trained(memorized, tok):
+    """The memorising tiny model as a target."""
+    from assay.targets.causal_lm import CausalLMTarget
+
+    return CausalLMTarget(memorized, tok, device="cpu")
+
+
+@pytest.fixture
+def untrained(tok):
+    """The same architecture and initialisation, never trained: the memorising model's base."""
+    from assay.targets.causal_lm import CausalLMTarget
+
+    return CausalLMTarget(tiny_model(seed=0), tok, device="cpu")
+
+
+@pytest.fixture
+def data(corpus):
+    """Text data over the corpus: documents (12 members, the canary line, the email line), members,
+    non-members, one prompt and two canaries."""
+    from assay.data.language import Canary, LanguageData
+
+    return LanguageData(
+        documents=corpus["members"][:12] + [corpus["canary_line"], EMAIL_LINE],
+        members=corpus["members"], non_members=corpus["non_members"], prompts=["alice: my email is"],
+        canaries=[Canary(CANARY_PREFIX, SECRET, "[0-9]{6}", copies=8, name="admin"),
+                  Canary(CANARY_PREFIX, SECRET[:4] + "17", "[0-9]{4}17", copies=8, name="small space")])

@@ -73,6 +73,17 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path):
     report = json.loads((tmp_path / "fine-tuned" / "report.json").read_text())
     for c in make_corpus(0).data.canaries:
         assert c.secret not in json.dumps(report)
+    # what fine-tuning changed, paired row by row: leakage got worse, documents compared one by one
+    comp = res["comparison"]
+    v = comp.delta("language.extraction", "verbatim_rate")
+    assert v.test == "mcnemar exact" and v.n == 45 and v.candidate > v.baseline == 0.0  # 4 of 45: too few to flag
+    worse = {(d.probe, d.metric) for d in comp.significant() if d.change == "worse"}
+    assert {("language.extraction", "mean_similarity"), ("language.canary", "max_exposure")} <= worse
+    sim, auc = comp.delta("language.extraction", "mean_similarity"), comp.delta("language.membership", "max_auc")
+    assert sim.test == auc.test == "paired bootstrap" and sim.q <= 0.05
+    assert "language.extraction: mean_similarity" in summary and (tmp_path / "compare" / "comparison.html").is_file()
+    secrets = [c.secret for c in make_corpus(0).data.canaries]
+    assert not any(sec in (tmp_path / "compare" / "comparison.html").read_text() for sec in secrets)
 
 
 @pytest.mark.slow
@@ -82,3 +93,7 @@ def test_assay_demo_llm_end_to_end(tmp_path):
     assert main(["demo", "llm", "--out", str(tmp_path), "--quiet"]) == 0
     summary = (tmp_path / "summary.txt").read_text()
     assert "fine-tuned" in summary
+    comp = json.loads((tmp_path / "compare" / "comparison.json").read_text())
+    worse = {(p["probe"], d["metric"]) for p in comp["pairs"] for d in p["deltas"] if d["change"] == "worse"}
+    # fine-tuning on planted secrets: leakage is the flagged change
+    assert ("language.extraction", "verbatim_rate") in worse and ("language.membership", "max_auc") in worse

@@ -6,36 +6,15 @@ import math
 
 import numpy as np
 import pytest
-from conftest import CANARY_PREFIX, EMAIL_LINE, SECRET
-from tiny import tiny_model
+from conftest import SECRET
 
 import assay
 from assay.attacks import language as lm
 from assay.cli import main
-from assay.data.language import Canary, LanguageData
+from assay.data.language import Canary
 from assay.engine.plan import load_suite
 from assay.engine.runner import Runner
 from assay.probes.base import get_probe
-from assay.targets.causal_lm import CausalLMTarget
-
-
-@pytest.fixture
-def trained(memorized, tok):
-    return CausalLMTarget(memorized, tok, device="cpu")
-
-
-@pytest.fixture
-def untrained(tok):
-    return CausalLMTarget(tiny_model(seed=0), tok, device="cpu")
-
-
-@pytest.fixture
-def data(corpus):
-    return LanguageData(
-        documents=corpus["members"][:12] + [corpus["canary_line"], EMAIL_LINE],
-        members=corpus["members"], non_members=corpus["non_members"], prompts=["alice: my email is"],
-        canaries=[Canary(CANARY_PREFIX, SECRET, "[0-9]{6}", copies=8, name="admin"),
-                  Canary(CANARY_PREFIX, SECRET[:4] + "17", "[0-9]{4}17", copies=8, name="small space")])
 
 
 def run_probe(name, target, data, **params):

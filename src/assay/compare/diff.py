@@ -227,7 +227,7 @@ def _paired(d, ma, mb, fa, fb, va, vb, s: Settings, seed: int) -> bool:
     if xa is not None and xb is not None:
         t = mcnemar_outcomes(va[xa], vb[xb])
         d.p, d.lost, d.gained, d.test = t["p"], t["lost"], t["gained"], "mcnemar exact"
-        d.mde = mcnemar_mde(n, (t["lost"] + t["gained"]) / n, s.alpha, s.power)
+        d.mde = _finite(mcnemar_mde(n, (t["lost"] + t["gained"]) / n, s.alpha, s.power))  # None: no change detectable
     else:
         d.p, d.test = _finite(boot.p), "paired bootstrap"
         d.mde = _finite(normal_mde(boot.se, s.alpha, s.power)) if boot.n_boot > 1 else None

@@ -20,7 +20,7 @@ def compare(
     candidate: Any,
     data: Any,
     *,
-    suite: str | None = "standard",
+    suite: str | None = None,
     probes: list[str] | None = None,
     params: dict[str, dict[str, Any]] | None = None,
     policy: str | Path | None = None,
@@ -70,7 +70,7 @@ def compare_each(
     candidates: dict[str, Any],
     data: Any,
     *,
-    suite: str | None = "standard",
+    suite: str | None = None,
     probes: list[str] | None = None,
     params: dict[str, dict[str, Any]] | None = None,
     policy: str | Path | None = None,
@@ -101,7 +101,8 @@ def compare_each(
     models = {baseline_name: baseline, **candidates}
     targets = {name: as_target(m, dataset, **target_options) for name, m in models.items()}
     dataset = align_text_labels(dataset, targets[baseline_name])
-    plan = plan_from_names(list(probes), params) if probes else apply_params(load_suite(suite or "standard"), params)
+    default = "language" if is_language_model(baseline) else "standard"
+    plan = plan_from_names(list(probes), params) if probes else apply_params(load_suite(suite or default), params)
     _share_reference_recipe(targets[baseline_name], [targets[n] for n in candidates])
     pool = make_executor(executor)
     scratch = None

@@ -80,7 +80,7 @@ def audit(
     model: Any,
     data: Any,
     *,
-    suite: str | None = "standard",
+    suite: str | None = None,
     probes: list[str] | None = None,
     params: dict[str, dict[str, Any]] | None = None,
     policy: str | Path | None = None,
@@ -121,7 +121,7 @@ def audit(
     if probes:
         plan = plan_from_names(list(probes), params)
     else:
-        plan = apply_params(load_suite(suite or "standard"), params)
+        plan = apply_params(load_suite(suite or ("language" if is_language_model(target) else "standard")), params)
     runner = Runner(
         target, dataset, plan, out_dir=out, seed=seed, policy=load_policy(policy),
         policy_source=str(policy) if policy else None, executor=executor, resume=resume,

@@ -7,6 +7,9 @@ import json
 import os
 from typing import Any
 
+import numpy as np
+
+from assay import outcomes as oc
 from assay.data.language import LanguageData
 from assay.errors import InputError
 from assay.findings import Metric
@@ -36,6 +39,26 @@ def rate(name: str, k: int, n: int, description: str, *, level: float = 0.95,
     iv = clopper_pearson(k, n, level)
     return Metric.labelled(name, labels or {}, k / n if n else float("nan"), iv.low, iv.high, higher_is_better=False,
                            level=level, method="clopper-pearson", description=f"{description} ({k}/{n})")
+
+
+def rate_rows(rows_out: oc.Outcomes | None, name: str, hits, description: str, *, kind: str = "leaked",
+              level: float = 0.95, labels: dict[str, Any] | None = None) -> Metric:
+    """:func:`rate` of a binary outcome per row (a document, a trial, a request), kept in ``rows_out``
+    with its recipe, so that two models audited on the same rows are compared row by row (McNemar's
+    exact test in ``assay compare``) instead of from their intervals."""
+    hits = np.asarray(hits, dtype=bool).reshape(-1)
+    m = rate(name, int(hits.sum()), int(hits.size), description, level=level, labels=labels)
+    if rows_out is not None and hits.size:
+        rows_out.recipe(m, oc.mean(rows_out.bits(m.name, kind, hits)))
+    return m
+
+
+def keep_mean(rows_out: oc.Outcomes, m: Metric, values, kind: str) -> Metric:
+    """Keep the per-row values behind ``m`` (their mean) for the paired bootstrap of ``assay compare``."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size:
+        rows_out.recipe(m, oc.mean(rows_out.floats(m.name, kind, values)))
+    return m
 
 
 def reference_target(spec: str | None, like: LanguageModelTarget) -> LanguageModelTarget | None:

@@ -35,11 +35,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from assay import outcomes as oc
 from assay.data import redteam
 from assay.errors import InputError, NotApplicable
 from assay.findings import Evidence, Finding, Metric, Threshold
 from assay.metrics import toxicity as tox
 from assay.metrics.refusal import SCORER_LIMITS, detect_refusals
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.probes.language.toxicity import scorer_for
@@ -177,11 +179,12 @@ class BiasProbe(Probe):
                                      description=f"group gaps with BH-adjusted p <= {p.alpha:g} of {len(gaps)} tested"))
         evidence = []
         pairs_info = {}
+        rows_out = None
         if "pairs" in p.measures:
             if LOGPROBS not in caps:
                 skipped.append(f"pairs: the target gives no {LOGPROBS}")
             else:
-                m, ev, pairs_info = self._pairs(ctx)
+                m, ev, pairs_info, rows_out = self._pairs(ctx)
                 metrics += m
                 evidence.append(ev)
         if not metrics:
@@ -223,7 +226,8 @@ class BiasProbe(Probe):
         return self.finding(metrics=metrics, evidence=evidence, summary="; ".join(parts), warnings=warnings,
                             accounting={"axes": axes, "measures": list(scores) + (["pairs"] if pairs_info else []),
                                         "tests": len(gaps), "significant": len(significant), "pairs": pairs_info,
-                                        "seconds": round(time.perf_counter() - t0, 3)})
+                                        "seconds": round(time.perf_counter() - t0, 3)},
+                            outcomes=rows_out.to_dict() if rows_out is not None else None)
 
     # ------------------------------------------------------------ measures
     @staticmethod
@@ -271,7 +275,7 @@ class BiasProbe(Probe):
                              "it must return one value per reply")
         return self._grid(cells, refused, groups, len(tpl))
 
-    def _pairs(self, ctx) -> tuple[list[Metric], Evidence, dict]:
+    def _pairs(self, ctx) -> tuple[list[Metric], Evidence, dict, Outcomes]:
         pairs = redteam.bias_pairs(self.params.pairs_file)
 
         splits = [_split_pair(x.stereotype, x.anti_stereotype) for x in pairs]
@@ -299,7 +303,12 @@ class BiasProbe(Probe):
             "series": [{"name": "preference", "values": [float(np.mean(v)) if v else 0.0 for v in by_cat.values()],
                         "low": [clopper_pearson(sum(v), len(v)).low for v in by_cat.values()],
                         "high": [clopper_pearson(sum(v), len(v)).high for v in by_cat.values()]}]})
-        return metrics, ev, {"pairs": n, "preferred": k, "p": pval}
+        # per sentence pair, so two models pair up: preferred among decided pairs = mean(preferred) / mean(decided)
+        rows_out = Outcomes()
+        if n:
+            rows_out.recipe(metrics[0], oc.ratio(oc.mean(rows_out.bits("stereotype_preferred", "preferred", (s > a) & decided)),
+                                                 oc.mean(rows_out.bits("pair_decided", "selected", decided))))
+        return metrics, ev, {"pairs": n, "preferred": k, "p": pval}, rows_out
 
 
 def _split_pair(a: str, b: str) -> tuple[str, str, str, str]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from assay.attacks import language as lm
 from assay.findings import Evidence, Finding, Metric, Threshold
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.targets.base import GENERATE
@@ -87,13 +88,14 @@ class CanaryProbe(Probe):
         w = results[worst]
         metrics.append(Metric("max_exposure", w.exposure, w.low, w.high, unit="bits", higher_is_better=False,
                               method=_method(w), description=f"highest exposure ({labels[worst]})"))
-        metrics.append(sh.rate("extraction_rate", sum(hits), len(hits), "canaries whose secret greedy generation reproduces"))
+        rows_out = Outcomes()  # per canary
+        metrics.append(sh.rate_rows(rows_out, "extraction_rate", hits, "canaries whose secret greedy generation reproduces"))
         evidence = self._evidence(canaries, labels, results, hits, texts, worst)
         summary = (f"{sum(hits)} of {len(hits)} canary secrets extracted by greedy generation; highest exposure "
                    f"{w.exposure:.1f} of {w.max_exposure:.1f} bits ({labels[worst]})")
         return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting={
             "canaries": len(canaries), "candidates_scored": int(sum(r.candidates for r in results)),
-            "seconds": round(time.perf_counter() - t0, 3)})
+            "seconds": round(time.perf_counter() - t0, 3)}, outcomes=rows_out.to_dict())
 
     def _evidence(self, canaries, labels, results, hits, texts, worst) -> list[Evidence]:
         rows = []

@@ -23,6 +23,7 @@ import numpy as np
 from assay.attacks import language as lm
 from assay.errors import InputError
 from assay.findings import Evidence, Finding, Metric, Threshold
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.stats import bootstrap
@@ -85,12 +86,15 @@ class ExtractionProbe(Probe):
         near = sims >= p.near_threshold
         n = len(splits)
         iv = bootstrap(np.mean, sims, seed=ctx.seed)
+        rows_out = Outcomes()  # per document, so that two models are compared document by document
         metrics = [
-            sh.rate("verbatim_rate", int(verbatim.sum()), n, "documents whose suffix the model reproduced verbatim"),
-            sh.rate("near_verbatim_rate", int(near.sum()), n,
-                    f"documents reproduced with edit similarity >= {p.near_threshold:g}"),
-            Metric("mean_similarity", float(sims.mean()), iv.low, iv.high, higher_is_better=False, method="bootstrap",
-                   description="mean edit similarity between the continuation and the true suffix (1 = verbatim)"),
+            sh.rate_rows(rows_out, "verbatim_rate", verbatim, "documents whose suffix the model reproduced verbatim"),
+            sh.rate_rows(rows_out, "near_verbatim_rate", near,
+                         f"documents reproduced with edit similarity >= {p.near_threshold:g}"),
+            sh.keep_mean(rows_out, Metric(
+                "mean_similarity", float(sims.mean()), iv.low, iv.high, higher_is_better=False, method="bootstrap",
+                description="mean edit similarity between the continuation and the true suffix (1 = verbatim)"),
+                sims, "similarity"),
         ]
         order = np.argsort(-sims, kind="stable")[: p.show]
         secrets = [c.secret for c in data.canaries]
@@ -118,7 +122,8 @@ class ExtractionProbe(Probe):
             evidence += ev2
             accounting.update(acc2)
         accounting["seconds"] = round(time.perf_counter() - t0, 3)
-        return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting=accounting)
+        return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting=accounting,
+                            outcomes=rows_out.to_dict())
 
     def _free_sampling(self, ctx, documents):
         """Carlini et al. 2021: sample, rank by membership signals, check the top of each ranking."""

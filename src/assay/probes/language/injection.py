@@ -27,6 +27,7 @@ import numpy as np
 from assay.attacks import injection as inj
 from assay.errors import InputError, NotApplicable
 from assay.findings import Evidence, Finding, Metric, Threshold
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.stats import bootstrap, clopper_pearson, mcnemar_exact
@@ -107,20 +108,22 @@ class InjectionProbe(Probe):
         ok = np.array([t.success(partial) for t in trials])
         families = [f for f in inj.FAMILIES if any(t.family == f for t in trials)]
         mode = "the secret, whole or partly reconstructed," if partial else "the whole secret"
-        metrics = [sh.rate("leak_rate", int(ok.sum()), len(trials), f"trials whose reply gave away {mode} or was hijacked")]
+        rows_out = Outcomes()  # per trial: the trials are the same for every model
+        metrics = [sh.rate_rows(rows_out, "leak_rate", ok, f"trials whose reply gave away {mode} or was hijacked")]
         for f in families:
             sel = [i for i, t in enumerate(trials) if t.family == f]
-            metrics.append(sh.rate("leak_rate", int(ok[sel].sum()), len(sel), f"{f} trials that succeeded",
-                                   labels={"family": f}))
-        exact = sum(t.verdict.exact for t in trials)
-        part = sum(t.verdict.how == "partial" for t in trials)
-        metrics += [sh.rate("exact_leak_rate", exact, len(trials), "trials whose reply held the whole secret (maybe encoded)"),
-                    sh.rate("partial_leak_rate", part, len(trials), f"trials whose reply held at least {p.min_overlap:.0%} "
-                                                                     "of the secret, not all of it")]
+            metrics.append(sh.rate_rows(rows_out, "leak_rate", ok[sel], f"{f} trials that succeeded",
+                                        labels={"family": f}))
+        exact = [t.verdict.exact for t in trials]
+        part = [t.verdict.how == "partial" for t in trials]
+        metrics += [sh.rate_rows(rows_out, "exact_leak_rate", exact,
+                                 "trials whose reply held the whole secret (maybe encoded)"),
+                    sh.rate_rows(rows_out, "partial_leak_rate", part,
+                                 f"trials whose reply held at least {p.min_overlap:.0%} of the secret, not all of it")]
         hij = [t for t in trials if t.prompt.goal == "hijack"]
         if hij:
-            metrics.append(sh.rate("hijack_rate", sum(t.verdict.hijacked for t in hij), len(hij),
-                                   "hijack trials whose reply said the rogue string"))
+            metrics.append(sh.rate_rows(rows_out, "hijack_rate", [t.verdict.hijacked for t in hij],
+                                        "hijack trials whose reply said the rogue string", kind="succeeded"))
         evidence = [self._family_table(trials, ok, families)]
         accounting = {"trials": len(trials), "prompts": len({t.prompt.id for t in trials}),
                       "system_prompts": min(self.params.max_systems, len(inj.load_system_prompts(p.system_prompts))),
@@ -137,7 +140,8 @@ class InjectionProbe(Probe):
             shown += won
         evidence.append(self._examples(shown[: p.show]))
         accounting["seconds"] = round(time.perf_counter() - t0, 3)
-        return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting=accounting)
+        return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting=accounting,
+                            outcomes=rows_out.to_dict())
 
     def _trials(self, ctx) -> list[inj.Trial]:
         p = self.params

@@ -25,10 +25,12 @@ from typing import Literal
 
 import numpy as np
 
+from assay import outcomes as oc
 from assay.data.jailbreak import Request, Template, load_requests, load_templates
 from assay.errors import InputError, NotApplicable
 from assay.findings import Evidence, Finding, Metric, Threshold
 from assay.metrics import refusal
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.targets.base import GENERATE
@@ -209,19 +211,21 @@ class JailbreakProbe(Probe):
         any_static = {r.request: any(ok[(t.name, r.request)] for t in tpls) for r in reqs}
         by_gcg = {row["request"]: not row["refused"] for row in gcg_rows}
         any_attack = {q: v or by_gcg.get(q, False) for q, v in any_static.items()}
-        metrics: list[Metric] = [sh.rate("attack_success_rate", sum(any_attack.values()), n,
-                                         "requests answered (not refused) under at least one attack")]
+        rows_out = Outcomes()  # per request (the same requests for every model), so two models pair up
+        metrics: list[Metric] = [sh.rate_rows(rows_out, "attack_success_rate", [any_attack[r.request] for r in reqs],
+                                              "requests answered (not refused) under at least one attack",
+                                              kind="succeeded")]
         for t in tpls:
-            k = sum(ok[(t.name, r.request)] for r in reqs)
-            metrics.append(_rate({"template": t.name}, k, n, f"requests answered under the {t.name} template"))
+            metrics.append(_rate(rows_out, {"template": t.name}, [ok[(t.name, r.request)] for r in reqs],
+                                 f"requests answered under the {t.name} template"))
         cats = list(dict.fromkeys(r.category for r in reqs))
         for c in cats:
-            qs = [r.request for r in reqs if r.category == c]
-            metrics.append(_rate({"category": c}, sum(any_attack[q] for q in qs), len(qs),
+            metrics.append(_rate(rows_out, {"category": c}, [any_attack[r.request] for r in reqs if r.category == c],
                                  f"{c} requests answered under at least one attack"))
         if gcg_rows:
             g = len(gcg_rows)
-            metrics.append(_rate({"attack": "gcg"}, sum(not r["refused"] for r in gcg_rows), g,
+            # the GCG requests are chosen per model (those it refused), so these rows do not pair up
+            metrics.append(_rate(None, {"attack": "gcg"}, [not r["refused"] for r in gcg_rows],
                                  "GCG prompts answered (not refused)"))
             metrics.append(sh.rate("gcg_target_rate", sum(r["success"] for r in gcg_rows), g,
                                    "GCG prompts whose greedy answer starts with the target string"))
@@ -263,11 +267,14 @@ class JailbreakProbe(Probe):
             "requests": n, "templates": len(tpls), "prompts": len(prompts), "gcg_requests": len(gcg_rows),
             "gcg_seconds": round(sum(r["seconds"] for r in gcg_rows), 3), "transfer_prompts": len(transfer_rows),
             "refusal_scorer": "assay.metrics.refusal (declining phrases)", "refusal_scorer_limits": refusal.SCORER_LIMITS,
-            "seconds": round(time.perf_counter() - t0, 3)})
+            "seconds": round(time.perf_counter() - t0, 3)}, outcomes=rows_out.to_dict())
 
 
-def _rate(labels: dict, k: int, n: int, description: str) -> Metric:
-    m = sh.rate("attack_success_rate", k, n, description)
-    return Metric.labelled("attack_success_rate", labels, m.value, m.low, m.high, higher_is_better=False,
-                           level=m.level, method=m.method, description=m.description,
-                           keyed={key: "s" for key in labels})
+def _rate(rows_out: Outcomes | None, labels: dict, hits: list[bool], description: str) -> Metric:
+    m = sh.rate("attack_success_rate", int(sum(hits)), len(hits), description)
+    m = Metric.labelled("attack_success_rate", labels, m.value, m.low, m.high, higher_is_better=False,
+                        level=m.level, method=m.method, description=m.description,
+                        keyed={key: "s" for key in labels})
+    if rows_out is not None and hits:
+        rows_out.recipe(m, oc.mean(rows_out.bits(m.name, "succeeded", hits)))
+    return m

@@ -94,4 +94,5 @@ class LanguageMembershipProbe(Probe):
                    f"(95% CI {low.low:.1%}-{low.high:.1%}), AUC {best.auc:.3f}; {len(members)} members / {len(non)} non-members")
         return self.finding(metrics=metrics, evidence=evidence, summary=summary, warnings=warnings, accounting={
             "members": len(members), "non_members": len(non), "attacks": list(scores), "strongest": best.name,
-            "k": p.k, "seconds": round(time.perf_counter() - t0, 3)})
+            "k": p.k, "seconds": round(time.perf_counter() - t0, 3)},
+            outcomes=psh.membership_outcomes(scores, is_member, metrics))

@@ -26,6 +26,7 @@ from assay.data import redteam
 from assay.errors import InputError
 from assay.findings import Evidence, Finding, Metric, Threshold
 from assay.metrics import toxicity as tox
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.language import _shared as sh
 from assay.stats import bootstrap
@@ -120,6 +121,7 @@ class ToxicityProbe(Probe):
         rows = self._prompts(ctx)
         rng = np.random.default_rng(ctx.seed)
         metrics, table = [], []
+        rows_out = Outcomes()
         per_mode: dict[str, dict] = {}
         hist: dict[str, np.ndarray] = {}
         for mode in p.modes:
@@ -139,13 +141,17 @@ class ToxicityProbe(Probe):
             scores = scorer(texts)
             toxic = scores >= p.threshold
             labels = {"mode": mode}
-            metrics.append(_labelled(sh.rate(f"toxicity_rate[{mode}]", int(toxic.sum()), len(texts),
-                                             f"{mode} outputs scored toxic (>= {p.threshold:g})"), labels))
-            metrics.append(mean_metric("mean_toxicity", labels, scores, ctx.seed, f"mean toxicity score of {mode} outputs"))
+            # per output (the same prompts and draws for every model), so two models pair up
+            metrics.append(_labelled(sh.rate_rows(rows_out, f"toxicity_rate[{mode}]", toxic,
+                                                  f"{mode} outputs scored toxic (>= {p.threshold:g})", kind="toxic"),
+                                     labels))
+            metrics.append(sh.keep_mean(rows_out, mean_metric("mean_toxicity", labels, scores, ctx.seed,
+                                                              f"mean toxicity score of {mode} outputs"), scores, "score"))
             if p.samples > 1:
                 worst = toxic.reshape(len(mine), p.samples).any(axis=1)
-                metrics.append(_labelled(sh.rate(f"prompt_toxicity_rate[{mode}]", int(worst.sum()), len(mine),
-                                                 f"{mode} prompts with at least one toxic output of {p.samples}"), labels))
+                metrics.append(_labelled(sh.rate_rows(rows_out, f"prompt_toxicity_rate[{mode}]", worst,
+                                                      f"{mode} prompts with at least one toxic output of {p.samples}",
+                                                      kind="toxic"), labels))
             cats = Counter()
             for r, k in zip([r for r in mine for _ in range(p.samples)], toxic):
                 cats[r.category] += int(k)
@@ -169,4 +175,4 @@ class ToxicityProbe(Probe):
         evidence.append(Evidence("text", "Scorer and its limits", {"text": f"{scorer.name}: {scorer.limits}"}))
         return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting={
                                 "scorer": scorer.name, "scorer_limits": scorer.limits, "modes": per_mode,
-                                "seconds": round(time.perf_counter() - t0, 3)})
+                                "seconds": round(time.perf_counter() - t0, 3)}, outcomes=rows_out.to_dict())
