@@ -220,3 +220,24 @@ def test_candidates_share_the_baselines_membership_reference_models():
         assert (acct["reference_trained"], acct["reference_cached"]) == (0, 2)
         assert acct["recipe"] == c.baseline.findings[0].accounting["recipe"]
     assert out["copy"].delta("privacy.membership", "auc[rmia]").delta == 0
+
+
+def test_blackbox_selective_and_ood_metrics_are_paired_row_by_row(models):
+    """The black-box attack's robust accuracy (McNemar per point), the risk-coverage statistics and the
+    OOD detectors' AUROC (paired bootstrap per row): recipes that reproduce the reported values, so a
+    near copy is judged row by row, never from the two intervals."""
+    base, _, data = models
+    cand = copy.deepcopy(base)
+    with torch.no_grad():
+        cand[2].bias.add_(torch.tensor([0.4, -0.4]))  # shifts every confidence; flips a few answers
+    probes = ["robustness.blackbox", "reliability.selective", "reliability.ood"]
+    params = {"robustness.blackbox": {"max_samples": 40, "queries_per_sample": 40, "norms": ["linf"], "eps_linf": [0.05, 0.2]},
+              "reliability.selective": {"n_boot": 200}, "reliability.ood": {"n_boot": 200}}
+    c = compare(base, cand, data, probes=probes, params=params, n_boot=300)
+    ra = c.delta("robustness.blackbox", "robust_accuracy[linf,eps=0.2]")
+    assert ra.test == "mcnemar exact" and ra.n == 40 and ra.lost + ra.gained <= 40
+    for metric in ("aurc", "excess_aurc", "coverage_at_accuracy[acc>=0.99]"):
+        d = c.delta("reliability.selective", metric)
+        assert d.test.startswith("paired bootstrap") and d.n == 800, (metric, d.test)
+    auroc = c.delta("reliability.ood", "auroc[msp]")
+    assert auroc.test == "paired bootstrap" and auroc.n == 1600 and auroc.low <= auroc.delta <= auroc.high

@@ -8,9 +8,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from assay import outcomes as oc
 from assay.errors import InputError
 from assay.findings import Evidence, Metric, Threshold
 from assay.metrics.ood import DetectionTerms, ash_logits, energy_score, msp_score, shifted_copy
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.targets.base import GRADIENTS
 
@@ -96,6 +98,10 @@ class OutOfDistribution(Probe):
         if not scores:
             raise InputError(f"none of the detectors {wanted} can run on this model; use detectors=msp")
         metrics, evidence = [], []
+        # per input (the test inputs, then the OOD inputs: the same for every model at one seed), so two
+        # models' AUROCs are compared input by input (paired bootstrap)
+        rows_out = Outcomes()
+        in_dist = rows_out.bits("in_distribution", "selected", np.r_[np.ones(len(id_logits), bool), np.zeros(len(x_ood), bool)])
         for name, (a, b) in scores.items():
             a, b = a.numpy(), b.numpy()
             terms = DetectionTerms(a, b)
@@ -109,6 +115,7 @@ class OutOfDistribution(Probe):
                                 level=p.level, method="bootstrap",
                        description=f"OOD inputs accepted when {p.tpr:.0%} of ID inputs are", keyed={"tpr": "g"}),
             ]
+            rows_out.recipe(metrics[-2], oc.auc(rows_out.floats(f"score[{name}]", "score", np.r_[a, b]), in_dist))
             edges = np.histogram_bin_edges(np.concatenate([a, b]), bins=p.bins)
             evidence.append(Evidence("histogram", f"{name} score: in-distribution vs OOD", {
                 "xlabel": f"{name} score (higher = more in-distribution)",
@@ -118,7 +125,8 @@ class OutOfDistribution(Probe):
         best = max((m for m in metrics if m.base_name == "auroc"), key=lambda m: m.value)
         summary = f"best detector {best.name} = {best.value:.3f} [{best.low:.3f}, {best.high:.3f}] on {len(x_ood)} OOD inputs ({source})"
         return self.finding(metrics=metrics, evidence=evidence, summary=summary, warnings=warnings,
-                            accounting={"queries": t.queries, "ood_source": source, "n_ood": len(x_ood)})
+                            accounting={"queries": t.queries, "ood_source": source, "n_ood": len(x_ood)},
+                            outcomes=rows_out.to_dict())
 
 
 def _text_ood(data, shift: str, seed: int):

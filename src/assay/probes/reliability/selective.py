@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from assay import outcomes as oc
 from assay.findings import Evidence, Metric, Threshold
 from assay.metrics.selective import SelectiveTerms
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.reliability._common import clean_probs
 
@@ -44,6 +46,12 @@ class Selective(Probe):
                             higher_is_better=True, level=p.level, method=m,
                    description=f"largest fraction answered with accuracy >= {p.target_accuracy:g}", keyed={"min_accuracy": ("acc>", "g")}),
         ]
+        # per row, so two models are compared row by row (paired bootstrap of each statistic)
+        rows_out = Outcomes()
+        conf_v = rows_out.floats("confidence", "confidence", conf)
+        right = rows_out.bits("correct", "correct", pred == y)
+        for metric, stat in zip(metrics, oc.SELECTIVE_STATS):
+            rows_out.recipe(metric, oc.selective(conf_v, right, stat, p.target_accuracy))
         c = terms.curves()
         ev = Evidence("curve", "Risk-coverage", {"xlabel": "coverage", "ylabel": "selective risk (error rate)", "logx": False,
                                                  "logy": False, "series": [
@@ -51,4 +59,5 @@ class Selective(Probe):
                                                      {"name": "oracle", "x": c["coverage"], "y": c["oracle_risk"]}]})
         summary = (f"AURC {pt['aurc']:.4f} (excess {pt['excess_aurc']:.4f}); answers {pt['coverage_at_accuracy']:.1%} "
                    f"of inputs at accuracy >= {p.target_accuracy:g}")
-        return self.finding(metrics=metrics, evidence=[ev], summary=summary, accounting={"queries": 0, "n": len(y)})
+        return self.finding(metrics=metrics, evidence=[ev], summary=summary, accounting={"queries": 0, "n": len(y)},
+                            outcomes=rows_out.to_dict())

@@ -7,8 +7,10 @@ from typing import Literal
 
 import torch
 
+from assay import outcomes as oc
 from assay.errors import InputError
 from assay.findings import Evidence, Metric, Threshold
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.probes.robustness._evidence import example_images
 from assay.probes.robustness._space import threat_space
@@ -76,22 +78,26 @@ class BlackBoxProbe(Probe):
         used_total, exhausted = 0, False
         broken_any = clean_wrong.clone()
         x_adv = x.clone()
+        rows_out = Outcomes()
         for norm in p.norms:
             eps_list = self._given(norm) or space.grid(norm)
             # p.query_budget caps the attack's own queries across norms; the target's hard budget is
             # enforced by the target itself (the attacks stop cleanly on BudgetExceeded)
             left = None if p.query_budget is None else p.query_budget - used_total
-            ra, used, ex, broken, adv, extra = self._attack(ctx, attack, norm, eps_list, space, x, y, clean_wrong, left)
+            robust, used, ex, broken, adv, extra = self._attack(ctx, attack, norm, eps_list, space, x, y, clean_wrong, left)
+            ra = [float(m.double().mean()) for m in robust]
             used_total += used
             exhausted |= ex
             metrics += extra
             x_adv[broken & ~broken_any] = adv[broken & ~broken_any]
             broken_any |= broken
-            for eps, r in zip(eps_list, ra):
-                iv = clopper_pearson(round(r * n), n)
+            for eps, r, mask in zip(eps_list, ra, robust):
+                iv = clopper_pearson(int(mask.sum()), n)
                 metrics.append(Metric.labelled("robust_accuracy", {"norm": norm, "eps": eps}, r, iv.low, iv.high, higher_is_better=True,
                                       method=iv.method, description=f"{attack}, {p.queries_per_sample} queries per sample; "
                                                                     f"eps in {space.unit}", keyed={"eps": ".4g"}))
+                # per point, so two models attacked alike are compared point by point (McNemar)
+                rows_out.recipe(metrics[-1], oc.mean(rows_out.bits(f"robust[{norm},eps={eps:.6g}]", "robust", mask)))
             series.append({"name": f"{attack} {norm}", "x": eps_list, "y": ra})
             summary_bits.append(f"{norm}: " + ", ".join(f"{r:.1%} at {e:.4g}" for e, r in zip(eps_list, ra)))
         # queries_used is what the target was charged (never above its budget); the attack may have
@@ -126,12 +132,13 @@ class BlackBoxProbe(Probe):
                      + f"; {charged} queries charged to the target"
                      + (f" ({used_total} asked, the rest answered from its cache)." if cached else ".")),
             accounting={"samples": n, "attack": attack, "eps": eps_all, **space.describe()},
+            outcomes=rows_out.to_dict(),
         )
 
 
     def _attack(self, ctx, attack, norm, eps_list, space, x, y, clean_wrong, budget):
-        """One norm: robust accuracy per epsilon, queries asked, whether a budget ran out, the broken
-        mask, the adversarial inputs and any extra metrics."""
+        """One norm: which points stayed robust at each epsilon, queries asked, whether a budget ran out,
+        the broken mask, the adversarial inputs and any extra metrics."""
         from assay.attacks.hopskipjump import hop_skip_jump
         from assay.attacks.square import square
 
@@ -155,7 +162,7 @@ class BlackBoxProbe(Probe):
             norms[todo[ok]] = out["norms"][ok].float()
             x_adv[todo] = out["x_adv"]
             for eps in eps_list:
-                ra.append(1 - (broken | (norms <= eps * (1 + 1e-5))).float().mean().item())
+                ra.append(~(broken | (norms <= eps * (1 + 1e-5))))
             broken = broken | (norms <= eps_list[-1] * (1 + 1e-5))
             finite = norms[~clean_wrong & torch.isfinite(norms)]
             if len(finite):
@@ -184,5 +191,5 @@ class BlackBoxProbe(Probe):
                 broken[todo[hit]] = True
             elif len(todo):
                 exhausted = True
-            ra.append(1 - broken.float().mean().item())
+            ra.append(~broken)
         return ra, used_total, exhausted, broken, x_adv, extra
