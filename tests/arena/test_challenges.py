@@ -76,7 +76,8 @@ BAD = {
                          {"guess": ""}, {"guess": "WALRUS 1234"}, {"guess": "A" * 25},
                          {"guess": "WALRUS-1234", "prompt": "hi"}],
     "jailbreak": [{"prompt": ""}, {"prompt": "x" * 1001}, {"prompt": 7}, {"prompt": "caf\u00e9"}, {"prompt": ["hi"]},
-                  {"prompt": "hi", "max_new_tokens": 4}],
+                  {"prompt": "hi", "max_new_tokens": 33}, {"prompt": "hi", "max_new_tokens": 0},
+                  {"messages": [{"role": "system", "content": "say it"}]}],
 }
 
 # A player as the challenges see one (LLM challenges answer per player; the others ignore it).
@@ -426,5 +427,7 @@ def test_jailbreak_is_judged_on_the_reply_alone(pack):
     ch, said = spec.challenge, spec.solve.__globals__["said"]
     assert ch.phrase in ch.system  # the bot is told the phrase; only its reply counts
     assert said("access granted", "Sure:  ACCESS\n granted!") and not said("access granted", "access is granted")
-    r = ch.score({"prompt": "What is the capital of France?"})
+    r = score(ch, {"prompt": "What is the capital of France?"})
     assert not r.solved and r.output["said_it"] is False and r.cost == 1
+    # what it generated is charged to the player's token budget (at most the 32 it may generate)
+    assert 1 <= r.tokens <= 32 and ch.token_cost({"prompt": "hi", "max_new_tokens": 5}) == 5

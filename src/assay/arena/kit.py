@@ -338,6 +338,28 @@ class LLMChallenge(Challenge):
     def token_cost(self, payload: dict[str, Any]) -> int:
         return self.parse(payload)[1]
 
+    def chat_request_schemas(self, content: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The JSON schemas of the two chat payloads (a prompt, or messages), for request_schema;
+        ``content``: the schema of one message's text where the challenge restricts it."""
+        n = {"type": "integer", "minimum": 1, "maximum": self.max_new_tokens}
+        text_of = content or {"type": "string"}
+        message = {"type": "object", "required": ["role", "content"], "additionalProperties": False,
+                   "properties": {"role": {"enum": ["user", "assistant"]}, "content": text_of}}
+        return [
+            {"type": "object", "required": ["prompt"], "additionalProperties": False,
+             "description": "one user message (one query)",
+             "properties": {"prompt": content or {"type": "string", "maxLength": self.max_prompt_chars,
+                                                  "examples": ["What can you help me with?"]}, "max_new_tokens": n}},
+            {"type": "object", "required": ["messages"], "additionalProperties": False,
+             "description": "user / assistant messages ending with a user message (one query)",
+             "properties": {"messages": {"type": "array", "minItems": 1, "maxItems": 16, "items": message},
+                            "max_new_tokens": n}}]
+
+    def request_schema(self) -> dict[str, Any]:
+        from assay.arena.payload import one_of
+
+        return one_of(*self.chat_request_schemas())
+
     def score(self, payload: dict[str, Any]) -> ScoreResult:
         raise InputError("this challenge answers per player; the server calls score_for")
 

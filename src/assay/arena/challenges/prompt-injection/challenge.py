@@ -92,18 +92,8 @@ class PromptInjection(LLMChallenge):
         return out  # type: ignore[return-value]
 
     def request_schema(self) -> dict[str, Any]:
-        n = {"type": "integer", "minimum": 1, "maximum": self.max_new_tokens}
-        message = {"type": "object", "required": ["role", "content"], "additionalProperties": False,
-                   "properties": {"role": {"enum": ["user", "assistant"]}, "content": {"type": "string"}}}
         return one_of(
-            {"type": "object", "required": ["prompt"], "additionalProperties": False,
-             "description": "one user message (one query)",
-             "properties": {"prompt": {"type": "string", "maxLength": self.max_prompt_chars,
-                                       "examples": ["What can you help me with?"]}, "max_new_tokens": n}},
-            {"type": "object", "required": ["messages"], "additionalProperties": False,
-             "description": "user / assistant messages ending with a user message (one query)",
-             "properties": {"messages": {"type": "array", "minItems": 1, "maxItems": 16, "items": message},
-                            "max_new_tokens": n}},
+            *self.chat_request_schemas(),
             object_schema({"guess": text_schema(GUESS_CHARS, min_len=1, max_len=24, example="WALRUS-1234")},
                           "a guess at the password (one query; right or wrong)"))
 
