@@ -120,6 +120,13 @@ def test_robustness_text_probe_reports_rates_with_intervals_and_examples(sentime
     orig, pert = table.data["rows"][0][1], table.data["rows"][0][2]
     assert orig in texts and orig != pert
     assert f.metric("queries_used").value == f.accounting["queries_charged"]  # clean scores came from the cache
+    # per-text outcomes that reproduce each robust accuracy (assay compare pairs two models text by text)
+    from assay import outcomes as oc
+
+    vec = oc.decode(f.outcomes)
+    for name in ("robust_accuracy", "robust_accuracy[char]", "robust_accuracy[word]"):
+        recipe = f.outcomes["metrics"][name]
+        assert oc.evaluate(recipe, vec, np.ones((1, 30)))[0] == pytest.approx(f.metric(name).value)
 
 
 def test_text_probe_skips_numeric_data_and_numeric_probes_skip_text(sentiment_target):

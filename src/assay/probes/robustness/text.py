@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from assay import outcomes as oc
 from assay.attacks.text import EDITS, greedy_text_attack
 from assay.errors import InputError
 from assay.findings import Evidence, Metric, Threshold
+from assay.outcomes import Outcomes
 from assay.probes.base import Probe, register
 from assay.stats import clopper_pearson
 from assay.targets.base import SCORES
@@ -118,6 +120,7 @@ class TextRobustnessProbe(Probe):
         metrics: list[Metric] = []
         broken_any = clean_wrong.clone()
         rows = []
+        rows_out = Outcomes()  # per text, so two models attacked alike are compared text by text (McNemar)
         for a, out in results.items():
             success = out["success"].bool() | clean_wrong
             broken_any |= success
@@ -126,6 +129,7 @@ class TextRobustnessProbe(Probe):
             metrics.append(Metric.labelled("robust_accuracy", {"family": a}, k_rob / n, iv.low, iv.high, higher_is_better=True,
                                   level=p.level, method=iv.method,
                                   description=f"accuracy left after greedy {a} edits ({p.queries_per_sample} queries per text)"))
+            rows_out.recipe(metrics[-1], oc.mean(rows_out.bits(f"robust[{a}]", "robust", ~success)))
             k_succ = int((success & attacked).sum())
             if n_att:
                 iv = clopper_pearson(k_succ, n_att, p.level)
@@ -150,6 +154,7 @@ class TextRobustnessProbe(Probe):
         iv = clopper_pearson(k, n, p.level)
         metrics.insert(0, Metric("robust_accuracy", k / n, iv.low, iv.high, higher_is_better=True, level=p.level,
                                  method=iv.method, description="texts no attack broke (worst case over the attacks)"))
+        rows_out.recipe(metrics[0], oc.mean(rows_out.bits("robust", "robust", ~broken_any)))
         metrics.append(Metric("queries_used", float(used), unit="queries"))
         evidence = [Evidence("bars", "Robust accuracy by edit family", {
             "ylabel": "accuracy", "categories": ["clean", *results],
@@ -170,6 +175,7 @@ class TextRobustnessProbe(Probe):
             summary=(f"robust accuracy {k / n:.1%} [{iv.low:.1%}, {iv.high:.1%}] on {n} texts (clean "
                      f"{n_att / n:.1%}; {per}); {used} queries"),
             accounting={"samples": n, "sample_rows": idx.tolist(), "queries_charged": charged, "attacks": list(results)},
+            outcomes=rows_out.to_dict(),
         )
 
     @staticmethod
