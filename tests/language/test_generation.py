@@ -5,7 +5,7 @@ import torch
 from tiny import tiny_model
 
 from assay.errors import InputError
-from assay.generation import GenerationEngine
+from assay.generation import GenerationEngine, _joinable
 
 PROMPTS = ["alice: my", "the quick brown fox jumps", "bob", "support: your order 12345 ships", "carol: call me at"]
 
@@ -52,6 +52,8 @@ def test_prompts_of_very_different_lengths_prefill_in_chunks_and_decode_together
     assert len(eng._plan([len(p) for p in ids], 10)) == 1 and len(eng._plan([len(p) for p in ids])) == 2
     out = eng.generate(ids, max_new_tokens=10)
     assert eng.forward_passes == 2 + 9  # two prompt chunks, then nine decoding steps for all six rows
+    _, past = eng._forward(keep=1, input_ids=torch.tensor([ids[1]]), use_cache=True)
+    assert _joinable(past)  # the chunks' caches were joined (not the one-pass fallback)
     for p, g in zip(ids, out):
         assert g.ids == hf_greedy(model, p, 10, None)
 
