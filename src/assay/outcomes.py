@@ -29,7 +29,7 @@ checks before it trusts a recipe):
   FPR is at most ``f`` (as :func:`assay.metrics.privacy.tpr_at_fpr`)
 - ``{"op": "selective", "confidence": c, "correct": k, "stat": "aurc" | "excess_aurc" |
   "coverage_at_accuracy", "target": a}``: the risk-coverage statistics of abstaining on low
-  confidence (as :class:`assay.metrics.selective.SelectiveTerms`; ``target``: the accuracy that
+  confidence (as :class:`assay.stats.SelectiveTerms`; ``target``: the accuracy that
   ``coverage_at_accuracy`` must keep)
 """
 
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from assay.errors import InputError
-from assay.stats import weighted_bin_sums
+from assay.stats import SelectiveTerms, weighted_bin_sums
 
 BINARY_KINDS = ("correct", "robust", "certified", "refused", "leaked", "selected", "member", "succeeded", "toxic",
                 "preferred")
@@ -254,8 +254,6 @@ def evaluate(recipe: dict[str, Any], vectors: dict[str, np.ndarray], w: np.ndarr
         if op == "auc":
             return _auc(vec("score"), vec("positive").astype(bool), w)
         if op == "selective":
-            from assay.metrics.selective import SelectiveTerms
-
             stat = recipe.get("stat")
             if stat not in SELECTIVE_STATS:
                 raise InputError(f"selective stat {stat!r} is not one of {', '.join(SELECTIVE_STATS)}")
