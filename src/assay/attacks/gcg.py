@@ -240,7 +240,7 @@ class _Runner:
         tokens from its changed position ``p_i`` on (then the chat template's tokens and the target),
         with its own positions, and attends to the shared cache up to ``p_i`` and to its own tokens
         only. The arithmetic is that of one group per candidate, done in one forward pass per
-        ``PASS_TOKENS`` (each pass streams every weight once, which on a CPU costs as much as ~50
+        ``PASS_TOKENS`` (each pass streams every weight once, which on a CPU costs as much as ~30
         tokens of a 135M model); rows of ``ROW_TOKENS`` keep the masked attention, which is
         quadratic in the row length, small."""
         T, S, L = len(self.goal), len(suffix), len(self.before)
