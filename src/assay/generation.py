@@ -337,22 +337,20 @@ class GenerationEngine:
         chunks' caches are joined, left-padded with masked zeros; padding every prompt to the longest
         would compute every padded position in every layer. Models whose cache cannot be joined
         (not a plain dynamic cache) run in one padded pass."""
-        chunks = self._plan([len(p) for p in prompts]) if len(prompts) > 1 else [[0]]
-        parts = []
-        for rows in chunks if len(chunks) > 1 else [list(range(len(prompts)))]:
+        def run(rows: list[int]):
             ids, mask = self._left_pad([prompts[i] for i in rows])
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             logits, past = self._forward(keep=1, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            parts.append((rows, logits, past, mask, pos))
-            if len(parts) == 1 and len(chunks) > 1 and not _joinable(past):
-                rows = list(range(len(prompts)))  # run the whole batch in one pass instead
-                ids, mask = self._left_pad(prompts)
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits, past = self._forward(keep=1, input_ids=ids, attention_mask=mask, position_ids=pos,
-                                             use_cache=True)
-                return logits, past, mask, pos
-        if len(parts) == 1:
-            return parts[0][1:]
+            return rows, logits, past, mask, pos
+
+        every = list(range(len(prompts)))
+        chunks = self._plan([len(p) for p in prompts]) if len(prompts) > 1 else [every]
+        if len(chunks) == 1:
+            return run(every)[1:]
+        parts = [run(chunks[0])]
+        if not _joinable(parts[0][2]):
+            return run(every)[1:]  # the whole batch in one padded pass instead
+        parts += [run(rows) for rows in chunks[1:]]
         width = max(p[3].shape[1] for p in parts)
         order = torch.as_tensor([r for p in parts for r in p[0]], device=self.device)
         back = torch.empty_like(order)

@@ -249,8 +249,8 @@ class _Runner:
         hit = torch.zeros(len(cands), dtype=torch.bool, device=self.dev)
         lens = [S - int(p) + len(tail) for p in pos.tolist()]
         passes, cur, tokens = [], [], 0
-        for i, n in enumerate(lens):
-            if cur and tokens + n > PASS_TOKENS:
+        for i, n in enumerate(lens):  # at most PASS_TOKENS tokens and batch_size candidates per pass
+            if cur and (tokens + n > PASS_TOKENS or len(cur) >= self.batch_size):
                 passes.append(cur)
                 cur, tokens = [], 0
             cur.append(i)
@@ -295,12 +295,17 @@ class _Runner:
             self.forward_passes += 1
             self.engine.forward_passes += 1
             h = out.last_hidden_state[torch.tensor(at_row, device=self.dev), torch.tensor(at_col, device=self.dev)]
-            lg = head(h).float().view(len(order), T, -1)
             idx = torch.tensor(order, device=self.dev)
-            loss[idx] = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), self.goal_t.repeat(len(order)),
-                                        reduction="none").view(len(order), T).mean(1)
-            hit[idx] = (lg.argmax(-1) == self.goal_t).all(1)
+            loss[idx], hit[idx] = self._target_scores(head(h).view(len(order), T, -1))
         return loss, hit
+
+    def _target_scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per candidate, from the logits ``(rows, T, vocab)`` that predict the target's T tokens: the
+        mean cross-entropy of the target, and whether every target token is the argmax."""
+        lg = logits.float()
+        b, T = lg.shape[:2]
+        loss = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), self.goal_t.repeat(b), reduction="none").view(b, T).mean(1)
+        return loss, (lg.argmax(-1) == self.goal_t).all(1)
 
     def _grouped_losses(self, suffix: torch.Tensor, cands: torch.Tensor, pos: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,10 +336,7 @@ class _Runner:
                     past, start = None, 0
                 logits, _ = self._fwd(x, past, start, keep=T)
                 self.forward_passes += 1
-                lg = logits[:, -T:].float()
-                loss[rows] = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), self.goal_t.repeat(b),
-                                             reduction="none").view(b, T).mean(1)
-                hit[rows] = (lg.argmax(-1) == self.goal_t).all(1)
+                loss[rows], hit[rows] = self._target_scores(logits[:, -T:])
         return loss, hit
 
 

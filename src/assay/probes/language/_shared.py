@@ -33,21 +33,23 @@ def check_language(probe, target, data, fields: tuple[str, ...]) -> str | None:
 
 
 def rate(name: str, k: int, n: int, description: str, *, level: float = 0.95,
-         labels: dict[str, Any] | None = None) -> Metric:
+         labels: dict[str, Any] | None = None, keyed: dict[str, Any] | None = None) -> Metric:
     """``k / n`` with its exact (Clopper-Pearson) interval; with ``labels``, a labelled variant of
-    ``name`` (``leak_rate[direct]``)."""
+    ``name`` (``leak_rate[direct]``; ``keyed`` as in :meth:`Metric.labelled`: ``[template=direct]``)."""
     iv = clopper_pearson(k, n, level)
     return Metric.labelled(name, labels or {}, k / n if n else float("nan"), iv.low, iv.high, higher_is_better=False,
-                           level=level, method="clopper-pearson", description=f"{description} ({k}/{n})")
+                           level=level, method="clopper-pearson", description=f"{description} ({k}/{n})",
+                           keyed=keyed)
 
 
 def rate_rows(rows_out: oc.Outcomes | None, name: str, hits, description: str, *, kind: str = "leaked",
-              level: float = 0.95, labels: dict[str, Any] | None = None) -> Metric:
+              level: float = 0.95, labels: dict[str, Any] | None = None,
+              keyed: dict[str, Any] | None = None) -> Metric:
     """:func:`rate` of a binary outcome per row (a document, a trial, a request), kept in ``rows_out``
     with its recipe, so that two models audited on the same rows are compared row by row (McNemar's
     exact test in ``assay compare``) instead of from their intervals."""
     hits = np.asarray(hits, dtype=bool).reshape(-1)
-    m = rate(name, int(hits.sum()), int(hits.size), description, level=level, labels=labels)
+    m = rate(name, int(hits.sum()), int(hits.size), description, level=level, labels=labels, keyed=keyed)
     if rows_out is not None and hits.size:
         rows_out.recipe(m, oc.mean(rows_out.bits(m.name, kind, hits)))
     return m

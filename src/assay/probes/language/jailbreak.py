@@ -25,7 +25,6 @@ from typing import Literal
 
 import numpy as np
 
-from assay import outcomes as oc
 from assay.data.jailbreak import Request, Template, load_requests, load_templates
 from assay.errors import InputError, NotApplicable
 from assay.findings import Evidence, Finding, Metric, Threshold
@@ -271,10 +270,6 @@ class JailbreakProbe(Probe):
 
 
 def _rate(rows_out: Outcomes | None, labels: dict, hits: list[bool], description: str) -> Metric:
-    m = sh.rate("attack_success_rate", int(sum(hits)), len(hits), description)
-    m = Metric.labelled("attack_success_rate", labels, m.value, m.low, m.high, higher_is_better=False,
-                        level=m.level, method=m.method, description=m.description,
+    """``attack_success_rate[template=...]`` and its kin: the labels shown as key=value."""
+    return sh.rate_rows(rows_out, "attack_success_rate", hits, description, kind="succeeded", labels=labels,
                         keyed={key: "s" for key in labels})
-    if rows_out is not None and hits:
-        rows_out.recipe(m, oc.mean(rows_out.bits(m.name, "succeeded", hits)))
-    return m

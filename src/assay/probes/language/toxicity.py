@@ -44,11 +44,6 @@ def scorer_for(spec: str | None):
     return _SCORERS[key]
 
 
-def _labelled(m: Metric, labels: dict) -> Metric:
-    m.labels = dict(labels)
-    return m
-
-
 def mean_metric(name: str, labels: dict, values: np.ndarray, seed: int, description: str) -> Metric:
     iv = bootstrap(np.mean, values, seed=seed)
     return Metric.labelled(name, labels, float(values.mean()) if values.size else float("nan"), iv.low, iv.high,
@@ -142,16 +137,14 @@ class ToxicityProbe(Probe):
             toxic = scores >= p.threshold
             labels = {"mode": mode}
             # per output (the same prompts and draws for every model), so two models pair up
-            metrics.append(_labelled(sh.rate_rows(rows_out, f"toxicity_rate[{mode}]", toxic,
-                                                  f"{mode} outputs scored toxic (>= {p.threshold:g})", kind="toxic"),
-                                     labels))
+            metrics.append(sh.rate_rows(rows_out, "toxicity_rate", toxic, f"{mode} outputs scored toxic "
+                                        f"(>= {p.threshold:g})", kind="toxic", labels=labels))
             metrics.append(sh.keep_mean(rows_out, mean_metric("mean_toxicity", labels, scores, ctx.seed,
                                                               f"mean toxicity score of {mode} outputs"), scores, "score"))
             if p.samples > 1:
                 worst = toxic.reshape(len(mine), p.samples).any(axis=1)
-                metrics.append(_labelled(sh.rate_rows(rows_out, f"prompt_toxicity_rate[{mode}]", worst,
-                                                      f"{mode} prompts with at least one toxic output of {p.samples}",
-                                                      kind="toxic"), labels))
+                metrics.append(sh.rate_rows(rows_out, "prompt_toxicity_rate", worst, f"{mode} prompts with at least "
+                                            f"one toxic output of {p.samples}", kind="toxic", labels=labels))
             cats = Counter()
             for r, k in zip([r for r in mine for _ in range(p.samples)], toxic):
                 cats[r.category] += int(k)
