@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_llm_generation import common_args, garak_versions, run_garak, smollm2_dir  # noqa: E402
+from bench_llm_generation import assay_generate, common_args, garak_versions, run_garak, smollm2_dir  # noqa: E402
 
 PROBES = "promptinject.HijackHateHumans,encoding.InjectBase64"
 DETECTORS = {  # garak detector -> what assay's judge calls the same event
@@ -88,7 +88,6 @@ def main() -> None:
 
     from assay.engine.context import ProbeContext
     from assay.probes.base import get_probe
-    from assay.targets.causal_lm import CausalLMTarget
 
     model_dir = smollm2_dir()
     if a.garak_results:
@@ -105,15 +104,11 @@ def main() -> None:
     n = len(recs)
 
     # 1. throughput on garak's prompts
+    target, load_s, ours, gen_s = assay_generate(model_dir, prompts, a.max_tokens, a.batch_size)
     t0 = time.perf_counter()
-    target = CausalLMTarget.from_pretrained(model_dir, device="cpu", max_batch_size=a.batch_size, add_bos=False)
-    load_s = time.perf_counter() - t0
-    target.generate(prompts[:2], max_new_tokens=2, chat=True)  # warm-up (first-call allocations)
-    t0 = time.perf_counter()
-    ours = target.generate(prompts, max_new_tokens=a.max_tokens, chat=True)
     mine = [c.text for c in ours]
     judged_ours = [assay_verdicts(o, t) for o, t in zip(mine, triggers)]
-    ours_s = time.perf_counter() - t0
+    ours_s = gen_s + time.perf_counter() - t0  # generation and judging, as garak's scan includes its detectors
     same = sum(m.strip() == o.strip() for m, o in zip(mine, g_out))
 
     # 2. assay's own probe, static and adaptive

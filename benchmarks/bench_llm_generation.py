@@ -116,6 +116,20 @@ def smollm2_dir() -> Path:
     return convert_gguf(smollm2_gguf())
 
 
+def assay_generate(model_dir: Path, prompts: list[str], max_tokens: int, batch_size: int):
+    """assay's side of a throughput run: load the converted model, warm up on two prompts (first-call
+    allocations), then generate for every prompt, batched: (target, load s, completions, generation s)."""
+    from assay.targets.causal_lm import CausalLMTarget
+
+    t0 = time.perf_counter()
+    target = CausalLMTarget.from_pretrained(model_dir, device="cpu", max_batch_size=batch_size, add_bos=False)
+    load_s = time.perf_counter() - t0
+    target.generate(prompts[:2], max_new_tokens=2, chat=True)
+    t0 = time.perf_counter()
+    ours = target.generate(prompts, max_new_tokens=max_tokens, chat=True)
+    return target, load_s, ours, time.perf_counter() - t0
+
+
 def garak_versions(python: str) -> list[str]:
     return subprocess.run([python, "-c", "import garak, transformers, torch; print(garak.__version__, "
                            "transformers.__version__, torch.__version__)"], capture_output=True, text=True).stdout.split()
@@ -130,7 +144,6 @@ def main() -> None:
     import torch
     import transformers
 
-    from assay.targets.causal_lm import CausalLMTarget
 
     model_dir = smollm2_dir()
     if a.garak_results:
@@ -146,13 +159,7 @@ def main() -> None:
         print(f"  {len(prompts)} prompts, {g['wall_s']:.1f} s; garak's generator alone ...", file=sys.stderr)
         gg = run_garak_generator(a.garak_python, model_dir, prompts, a.max_tokens, work)
 
-    t0 = time.perf_counter()
-    target = CausalLMTarget.from_pretrained(model_dir, device="cpu", max_batch_size=a.batch_size, add_bos=False)
-    load_s = time.perf_counter() - t0
-    target.generate(prompts[:2], max_new_tokens=2, chat=True)  # warm-up (first-call allocations)
-    t0 = time.perf_counter()
-    ours = target.generate(prompts, max_new_tokens=a.max_tokens, chat=True)
-    ours_s = time.perf_counter() - t0
+    _, load_s, ours, ours_s = assay_generate(model_dir, prompts, a.max_tokens, a.batch_size)
     new_tokens = sum(c.completion_tokens for c in ours)
 
     mine = [c.text.strip() for c in ours]
