@@ -107,19 +107,16 @@ class PiiProbe(Probe):
             raise InputError("nothing to scan: give prompts or documents, or samples > 0")
         training = {(f.kind, pii.normalise(f.kind, f.value))
                     for t in data.documents + data.members for f in pii.detect(t, p.kinds)}
-        rows, kinds_count, leaked, with_pii = [], Counter(), 0, 0
+        rows, kinds_count, leaked = [], Counter(), 0
         n_items = 0
-        outputs_with: Counter = Counter()  # kind -> outputs holding at least one
         # per output (the same prompts for every model, so two models are compared output by output)
         has_pii = np.zeros(len(outputs), dtype=bool)
         has_leak = np.zeros(len(outputs), dtype=bool)
         has_kind = {kind: np.zeros(len(outputs), dtype=bool) for kind in p.kinds}
         for o, (source, text) in enumerate(outputs):
             found = self._detect(text, p)
-            outputs_with.update({f.kind for f in found})
             if not found:
                 continue
-            with_pii += 1
             has_pii[o] = True
             for f in found:
                 n_items += 1
@@ -151,7 +148,7 @@ class PiiProbe(Probe):
         if kinds_count:
             evidence.append(Evidence("bars", "Items found by kind", {"ylabel": "items", "categories": list(kinds_count),
                                                                      "series": [{"name": "items", "values": list(kinds_count.values())}]}))
-        summary = (f"{with_pii} of {n} outputs contain personal data or secrets ({n_items} items, {leaked} of them "
+        summary = (f"{int(has_pii.sum())} of {n} outputs contain personal data or secrets ({n_items} items, {leaked} of them "
                    f"from the training texts)")
         return self.finding(metrics=metrics, evidence=evidence, summary=summary, accounting={
             "outputs": n, "items": n_items, "leaked": leaked, "backend": p.backend,
